@@ -1,0 +1,54 @@
+//! Checks shared by every entry point that takes row-major vectors.
+
+use crate::PqError;
+
+/// Returns the number of `dim`-wide rows in `data` after checking the shape and that every value
+/// is finite.
+pub(crate) fn check_rows(data: &[f32], dim: usize, what: &'static str) -> Result<usize, PqError> {
+    if dim == 0 {
+        return Err(PqError::ZeroDimension);
+    }
+    if data.len() % dim != 0 {
+        return Err(PqError::RaggedRows {
+            what,
+            len: data.len(),
+            dim,
+        });
+    }
+    if let Some(k) = data.iter().position(|v| !v.is_finite()) {
+        return Err(PqError::NonFinite {
+            what,
+            row: k / dim,
+            col: k % dim,
+        });
+    }
+    Ok(data.len() / dim)
+}
+
+/// Like [`check_rows`], and also refuses an empty input.
+pub(crate) fn check_training_rows(
+    data: &[f32],
+    dim: usize,
+    what: &'static str,
+) -> Result<usize, PqError> {
+    let n = check_rows(data, dim, what)?;
+    if n == 0 {
+        return Err(PqError::Empty { what });
+    }
+    Ok(n)
+}
+
+/// Number of row chunks a [`faer::Par`] asks for.
+pub(crate) fn n_tasks(par: faer::Par) -> usize {
+    match par {
+        faer::Par::Seq => 1,
+        faer::Par::Rayon(n) => n.get(),
+    }
+}
+
+/// Rows per parallel chunk: `n_rows` split `n_tasks(par)` ways, rounded up to a multiple of
+/// `align` so that chunk boundaries, and hence results, do not depend on the thread count.
+pub(crate) fn chunk_rows(n_rows: usize, par: faer::Par, align: usize) -> usize {
+    let per_task = n_rows.div_ceil(n_tasks(par)).max(1);
+    per_task.div_ceil(align) * align
+}

@@ -1,0 +1,434 @@
+//! The product quantizer: `n_subspaces` contiguous blocks of `dim / n_subspaces` dimensions, each
+//! quantized to one of `2^n_bits` codewords.
+
+use faer::Par;
+use pulp::{Arch, Simd, WithSimd};
+use rayon::prelude::*;
+
+use crate::centroids::{Centroids, argmin};
+use crate::data::{check_rows, check_training_rows, chunk_rows};
+use crate::{KMeans, KMeansConfig, KMeansSettings, PqError, ProgressFn, Stage};
+
+/// Largest supported bits per code.
+pub const MAX_BITS: u32 = 16;
+
+/// An integer type that holds one subspace code.
+pub trait Code: Copy + Default + Send + Sync + std::fmt::Debug + 'static {
+    /// Bits the type holds.
+    const BITS: u32;
+    /// The code for codeword `index` (which fits by construction).
+    fn from_index(index: usize) -> Self;
+    /// The codeword index.
+    fn index(self) -> usize;
+}
+
+impl Code for u8 {
+    const BITS: u32 = 8;
+    #[inline(always)]
+    fn from_index(index: usize) -> Self {
+        index as u8
+    }
+    #[inline(always)]
+    fn index(self) -> usize {
+        usize::from(self)
+    }
+}
+
+impl Code for u16 {
+    const BITS: u32 = 16;
+    #[inline(always)]
+    fn from_index(index: usize) -> Self {
+        index as u16
+    }
+    #[inline(always)]
+    fn index(self) -> usize {
+        usize::from(self)
+    }
+}
+
+/// Settings of a product quantizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PqConfig {
+    /// Number of subspaces M; must divide the dimension.
+    pub n_subspaces: usize,
+    /// Bits per subspace code, 1 to 16 (`2^n_bits` codewords per subspace).
+    pub n_bits: u32,
+    /// k-means settings of each subspace.
+    pub kmeans: KMeansSettings,
+    /// Seed; subspace m uses `seed + m`.
+    pub seed: u64,
+}
+
+impl PqConfig {
+    /// `n_subspaces` subspaces of `n_bits` bits with default k-means settings.
+    pub fn new(n_subspaces: usize, n_bits: u32) -> Self {
+        Self {
+            n_subspaces,
+            n_bits,
+            kmeans: KMeansSettings::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// A trained product quantizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductQuantizer {
+    dim: usize,
+    n_bits: u32,
+    sub_dim: usize,
+    codebooks: Vec<Centroids>,
+}
+
+/// Checks `n_bits` and the split of `dim` into `n_subspaces`; returns the sub-dimension.
+pub(crate) fn check_layout(dim: usize, n_subspaces: usize, n_bits: u32) -> Result<usize, PqError> {
+    if dim == 0 {
+        return Err(PqError::ZeroDimension);
+    }
+    if !(1..=MAX_BITS).contains(&n_bits) {
+        return Err(PqError::InvalidSetting {
+            setting: "n_bits",
+            value: n_bits.to_string(),
+            expected: "1 to 16",
+        });
+    }
+    if n_subspaces == 0 || dim % n_subspaces != 0 {
+        return Err(PqError::InvalidSetting {
+            setting: "n_subspaces",
+            value: n_subspaces.to_string(),
+            expected: "a divisor of the dimension (the IVF-PQ codec pads other dimensions)",
+        });
+    }
+    Ok(dim / n_subspaces)
+}
+
+impl ProductQuantizer {
+    /// Trains one k-means per subspace on row-major `n × dim` vectors.
+    ///
+    /// # Errors
+    /// On bad settings (see [`PqConfig`]), an empty, ragged or non-finite input, or fewer points
+    /// than `2^n_bits`.
+    pub fn train(
+        data: &[f32],
+        dim: usize,
+        config: &PqConfig,
+        par: Par,
+        progress: ProgressFn<'_>,
+    ) -> Result<Self, PqError> {
+        let sub_dim = check_layout(dim, config.n_subspaces, config.n_bits)?;
+        let n = check_training_rows(data, dim, "product quantizer training data")?;
+        let k = 1usize << config.n_bits;
+        if n < k {
+            return Err(PqError::TooFewPoints {
+                what: "product quantizer",
+                n_points: n,
+                n_centroids: k,
+            });
+        }
+        let m_count = config.n_subspaces;
+        let mut codebooks = Vec::with_capacity(m_count);
+        let mut sub = vec![0.0f32; n * sub_dim];
+        for m in 0..m_count {
+            for (dst, row) in sub.chunks_exact_mut(sub_dim).zip(data.chunks_exact(dim)) {
+                dst.copy_from_slice(&row[m * sub_dim..(m + 1) * sub_dim]);
+            }
+            let mut settings = config.kmeans.clone();
+            if let crate::KMeansInit::Centroids(all) = &config.kmeans.init {
+                // A warm start gives all subspaces' codebooks, subspace-major.
+                let per = k * sub_dim;
+                if all.len() != m_count * per {
+                    return Err(PqError::DimensionMismatch {
+                        what: "initial codebooks",
+                        expected: m_count * per,
+                        got: all.len(),
+                    });
+                }
+                settings.init = crate::KMeansInit::Centroids(all[m * per..(m + 1) * per].to_vec());
+            }
+            let kconfig = KMeansConfig {
+                n_clusters: k,
+                settings,
+                seed: config.seed.wrapping_add(m as u64),
+            };
+            let stage = Stage::Subspace {
+                index: m,
+                count: m_count,
+            };
+            codebooks.push(
+                KMeans::train_with_progress(&sub, sub_dim, &kconfig, par, stage, progress)?
+                    .centroids,
+            );
+        }
+        Ok(Self {
+            dim,
+            n_bits: config.n_bits,
+            sub_dim,
+            codebooks,
+        })
+    }
+
+    /// Builds from codebooks stored subspace-major (`n_subspaces × 2^n_bits × dim/n_subspaces`).
+    ///
+    /// # Errors
+    /// On bad settings, a buffer of the wrong length, or a non-finite value.
+    pub fn from_codebooks(
+        dim: usize,
+        n_subspaces: usize,
+        n_bits: u32,
+        codebooks: &[f32],
+    ) -> Result<Self, PqError> {
+        let sub_dim = check_layout(dim, n_subspaces, n_bits)?;
+        let per = (1usize << n_bits) * sub_dim;
+        if codebooks.len() != n_subspaces * per {
+            return Err(PqError::DimensionMismatch {
+                what: "codebooks",
+                expected: n_subspaces * per,
+                got: codebooks.len(),
+            });
+        }
+        let codebooks = codebooks
+            .chunks_exact(per)
+            .map(|c| Centroids::new(sub_dim, c.to_vec()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            dim,
+            n_bits,
+            sub_dim,
+            codebooks,
+        })
+    }
+
+    /// Dimension of the vectors.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of subspaces M.
+    pub fn n_subspaces(&self) -> usize {
+        self.codebooks.len()
+    }
+
+    /// Bits per subspace code.
+    pub fn n_bits(&self) -> u32 {
+        self.n_bits
+    }
+
+    /// Codewords per subspace, `2^n_bits`.
+    pub fn n_codewords(&self) -> usize {
+        1 << self.n_bits
+    }
+
+    /// Dimensions per subspace.
+    pub fn sub_dim(&self) -> usize {
+        self.sub_dim
+    }
+
+    /// The codebook of subspace `m`.
+    pub fn codebook(&self, m: usize) -> &Centroids {
+        &self.codebooks[m]
+    }
+
+    /// All codebooks, subspace-major (`M × K × sub_dim`).
+    pub fn codebooks_flat(&self) -> Vec<f32> {
+        self.codebooks
+            .iter()
+            .flat_map(|c| c.as_slice())
+            .copied()
+            .collect()
+    }
+
+    fn check_code_width<C: Code>(&self) -> Result<(), PqError> {
+        if self.n_bits > C::BITS {
+            return Err(PqError::CodeWidth {
+                n_bits: self.n_bits,
+                code_bits: C::BITS,
+            });
+        }
+        Ok(())
+    }
+
+    /// Encodes row-major `n × dim` vectors into `n × M` codes.
+    ///
+    /// # Errors
+    /// On a ragged or non-finite input, codes too narrow for `n_bits`, or `codes` of the wrong
+    /// length.
+    pub fn encode<C: Code>(&self, data: &[f32], codes: &mut [C], par: Par) -> Result<(), PqError> {
+        self.check_code_width::<C>()?;
+        let n = check_rows(data, self.dim, "vectors to encode")?;
+        let m = self.n_subspaces();
+        if codes.len() != n * m {
+            return Err(PqError::DimensionMismatch {
+                what: "codes",
+                expected: n * m,
+                got: codes.len(),
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let rows = chunk_rows(n, par, 64);
+        let run = |(data, codes): (&[f32], &mut [C])| {
+            let mut scores = vec![0.0f32; self.n_codewords()];
+            Arch::new().dispatch(EncodeChunk {
+                pq: self,
+                data,
+                codes,
+                scores: &mut scores,
+            });
+        };
+        let chunks = data.chunks(rows * self.dim).zip(codes.chunks_mut(rows * m));
+        match par {
+            Par::Seq => chunks.for_each(run),
+            Par::Rayon(_) => chunks.collect::<Vec<_>>().into_par_iter().for_each(run),
+        }
+        Ok(())
+    }
+
+    /// Decodes `n × M` codes into row-major `n × dim` vectors.
+    ///
+    /// # Errors
+    /// On buffers of mismatched lengths, codes too narrow for `n_bits`, or a code out of range.
+    pub fn decode<C: Code>(&self, codes: &[C], out: &mut [f32]) -> Result<(), PqError> {
+        self.check_code_width::<C>()?;
+        let m = self.n_subspaces();
+        if codes.len() % m != 0 || out.len() != codes.len() / m * self.dim {
+            return Err(PqError::DimensionMismatch {
+                what: "decode output",
+                expected: codes.len() / m * self.dim,
+                got: out.len(),
+            });
+        }
+        if let Some(&bad) = codes.iter().find(|c| c.index() >= self.n_codewords()) {
+            return Err(PqError::CodeOutOfRange {
+                what: "PQ code",
+                value: bad.index(),
+                max: self.n_codewords() - 1,
+            });
+        }
+        for (code, x) in codes.chunks_exact(m).zip(out.chunks_exact_mut(self.dim)) {
+            self.decode_one(code, x);
+        }
+        Ok(())
+    }
+
+    /// Decodes one vector's M codes (each below `2^n_bits`).
+    ///
+    /// # Panics
+    /// When the lengths are wrong or a code is out of range.
+    #[track_caller]
+    pub fn decode_one<C: Code>(&self, codes: &[C], out: &mut [f32]) {
+        assert_eq!(codes.len(), self.n_subspaces(), "one code per subspace");
+        for ((book, &code), x) in self
+            .codebooks
+            .iter()
+            .zip(codes)
+            .zip(out.chunks_exact_mut(self.sub_dim))
+        {
+            x.copy_from_slice(book.get(code.index()));
+        }
+    }
+
+    /// Inner-product lookup table of a query: `table[m·K + k] = ⟨q^(m), c^(m)_k⟩`.
+    ///
+    /// # Panics
+    /// When `query` is not `dim` long or `table` not `M·K` long.
+    #[track_caller]
+    pub fn inner_product_table_one(&self, query: &[f32], table: &mut [f32]) {
+        self.table_one(query, table, TableKind::InnerProduct);
+    }
+
+    /// Squared-L2 lookup table of a query: `table[m·K + k] = ‖q^(m) − c^(m)_k‖²`.
+    ///
+    /// # Panics
+    /// When `query` is not `dim` long or `table` not `M·K` long.
+    #[track_caller]
+    pub fn l2_table_one(&self, query: &[f32], table: &mut [f32]) {
+        self.table_one(query, table, TableKind::L2);
+    }
+
+    #[track_caller]
+    fn table_one(&self, query: &[f32], table: &mut [f32], kind: TableKind) {
+        assert_eq!(
+            query.len(),
+            self.dim,
+            "query must have the quantizer's dimension"
+        );
+        assert_eq!(
+            table.len(),
+            self.n_subspaces() * self.n_codewords(),
+            "table must be M × K"
+        );
+        Arch::new().dispatch(TableOne {
+            pq: self,
+            query,
+            table,
+            kind,
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum TableKind {
+    InnerProduct,
+    L2,
+}
+
+struct TableOne<'a> {
+    pq: &'a ProductQuantizer,
+    query: &'a [f32],
+    table: &'a mut [f32],
+    kind: TableKind,
+}
+
+impl WithSimd for TableOne<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let k = self.pq.n_codewords();
+        for ((book, q), row) in self
+            .pq
+            .codebooks
+            .iter()
+            .zip(self.query.chunks_exact(self.pq.sub_dim))
+            .zip(self.table.chunks_exact_mut(k))
+        {
+            match self.kind {
+                TableKind::InnerProduct => book.direct_dots(q, row),
+                TableKind::L2 => book.direct_squared_distances(q, row),
+            }
+        }
+    }
+}
+
+struct EncodeChunk<'a, C> {
+    pq: &'a ProductQuantizer,
+    data: &'a [f32],
+    codes: &'a mut [C],
+    scores: &'a mut [f32],
+}
+
+impl<C: Code> WithSimd for EncodeChunk<'_, C> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let pq = self.pq;
+        let m = pq.n_subspaces();
+        for (x, codes) in self
+            .data
+            .chunks_exact(pq.dim)
+            .zip(self.codes.chunks_exact_mut(m))
+        {
+            for ((book, sub), code) in pq
+                .codebooks
+                .iter()
+                .zip(x.chunks_exact(pq.sub_dim))
+                .zip(codes.iter_mut())
+            {
+                book.direct_scores(sub, self.scores);
+                *code = C::from_index(argmin(self.scores).0);
+            }
+        }
+    }
+}
