@@ -225,6 +225,42 @@ impl Centroids {
         }
     }
 
+    /// The nearest centroid to `x` (`dim` long) by the direct loop and its score
+    /// `‖c‖² − 2⟨x, c⟩`; `scores` is scratch of `k` values. Scores are accumulated in registers
+    /// one block of [`LANES`] centroids at a time, tracking the running minimum, so the
+    /// dimension-major table is read once.
+    #[inline(always)]
+    pub(crate) fn direct_nearest(&self, x: &[f32], scores: &mut [f32]) -> (usize, f32) {
+        if self.k % LANES != 0 {
+            self.direct_scores(x, scores);
+            return argmin(scores);
+        }
+        let mut lanes = [f32::INFINITY; LANES];
+        for (c, (out, norms)) in scores
+            .chunks_exact_mut(LANES)
+            .zip(self.norms.chunks_exact(LANES))
+            .enumerate()
+        {
+            let mut acc = [0.0f32; LANES];
+            acc.copy_from_slice(norms);
+            for (j, &xj) in x.iter().enumerate() {
+                let a = -2.0 * xj;
+                let column = &self.transposed[j * self.k + c * LANES..j * self.k + (c + 1) * LANES];
+                for l in 0..LANES {
+                    acc[l] = a.mul_add(column[l], acc[l]);
+                }
+            }
+            for l in 0..LANES {
+                lanes[l] = if acc[l] < lanes[l] { acc[l] } else { lanes[l] };
+            }
+            out.copy_from_slice(&acc);
+        }
+        let min = lanes
+            .iter()
+            .fold(lanes[0], |m, &v| if v < m { v } else { m });
+        first_equal(scores, min)
+    }
+
     /// `scores[k] = ‖c_k‖² − 2⟨x, c_k⟩` by the direct loop (x is `dim` long).
     #[inline(always)]
     pub(crate) fn direct_scores(&self, x: &[f32], scores: &mut [f32]) {
@@ -239,34 +275,49 @@ impl Centroids {
 }
 
 /// Index and value of the smallest element of `values` (non-empty), lowest index on ties.
-/// Lane-parallel so that it vectorises.
+///
+/// Two passes that both vectorise: the minimum by lane-parallel `min`, then the first block of
+/// lanes holding it.
 #[inline(always)]
 pub(crate) fn argmin(values: &[f32]) -> (usize, f32) {
-    let mut best = [f32::INFINITY; LANES];
-    let mut best_idx = [0u32; LANES];
     let chunks = values.chunks_exact(LANES);
-    let tail_start = values.len() - chunks.remainder().len();
-    for (c, chunk) in chunks.enumerate() {
-        let base = (c * LANES) as u32;
+    let tail = chunks.remainder();
+    let mut lanes = [f32::INFINITY; LANES];
+    for chunk in chunks.clone() {
         for l in 0..LANES {
-            let better = chunk[l] < best[l];
-            best[l] = if better { chunk[l] } else { best[l] };
-            best_idx[l] = if better { base + l as u32 } else { best_idx[l] };
+            lanes[l] = if chunk[l] < lanes[l] {
+                chunk[l]
+            } else {
+                lanes[l]
+            };
         }
     }
-    let (mut index, mut value) = (0usize, values[0]);
-    for l in 0..LANES {
-        let i = best_idx[l] as usize;
-        if best[l] < value || (best[l] == value && i < index) {
-            (index, value) = (i, best[l]);
+    let min = lanes
+        .iter()
+        .chain(tail)
+        .fold(values[0], |m, &v| if v < m { v } else { m });
+    first_equal(values, min)
+}
+
+/// `(i, min)` for the first `i` with `values[i] == min` (0 when there is none, as with NaN).
+#[inline(always)]
+fn first_equal(values: &[f32], min: f32) -> (usize, f32) {
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for (c, chunk) in chunks.enumerate() {
+        let mut hit = false;
+        for &v in chunk {
+            hit |= v == min;
+        }
+        if hit {
+            let l = chunk.iter().position(|&v| v == min).unwrap_or(0);
+            return (c * LANES + l, min);
         }
     }
-    for (i, &v) in values.iter().enumerate().skip(tail_start) {
-        if v < value {
-            (index, value) = (i, v);
-        }
+    match tail.iter().position(|&v| v == min) {
+        Some(l) => (values.len() - tail.len() + l, min),
+        None => (0, values[0]),
     }
-    (index, value)
 }
 
 #[inline(always)]
@@ -294,8 +345,7 @@ impl WithSimd for DirectNearest<'_> {
             .zip(self.labels.iter_mut())
             .zip(self.distances.iter_mut())
         {
-            c.direct_scores(x, self.scores);
-            let (best, score) = argmin(self.scores);
+            let (best, score) = c.direct_nearest(x, self.scores);
             *label = best as u32;
             *distance = (squared_norm(x) + score).max(0.0);
         }

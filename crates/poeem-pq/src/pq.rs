@@ -5,7 +5,7 @@ use faer::Par;
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::centroids::{Centroids, argmin};
+use crate::centroids::Centroids;
 use crate::data::{check_rows, check_training_rows, chunk_rows};
 use crate::{KMeans, KMeansConfig, KMeansSettings, PqError, ProgressFn, Stage};
 
@@ -426,8 +426,7 @@ impl<C: Code> WithSimd for EncodeChunk<'_, C> {
                 .zip(x.chunks_exact(pq.sub_dim))
                 .zip(codes.iter_mut())
             {
-                book.direct_scores(sub, self.scores);
-                *code = C::from_index(argmin(self.scores).0);
+                *code = C::from_index(book.direct_nearest(sub, self.scores).0);
             }
         }
     }

@@ -13,7 +13,7 @@
 //! [`Par`] (`Par::Seq` or `Par::rayon(n)`).
 #![forbid(unsafe_code)]
 
-// mod blossom;
+mod blossom;
 mod error;
 mod givens;
 mod matching;
@@ -21,6 +21,7 @@ mod procrustes;
 mod rotation;
 
 pub use error::RotationError;
+pub use faer;
 pub use faer::Par;
 pub use givens::{
     GivensConfig, GivensOptimizer, GivensStep, skew_gradient, skew_gradient_from_batch,

@@ -77,7 +77,7 @@ pub fn select_pairs(
         PairSelection::Greedy => greedy_pairs(skew, dim),
         PairSelection::Steepest => {
             let weight: Vec<f64> = skew.iter().map(|s| s * s).collect();
-            let mate = TEMP_BLOSSOM(dim, &weight);
+            let mate = crate::blossom::max_weight_perfect_matching(dim, &weight);
             mate.iter()
                 .enumerate()
                 .filter_map(|(i, m)| m.filter(|&j| i < j).map(|j| (i, j)))
@@ -119,14 +119,4 @@ pub fn matching_weight(skew: &[f64], dim: usize, pairs: &[(usize, usize)]) -> f6
         .iter()
         .map(|&(i, j)| skew[i * dim + j] * skew[i * dim + j])
         .sum()
-}
-
-#[allow(non_snake_case)]
-fn TEMP_BLOSSOM(dim: usize, w: &[f64]) -> Vec<Option<usize>> {
-    let mut mate = vec![None; dim];
-    for (i, j) in greedy_pairs(w, dim) {
-        mate[i] = Some(j);
-        mate[j] = Some(i);
-    }
-    mate
 }

@@ -1,0 +1,67 @@
+//! `cargo xtask`: reproduction runs and side-by-side benchmarks.
+//!
+//! - `cargo xtask reproduce rotation [--quick] [--vectors FILE]`: the Givens paper's
+//!   fixed-embedding experiment (distortion over steps; time per rotation update).
+//! - `cargo xtask bench-faiss quantizers`: k-means and PQ encoding, poeem against faiss.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench_faiss;
+mod reproduce_rotation;
+mod table;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "poeem project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rerun an experiment of the papers and print its tables.
+    Reproduce {
+        #[command(subcommand)]
+        experiment: Experiment,
+    },
+    /// Benchmark poeem against faiss side by side (needs Python with faiss; skipped otherwise).
+    BenchFaiss {
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum Experiment {
+    /// Learning the rotation of a PQ index on fixed embeddings: plain PQ, OPQ (SVD) and Givens
+    /// (random, greedy, steepest); and the time of one rotation update against the dimension.
+    Rotation(reproduce_rotation::Args),
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// k-means (n × d → k centroids) and 8-bit PQ encoding, one thread, poeem vs faiss.
+    Quantizers(bench_faiss::QuantizerArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Reproduce {
+            experiment: Experiment::Rotation(args),
+        } => reproduce_rotation::run(&args),
+        Command::BenchFaiss {
+            target: BenchTarget::Quantizers(args),
+        } => bench_faiss::quantizers(&args),
+    }
+}
+
+/// The workspace's `target/` directory, for experiment outputs.
+pub(crate) fn target_dir() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), |root| root.join("target"))
+}
