@@ -155,7 +155,7 @@ fn distortion_section(
     setup: &Setup,
     args: &Args,
 ) -> Result<String> {
-    if dim % setup.n_subspaces != 0 {
+    if !dim.is_multiple_of(setup.n_subspaces) {
         bail!(
             "dimension {dim} is not a multiple of {} subspaces",
             setup.n_subspaces
@@ -384,7 +384,7 @@ fn timing_section(quick: bool) -> Result<String> {
                 ..GivensConfig::default()
             });
             let t = time(&mut || {
-                opt.step_with_skew(&mut rotation, &skew, Par::Seq);
+                let _ = opt.step_with_skew(&mut rotation, &skew, Par::Seq);
             });
             cells.push(format!("{:.3} ({:.0}×)", t * 1e3, svd / t));
         }

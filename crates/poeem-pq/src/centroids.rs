@@ -231,7 +231,7 @@ impl Centroids {
     /// dimension-major table is read once.
     #[inline(always)]
     pub(crate) fn direct_nearest(&self, x: &[f32], scores: &mut [f32]) -> (usize, f32) {
-        if self.k % LANES != 0 {
+        if !self.k.is_multiple_of(LANES) {
             self.direct_scores(x, scores);
             return argmin(scores);
         }

@@ -8,7 +8,7 @@ pub(crate) fn check_rows(data: &[f32], dim: usize, what: &'static str) -> Result
     if dim == 0 {
         return Err(PqError::ZeroDimension);
     }
-    if data.len() % dim != 0 {
+    if !data.len().is_multiple_of(dim) {
         return Err(PqError::RaggedRows {
             what,
             len: data.len(),

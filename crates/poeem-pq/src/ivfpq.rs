@@ -189,14 +189,14 @@ impl IvfPqCodec {
                 got: rotation.dim(),
             });
         }
-        if let Some(c) = &coarse {
-            if c.dim() != padded {
-                return Err(PqError::DimensionMismatch {
-                    what: "coarse quantizer dimension",
-                    expected: padded,
-                    got: c.dim(),
-                });
-            }
+        if let Some(c) = &coarse
+            && c.dim() != padded
+        {
+            return Err(PqError::DimensionMismatch {
+                what: "coarse quantizer dimension",
+                expected: padded,
+                got: c.dim(),
+            });
         }
         Ok(Self {
             dim,

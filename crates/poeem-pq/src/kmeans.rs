@@ -291,14 +291,21 @@ fn update_centroids(
     });
     let mut candidates = candidates.into_iter();
     let mut reseeded = 0;
+    let mut taken: Vec<usize> = Vec::new();
     for c in empty {
-        let Some(point) = candidates
-            .by_ref()
-            .find(|&i| counts[labels[i as usize] as usize] > 1)
-        else {
+        // A useful seed lies off every centroid (distance > 0), comes from a cluster that keeps
+        // a point, and is not a copy of a point already taken in this update.
+        let row = |i: usize| &data[i * dim..(i + 1) * dim];
+        let Some(point) = candidates.by_ref().find(|&i| {
+            let i = i as usize;
+            distances[i] > 0.0
+                && counts[labels[i] as usize] > 1
+                && taken.iter().all(|&t| row(t) != row(i))
+        }) else {
             break;
         };
         let point = point as usize;
+        taken.push(point);
         counts[labels[point] as usize] -= 1;
         counts[c] = 1;
         distances[point] = 0.0;

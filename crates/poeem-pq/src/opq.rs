@@ -58,7 +58,7 @@ pub fn train_opq(
 ) -> Result<(IvfPqCodec, OpqReport), PqError> {
     let n = check_training_rows(data, dim, "OPQ training data")?;
     let padded = padded_dim(dim, config.n_subspaces);
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x0_5EED_0_0F_0_0A);
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x005E_ED00_F00A);
     let sampled;
     let train = match opq.max_train_points {
         Some(max) if n > max => {

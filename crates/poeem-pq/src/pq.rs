@@ -92,7 +92,7 @@ pub(crate) fn check_layout(dim: usize, n_subspaces: usize, n_bits: u32) -> Resul
             expected: "1 to 16",
         });
     }
-    if n_subspaces == 0 || dim % n_subspaces != 0 {
+    if n_subspaces == 0 || !dim.is_multiple_of(n_subspaces) {
         return Err(PqError::InvalidSetting {
             setting: "n_subspaces",
             value: n_subspaces.to_string(),
@@ -291,7 +291,7 @@ impl ProductQuantizer {
     pub fn decode<C: Code>(&self, codes: &[C], out: &mut [f32]) -> Result<(), PqError> {
         self.check_code_width::<C>()?;
         let m = self.n_subspaces();
-        if codes.len() % m != 0 || out.len() != codes.len() / m * self.dim {
+        if !codes.len().is_multiple_of(m) || out.len() != codes.len() / m * self.dim {
             return Err(PqError::DimensionMismatch {
                 what: "decode output",
                 expected: codes.len() / m * self.dim,

@@ -98,7 +98,7 @@ impl GivensOptimizer {
         par: Par,
     ) -> Result<GivensStep, RotationError> {
         let skew = skew_gradient(rotation, gradient, par)?;
-        Ok(self.step_with_skew(rotation, &skew, par))
+        self.step_with_skew(rotation, &skew, par)
     }
 
     /// One step for a loss of `Y = X R` given the batch `y` and `dy = ∂f/∂Y` (row-major
@@ -114,7 +114,7 @@ impl GivensOptimizer {
         par: Par,
     ) -> Result<GivensStep, RotationError> {
         let skew = skew_gradient_from_batch(y, dy, rotation.dim(), par)?;
-        Ok(self.step_with_skew(rotation, &skew, par))
+        self.step_with_skew(rotation, &skew, par)
     }
 
     /// One step on the distortion `f(R) = Σ_b ‖x_b R − z_b‖²` with the reconstructions `z` held
@@ -149,17 +149,28 @@ impl GivensOptimizer {
 
     /// One step from a precomputed row-major skew-symmetric `S` (d×d, f64).
     ///
-    /// # Panics
-    /// When `skew.len() != d²`.
-    #[track_caller]
+    /// # Errors
+    /// When `skew` is not d×d or holds a non-finite value; the rotation is then unchanged.
     pub fn step_with_skew(
         &mut self,
         rotation: &mut Rotation,
         skew: &[f64],
         par: Par,
-    ) -> GivensStep {
+    ) -> Result<GivensStep, RotationError> {
         let d = rotation.dim();
-        assert_eq!(skew.len(), d * d, "skew matrix must be d × d");
+        if skew.len() != d * d {
+            return Err(RotationError::DimensionMismatch {
+                what: "skew matrix",
+                expected: d * d,
+                got: skew.len(),
+            });
+        }
+        if let Some(index) = skew.iter().position(|v| !v.is_finite()) {
+            return Err(RotationError::NonFinite {
+                what: "skew matrix",
+                index,
+            });
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(
             self.config.seed ^ self.steps.wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
@@ -179,16 +190,16 @@ impl GivensOptimizer {
         rotation.rotate_planes(&planes, par);
         self.steps += 1;
         let every = self.config.reorthonormalize_every;
-        let reorthonormalized = every > 0 && self.steps % every == 0;
+        let reorthonormalized = every > 0 && self.steps.is_multiple_of(every);
         if reorthonormalized {
             rotation.reorthonormalize();
         }
-        GivensStep {
+        Ok(GivensStep {
             n_pairs: planes.len(),
             matching_weight: matching_weight(skew, d, &pairs),
             largest_angle: planes.iter().map(|p| p.angle.abs()).fold(0.0, f32::max),
             reorthonormalized,
-        }
+        })
     }
 }
 

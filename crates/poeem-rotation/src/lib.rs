@@ -43,7 +43,7 @@ pub(crate) fn row_count(
     if dim == 0 {
         return Err(RotationError::ZeroDimension);
     }
-    if data.len() % dim != 0 {
+    if !data.len().is_multiple_of(dim) {
         return Err(RotationError::RaggedRows {
             what,
             len: data.len(),

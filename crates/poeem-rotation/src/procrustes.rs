@@ -5,8 +5,10 @@ use crate::{Rotation, RotationError, first_non_finite, row_count};
 /// Orthogonal Procrustes: the rotation `R` minimising `‖X R − Z‖_F` for row-major `n × dim`
 /// batches `x` and `z`.
 ///
-/// With `M = Xᵀ Z = U S Vᵀ`, the minimiser is `R = U Vᵀ`. The cross-covariance is accumulated in
-/// f32 by a GEMM and factorised in f64.
+/// With `M = Xᵀ Z = U S Vᵀ`, the minimiser over orthonormal matrices is `R = U Vᵀ`. It may be a
+/// reflection (det −1): PQ distortion does not care, and Givens steps, which preserve the
+/// determinant, then continue in that component. The cross-covariance is accumulated in f32 by a
+/// GEMM and factorised in f64.
 ///
 /// # Errors
 /// On a zero dimension, ragged or unequal inputs, no rows, non-finite values, or an SVD failure.

@@ -241,7 +241,9 @@ impl Rotation {
     }
 
     /// Replaces `R` by the orthonormal factor of its QR decomposition (computed in f64, column
-    /// signs chosen so that the result is the nearest such factor to `R`), removing float drift.
+    /// signs chosen so that diag of the triangular factor is positive), removing float drift.
+    /// For an `R` that is already orthonormal up to rounding, the result differs from it by
+    /// about that rounding.
     pub fn reorthonormalize(&mut self) {
         let q = orthonormal_factor(self.to_f64().as_ref());
         *self = Self::from_f64(q.as_ref());

@@ -183,7 +183,7 @@ pub fn read_fvecs(path: &Path) -> Result<Vectors, IoError> {
 /// # Errors
 /// On I/O failure; when `data` is not a whole number of `dim`-wide rows.
 pub fn write_npy(path: &Path, data: &[f32], dim: usize) -> Result<(), IoError> {
-    if dim == 0 || data.len() % dim != 0 {
+    if dim == 0 || !data.len().is_multiple_of(dim) {
         return Err(format_error(
             path,
             format!("{} values do not form rows of {dim}", data.len()),
@@ -210,7 +210,7 @@ pub fn write_fvecs(path: &Path, data: &[f32], dim: usize) -> Result<(), IoError>
         .ok()
         .filter(|&d| d > 0)
         .ok_or_else(|| format_error(path, format!("invalid dimension {dim}")))?;
-    if data.len() % dim != 0 {
+    if !data.len().is_multiple_of(dim) {
         return Err(format_error(
             path,
             format!("{} values do not form rows of {dim}", data.len()),
