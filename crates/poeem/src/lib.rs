@@ -8,6 +8,19 @@
 //!   codec;
 //!
 //! plus [`io`] for vector files (`.npy`, `.fvecs`) and [`synthetic`] for seeded test data.
+//!
+//! ```
+//! use poeem::pq::{IvfPqConfig, OpqConfig, Par, train_opq};
+//!
+//! let (n, dim) = (4_000, 32);
+//! let data = poeem::synthetic::anisotropic_gaussian(n, dim, 30.0, 1);
+//! let config = IvfPqConfig::new(16, 8, 6); // 16 lists, 8 subspaces of 6 bits
+//! let (codec, report) = train_opq(&data, dim, &config, &OpqConfig::default(), Par::rayon(2), &mut |_| {})?;
+//! let (mut lists, mut codes) = (vec![0u32; n], vec![0u8; n * 8]);
+//! codec.encode(&data, &mut lists, &mut codes, Par::rayon(2))?;
+//! assert!(report.distortion.last() < report.distortion.first());
+//! # Ok::<(), poeem::pq::PqError>(())
+//! ```
 #![forbid(unsafe_code)]
 
 pub use poeem_pq as pq;
