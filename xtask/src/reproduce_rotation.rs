@@ -161,7 +161,14 @@ fn distortion_section(
     let (data, dim) = if padded == dim {
         (data, dim)
     } else {
-        padded_data = data.chunks_exact(dim).flat_map(|x| x.iter().copied().chain(std::iter::repeat_n(0.0, padded - dim))).collect();
+        padded_data = data
+            .chunks_exact(dim)
+            .flat_map(|x| {
+                x.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0.0, padded - dim))
+            })
+            .collect();
         (&padded_data[..], padded)
     };
     let n = data.len() / dim;
@@ -424,13 +431,33 @@ mod tests {
     fn learned_rotations_beat_plain_pq() {
         let (n, dim) = (3_000, 16);
         let data = poeem::synthetic::anisotropic_gaussian(n, dim, 30.0, 4);
-        let setup = Setup { n_subspaces: 4, n_bits: 4, batch: 256 };
-        let args = Args { quick: true, vectors: None, seed: 4, givens_lr: 8.0, out: None };
-        let mean_sq_norm = data.chunks_exact(dim).map(|x| x.iter().map(|v| f64::from(v * v)).sum::<f64>()).sum::<f64>() / n as f64;
-        let config = PqConfig { n_subspaces: 4, n_bits: 4, kmeans: KMeansSettings::default(), seed: 4 };
+        let setup = Setup {
+            n_subspaces: 4,
+            n_bits: 4,
+            batch: 256,
+        };
+        let args = Args {
+            quick: true,
+            vectors: None,
+            seed: 4,
+            givens_lr: 8.0,
+            out: None,
+        };
+        let mean_sq_norm = data
+            .chunks_exact(dim)
+            .map(|x| x.iter().map(|v| f64::from(v * v)).sum::<f64>())
+            .sum::<f64>()
+            / n as f64;
+        let config = PqConfig {
+            n_subspaces: 4,
+            n_bits: 4,
+            kmeans: KMeansSettings::default(),
+            seed: 4,
+        };
         let initial = ProductQuantizer::train(&data, dim, &config, Par::Seq, &mut |_| {}).unwrap();
         let final_distortion = |method| {
-            let mut run = Run::new(&data, dim, &initial, method, &setup, &args, mean_sq_norm).unwrap();
+            let mut run =
+                Run::new(&data, dim, &initial, method, &setup, &args, mean_sq_norm).unwrap();
             for _ in 0..200 {
                 run.step().unwrap();
             }
@@ -438,9 +465,17 @@ mod tests {
             run.distortion().unwrap()
         };
         let plain = final_distortion(Method::Plain);
-        for method in [Method::OpqSvd, Method::Givens(PairSelection::Greedy), Method::Givens(PairSelection::Steepest)] {
+        for method in [
+            Method::OpqSvd,
+            Method::Givens(PairSelection::Greedy),
+            Method::Givens(PairSelection::Steepest),
+        ] {
             let learned = final_distortion(method);
-            assert!(learned < 0.9 * plain, "{}: {learned} vs plain {plain}", method.name());
+            assert!(
+                learned < 0.9 * plain,
+                "{}: {learned} vs plain {plain}",
+                method.name()
+            );
         }
     }
 }

@@ -52,3 +52,25 @@ pub(crate) fn chunk_rows(n_rows: usize, par: faer::Par, align: usize) -> usize {
     let per_task = n_rows.div_ceil(n_tasks(par)).max(1);
     per_task.div_ceil(align) * align
 }
+
+/// A seeded sample of at most `max_rows` rows of `data` (kept in their original order), or `None`
+/// when there are no more rows than that.
+pub(crate) fn sample_rows(
+    data: &[f32],
+    dim: usize,
+    max_rows: usize,
+    rng: &mut impl rand::Rng,
+) -> Option<Vec<f32>> {
+    let n = data.len() / dim;
+    if n <= max_rows {
+        return None;
+    }
+    let mut rows = rand::seq::index::sample(rng, n, max_rows).into_vec();
+    rows.sort_unstable();
+    Some(
+        rows.iter()
+            .flat_map(|&r| &data[r * dim..(r + 1) * dim])
+            .copied()
+            .collect(),
+    )
+}

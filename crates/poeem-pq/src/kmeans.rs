@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::centroids::{Centroids, squared_norm};
-use crate::data::check_training_rows;
+use crate::data::{check_training_rows, sample_rows};
 use crate::{PqError, Progress, ProgressFn, Stage};
 
 /// How the first centroids are chosen.
@@ -140,20 +140,10 @@ impl KMeans {
         let settings = &config.settings;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
 
-        let sampled;
-        let train = match settings.max_points_per_centroid {
-            Some(per) if n > k.saturating_mul(per.max(1)) => {
-                let mut rows = sample(&mut rng, n, k * per.max(1)).into_vec();
-                rows.sort_unstable();
-                sampled = rows
-                    .iter()
-                    .flat_map(|&r| &data[r * dim..(r + 1) * dim])
-                    .copied()
-                    .collect::<Vec<f32>>();
-                &sampled[..]
-            }
-            _ => data,
-        };
+        let sampled = settings
+            .max_points_per_centroid
+            .and_then(|per| sample_rows(data, dim, k.saturating_mul(per.max(1)), &mut rng));
+        let train = sampled.as_deref().unwrap_or(data);
         let n_train = train.len() / dim;
 
         let initial = match &settings.init {

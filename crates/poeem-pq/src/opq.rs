@@ -4,10 +4,9 @@
 use faer::Par;
 use poeem_rotation::{Rotation, procrustes};
 use rand::SeedableRng;
-use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::check_training_rows;
+use crate::data::{check_training_rows, sample_rows};
 use crate::ivfpq::{padded_dim, squared_error};
 use crate::{IvfPqCodec, IvfPqConfig, KMeansSettings, PqError, Progress, ProgressFn, Stage};
 
@@ -56,23 +55,13 @@ pub fn train_opq(
     par: Par,
     progress: ProgressFn<'_>,
 ) -> Result<(IvfPqCodec, OpqReport), PqError> {
-    let n = check_training_rows(data, dim, "OPQ training data")?;
+    check_training_rows(data, dim, "OPQ training data")?;
     let padded = padded_dim(dim, config.n_subspaces);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x005E_ED00_F00A);
-    let sampled;
-    let train = match opq.max_train_points {
-        Some(max) if n > max => {
-            let mut rows = sample(&mut rng, n, max).into_vec();
-            rows.sort_unstable();
-            sampled = rows
-                .iter()
-                .flat_map(|&r| &data[r * dim..(r + 1) * dim])
-                .copied()
-                .collect::<Vec<f32>>();
-            &sampled[..]
-        }
-        _ => data,
-    };
+    let sampled = opq
+        .max_train_points
+        .and_then(|max| sample_rows(data, dim, max, &mut rng));
+    let train = sampled.as_deref().unwrap_or(data);
     let n_train = train.len() / dim;
     let mut padded_train = vec![0.0f32; n_train * padded];
     for (dst, row) in padded_train

@@ -3,8 +3,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::{
-    PairSelection, PlaneRotation, Rotation, RotationError, first_non_finite, matching_weight,
-    row_count, select_pairs,
+    PairSelection, PlaneRotation, Rotation, RotationError, check_batch_pair, first_non_finite,
+    matching_weight, row_count, select_pairs,
 };
 
 /// Settings of [`GivensOptimizer`].
@@ -130,17 +130,7 @@ impl GivensOptimizer {
         par: Par,
     ) -> Result<GivensStep, RotationError> {
         let d = rotation.dim();
-        let n = row_count(x, d, "x")?;
-        if z.len() != x.len() {
-            return Err(RotationError::DimensionMismatch {
-                what: "z",
-                expected: x.len(),
-                got: z.len(),
-            });
-        }
-        if n == 0 {
-            return Err(RotationError::Empty { what: "x" });
-        }
+        check_batch_pair(x, z, d)?;
         let mut y = vec![0.0f32; x.len()];
         rotation.apply(x, &mut y, par);
         let dy: Vec<f32> = y.iter().zip(z).map(|(a, b)| 2.0 * (a - b)).collect();

@@ -53,6 +53,29 @@ pub(crate) fn row_count(
     Ok(data.len() / dim)
 }
 
+/// Checks a pair of row-major batches `x`, `z` of equal shape with at least one row and finite
+/// values; returns the number of rows.
+pub(crate) fn check_batch_pair(x: &[f32], z: &[f32], dim: usize) -> Result<usize, RotationError> {
+    let n = row_count(x, dim, "x")?;
+    if z.len() != x.len() {
+        return Err(RotationError::DimensionMismatch {
+            what: "z",
+            expected: x.len(),
+            got: z.len(),
+        });
+    }
+    if n == 0 {
+        return Err(RotationError::Empty { what: "x" });
+    }
+    if let Some(index) = first_non_finite(x) {
+        return Err(RotationError::NonFinite { what: "x", index });
+    }
+    if let Some(index) = first_non_finite(z) {
+        return Err(RotationError::NonFinite { what: "z", index });
+    }
+    Ok(n)
+}
+
 /// Returns the index of the first non-finite value, if any.
 pub(crate) fn first_non_finite(data: &[f32]) -> Option<usize> {
     data.iter().position(|v| !v.is_finite())

@@ -1,6 +1,6 @@
 use faer::{Accum, Mat, MatRef, Par};
 
-use crate::{Rotation, RotationError, first_non_finite, row_count};
+use crate::{Rotation, RotationError, check_batch_pair};
 
 /// Orthogonal Procrustes: the rotation `R` minimising `‖X R − Z‖_F` for row-major `n × dim`
 /// batches `x` and `z`.
@@ -13,23 +13,7 @@ use crate::{Rotation, RotationError, first_non_finite, row_count};
 /// # Errors
 /// On a zero dimension, ragged or unequal inputs, no rows, non-finite values, or an SVD failure.
 pub fn procrustes(x: &[f32], z: &[f32], dim: usize, par: Par) -> Result<Rotation, RotationError> {
-    let n = row_count(x, dim, "x")?;
-    if z.len() != x.len() {
-        return Err(RotationError::DimensionMismatch {
-            what: "z",
-            expected: x.len(),
-            got: z.len(),
-        });
-    }
-    if n == 0 {
-        return Err(RotationError::Empty { what: "x" });
-    }
-    if let Some(index) = first_non_finite(x) {
-        return Err(RotationError::NonFinite { what: "x", index });
-    }
-    if let Some(index) = first_non_finite(z) {
-        return Err(RotationError::NonFinite { what: "z", index });
-    }
+    let n = check_batch_pair(x, z, dim)?;
     let xm = MatRef::from_row_major_slice(x, n, dim);
     let zm = MatRef::from_row_major_slice(z, n, dim);
     let mut cross = Mat::<f32>::zeros(dim, dim);
