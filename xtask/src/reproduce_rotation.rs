@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use poeem::pq::{KMeansSettings, Par, PqConfig, ProductQuantizer};
+use poeem::pq::{KMeansSettings, Par, PqConfig, ProductQuantizer, mean_squared_norm};
 use poeem::rotation::faer;
 use poeem::rotation::{
     GivensConfig, GivensOptimizer, PairSelection, Rotation, procrustes, procrustes_from_cross,
@@ -171,12 +171,7 @@ fn distortion_section(
             .collect();
         (&padded_data[..], padded)
     };
-    let n = data.len() / dim;
-    let mean_sq_norm = data
-        .chunks_exact(dim)
-        .map(|x| x.iter().map(|v| f64::from(v * v)).sum::<f64>())
-        .sum::<f64>()
-        / n as f64;
+    let mean_sq_norm = mean_squared_norm(data, dim);
     let config = PqConfig {
         n_subspaces: setup.n_subspaces,
         n_bits: setup.n_bits,
@@ -443,11 +438,7 @@ mod tests {
             givens_lr: 8.0,
             out: None,
         };
-        let mean_sq_norm = data
-            .chunks_exact(dim)
-            .map(|x| x.iter().map(|v| f64::from(v * v)).sum::<f64>())
-            .sum::<f64>()
-            / n as f64;
+        let mean_sq_norm = mean_squared_norm(&data, dim);
         let config = PqConfig {
             n_subspaces: 4,
             n_bits: 4,
