@@ -1,0 +1,1 @@
+//! The Poeem indexing layer (filled in by its own change).
