@@ -3,6 +3,8 @@
 //! - `cargo xtask reproduce rotation [--quick] [--vectors FILE]`: the Givens paper's
 //!   fixed-embedding experiment (distortion over steps; time per rotation update).
 //! - `cargo xtask bench-faiss quantizers`: k-means and PQ encoding, poeem against faiss.
+//! - `cargo xtask bench-faiss search --vectors FILE`: IVF-PQ recall and queries per second,
+//!   poeem against faiss, on real vectors.
 
 use std::path::PathBuf;
 
@@ -10,6 +12,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench_faiss;
+mod bench_faiss_search;
 mod reproduce_rotation;
 mod table;
 
@@ -45,6 +48,9 @@ enum Experiment {
 enum BenchTarget {
     /// k-means (n × d → k centroids) and 8-bit PQ encoding, one thread, poeem vs faiss.
     Quantizers(bench_faiss::QuantizerArgs),
+    /// IVF-PQ search (recall@k and QPS for each nprobe; one query per call, batched on one and
+    /// two threads) and build time, poeem vs faiss, on held-out rows of a vector file.
+    Search(bench_faiss_search::SearchArgs),
 }
 
 fn main() -> Result<()> {
@@ -55,6 +61,9 @@ fn main() -> Result<()> {
         Command::BenchFaiss {
             target: BenchTarget::Quantizers(args),
         } => bench_faiss::quantizers(&args),
+        Command::BenchFaiss {
+            target: BenchTarget::Search(args),
+        } => bench_faiss_search::search(&args),
     }
 }
 

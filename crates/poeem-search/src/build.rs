@@ -1,1 +1,536 @@
-//! (filled in by its own change)
+//! Building an index from vectors the post-hoc way, as faiss does: train an IVF-PQ codec on the
+//! vectors (k-means for the coarse lists and for each subspace's codebook, optionally OPQ for a
+//! rotation), encode every vector, and group the codes by list.
+//!
+//! [`build_index`] serves users who already have embeddings, and is the baseline that Poeem's
+//! jointly trained index is compared with. [`index_from_codec`] only encodes, with a codec trained
+//! elsewhere (the training crate's export of the learned index).
+//!
+//! Items are identified by `u64` ids, `0..n` by default. As in faiss, ids need not be unique: a
+//! search may then return the same id for two different items. Only [`PADDING_ID`] (`u64::MAX`)
+//! is refused, because the layout marks padding slots with it.
+
+use std::borrow::Cow;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use faer::Par;
+use poeem_pq::{
+    Code, IvfPqCodec, IvfPqConfig, KMeansInit, KMeansSettings, MAX_BITS, OpqConfig, PqTraining,
+    ProgressFn, mean_squared_norm, train_opq,
+};
+use serde_json::{Map, Value, json};
+
+use crate::{IndexParams, IndexParts, Metric, PADDING_ID, SearchError};
+
+/// Rows encoded per batch: bounds the scratch memory of the encoder and of the distortion check.
+const ENCODE_CHUNK_ROWS: usize = 1 << 14;
+
+/// Settings of [`build_index`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildConfig {
+    /// Coarse lists J. 0 builds a flat PQ index: one list whose centroid is the origin.
+    pub n_lists: usize,
+    /// PQ subspaces M (1 to `dim`). Need not divide the dimension: vectors are zero-padded.
+    pub n_subspaces: usize,
+    /// Bits per PQ code, 1 to 16 (`2^n_bits` codewords per subspace); 8 is the usual choice.
+    pub n_bits: u32,
+    /// How queries will be compared with the items. With [`Metric::Cosine`] the vectors are
+    /// L2-normalised before training and encoding.
+    pub metric: Metric,
+    /// Learn a rotation by OPQ before the final fit (`None`: the identity).
+    pub opq: Option<OpqConfig>,
+    /// k-means settings of both levels (a warm start, [`KMeansInit::Centroids`], is refused).
+    pub kmeans: KMeansSettings,
+    /// Seed of every random choice: the same seed, data and settings give the same index.
+    pub seed: u64,
+}
+
+impl BuildConfig {
+    /// `n_lists` lists and `n_subspaces` subspaces of `n_bits` bits; inner product, no OPQ,
+    /// default k-means settings, seed 0.
+    pub fn new(n_lists: usize, n_subspaces: usize, n_bits: u32) -> Self {
+        Self {
+            n_lists,
+            n_subspaces,
+            n_bits,
+            metric: Metric::InnerProduct,
+            opq: None,
+            kmeans: KMeansSettings::default(),
+            seed: 0,
+        }
+    }
+
+    /// Checks the settings that do not depend on the data.
+    ///
+    /// # Errors
+    /// [`SearchError::InvalidParameter`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), SearchError> {
+        if self.n_subspaces == 0 {
+            return Err(invalid("n_subspaces", 0, "must be at least 1"));
+        }
+        if !(1..=MAX_BITS).contains(&self.n_bits) {
+            return Err(invalid("n_bits", self.n_bits, "must be between 1 and 16"));
+        }
+        let tolerance = self.kmeans.tolerance;
+        if !(tolerance.is_finite() && tolerance >= 0.0) {
+            return Err(invalid(
+                "kmeans.tolerance",
+                tolerance,
+                "must be a finite number of at least 0",
+            ));
+        }
+        if matches!(self.kmeans.init, KMeansInit::Centroids(_)) {
+            return Err(invalid(
+                "kmeans.init",
+                "centroids",
+                "build_index trains both levels from scratch and takes no initial centroids",
+            ));
+        }
+        if let Some(opq) = &self.opq
+            && opq.max_train_points == Some(0)
+        {
+            return Err(invalid("opq.max_train_points", 0, "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The codec settings this build trains with (codebooks fitted on residuals).
+    pub fn codec_config(&self) -> IvfPqConfig {
+        IvfPqConfig {
+            n_lists: self.n_lists,
+            n_subspaces: self.n_subspaces,
+            n_bits: self.n_bits,
+            pq_training: PqTraining::Residuals,
+            kmeans: self.kmeans.clone(),
+            seed: self.seed,
+        }
+    }
+
+    /// Number of vectors the codec is trained on, out of `n`: OPQ trains on a sample of at most
+    /// `max_train_points`; k-means itself may sample further (`max_points_per_centroid`).
+    pub fn n_train(&self, n: usize) -> usize {
+        match &self.opq {
+            Some(OpqConfig {
+                max_train_points: Some(max),
+                ..
+            }) => n.min(*max),
+            _ => n,
+        }
+    }
+}
+
+/// What [`build_index`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildReport {
+    /// Vectors the codec was trained on (see [`BuildConfig::n_train`]).
+    pub n_train: usize,
+    /// Seconds spent training the codec (coarse k-means and PQ, or the whole OPQ alternation).
+    pub train_seconds: f64,
+    /// Seconds spent encoding the vectors and grouping them by list.
+    pub encode_seconds: f64,
+    /// Seconds of the whole build.
+    pub total_seconds: f64,
+    /// Mean squared reconstruction error `mean ‖x − x̂‖²` of the indexed vectors (normalised ones
+    /// for [`Metric::Cosine`]), measured in the rotated, zero-padded space.
+    pub distortion: f64,
+    /// `distortion` divided by the vectors' mean squared norm (0 when every vector is zero).
+    pub relative_distortion: f64,
+    /// With OPQ, the training sample's mean squared distortion after each round, the last entry
+    /// being the final codec's (see [`poeem_pq::OpqReport`]); empty without OPQ.
+    pub opq_distortion: Vec<f64>,
+}
+
+/// Trains an IVF-PQ codec on row-major `n × dim` vectors and indexes them.
+///
+/// `ids[i]` is the id of row i (default `0..n`). The codec is trained by
+/// [`IvfPqCodec::train`] with codebooks fitted on the residuals, or by [`train_opq`] when
+/// `config.opq` is set; `progress` receives the training events. Every vector is then encoded
+/// (one-byte codes up to 8 bits, two-byte codes above) and grouped by its coarse list.
+///
+/// The parts' metadata records the builder, the crate version, the shape, the training settings,
+/// the distortion, the stage timings and the creation time (Unix seconds); everything but the
+/// last two is the same for the same inputs.
+///
+/// # Errors
+/// - [`SearchError::InvalidParameter`] for bad settings (see [`BuildConfig::validate`]), `dim` of
+///   0, a length that is not a whole number of rows, `n_subspaces > dim`, more lists or codewords
+///   than training vectors, an id equal to [`PADDING_ID`], or (cosine) a zero vector;
+/// - [`SearchError::Empty`] when there are no vectors;
+/// - [`SearchError::NonFinite`] naming the row and column of a NaN or infinity;
+/// - [`SearchError::DimensionMismatch`] when `ids` is not `n` long;
+/// - [`SearchError::Pq`] when training fails.
+pub fn build_index(
+    vectors: &[f32],
+    dim: usize,
+    ids: Option<&[u64]>,
+    config: &BuildConfig,
+    par: Par,
+    progress: ProgressFn<'_>,
+) -> Result<(IndexParts, BuildReport), SearchError> {
+    let start = Instant::now();
+    config.validate()?;
+    let n = check_vectors(vectors, dim)?;
+    if config.n_subspaces > dim {
+        return Err(invalid(
+            "n_subspaces",
+            config.n_subspaces,
+            "must not exceed the dimension",
+        ));
+    }
+    let n_train = config.n_train(n);
+    if config.n_lists > n_train {
+        return Err(invalid(
+            "n_lists",
+            config.n_lists,
+            "is larger than the number of training vectors",
+        ));
+    }
+    if 1usize << config.n_bits > n_train {
+        return Err(invalid(
+            "n_bits",
+            config.n_bits,
+            "asks for more codewords (2^n_bits) than there are training vectors",
+        ));
+    }
+    let ids = item_ids(ids, n)?;
+    let data = prepare(vectors, dim, config.metric)?;
+
+    let codec_config = config.codec_config();
+    let train_start = Instant::now();
+    let (codec, opq_distortion) = match &config.opq {
+        None => (
+            IvfPqCodec::train(&data, dim, &codec_config, par, progress)?,
+            Vec::new(),
+        ),
+        Some(opq) => {
+            let (codec, report) = train_opq(&data, dim, &codec_config, opq, par, progress)?;
+            (codec, report.distortion)
+        }
+    };
+    let train_seconds = train_start.elapsed().as_secs_f64();
+
+    let mut encoded = encode_index(&codec, &data, &ids, config.metric, par)?;
+    let total_seconds = start.elapsed().as_secs_f64();
+
+    let mut metadata = codec_metadata("poeem-search build_index", &codec, &encoded);
+    metadata.insert(
+        "training".into(),
+        json!({
+            "n_lists": config.n_lists,
+            "pq_training": "residuals",
+            "opq": config.opq.as_ref().map(opq_json),
+            "kmeans": kmeans_json(&config.kmeans),
+            "seed": config.seed,
+            "n_train": n_train,
+        }),
+    );
+    metadata.insert("opq_distortion".into(), json!(opq_distortion));
+    metadata.insert(
+        "timings".into(),
+        json!({
+            "train_seconds": train_seconds,
+            "encode_seconds": encoded.seconds,
+            "total_seconds": total_seconds,
+        }),
+    );
+    metadata.insert("created".into(), json!(unix_seconds()));
+    encoded.parts.metadata = Value::Object(metadata);
+
+    let report = BuildReport {
+        n_train,
+        train_seconds,
+        encode_seconds: encoded.seconds,
+        total_seconds,
+        distortion: encoded.distortion,
+        relative_distortion: encoded.relative_distortion,
+        opq_distortion,
+    };
+    Ok((encoded.parts, report))
+}
+
+/// Indexes row-major `n × codec.dim()` vectors with an already trained codec: encoding only, no
+/// k-means.
+///
+/// `ids` and `metric` behave as in [`build_index`] (cosine normalises the vectors before encoding).
+/// The metadata is generated as by [`build_index`] (builder `"poeem-search index_from_codec"`,
+/// crate version, shape, rotation, distortion, encode time, creation time), then the entries of
+/// `metadata`, a JSON object (or `null` for none), are added, replacing generated entries of the
+/// same name, except `params`, which always describes the index.
+///
+/// # Errors
+/// As [`build_index`] for the vectors and ids; [`SearchError::InvalidParameter`] when `metadata`
+/// is neither an object nor `null`.
+pub fn index_from_codec(
+    codec: &IvfPqCodec,
+    vectors: &[f32],
+    ids: Option<&[u64]>,
+    metric: Metric,
+    metadata: Value,
+    par: Par,
+) -> Result<IndexParts, SearchError> {
+    let extra = match metadata {
+        Value::Null => Map::new(),
+        Value::Object(map) => map,
+        other => {
+            return Err(invalid(
+                "metadata",
+                json_kind(&other),
+                "must be a JSON object or null",
+            ));
+        }
+    };
+    let n = check_vectors(vectors, codec.dim())?;
+    let ids = item_ids(ids, n)?;
+    let data = prepare(vectors, codec.dim(), metric)?;
+    let mut encoded = encode_index(codec, &data, &ids, metric, par)?;
+    let mut meta = codec_metadata("poeem-search index_from_codec", codec, &encoded);
+    meta.insert(
+        "timings".into(),
+        json!({ "encode_seconds": encoded.seconds }),
+    );
+    meta.insert("created".into(), json!(unix_seconds()));
+    for (key, value) in extra {
+        if key != "params" {
+            meta.insert(key, value);
+        }
+    }
+    encoded.parts.metadata = Value::Object(meta);
+    Ok(encoded.parts)
+}
+
+/// The encoded index with the measurements of the encoding.
+struct Encoded {
+    parts: IndexParts,
+    distortion: f64,
+    relative_distortion: f64,
+    seconds: f64,
+}
+
+/// Encodes checked, prepared vectors with `codec` and groups them by list (metadata left null).
+fn encode_index(
+    codec: &IvfPqCodec,
+    data: &[f32],
+    ids: &[u64],
+    metric: Metric,
+    par: Par,
+) -> Result<Encoded, SearchError> {
+    let start = Instant::now();
+    let (parts, squared_error) = if codec.pq().n_bits() <= 8 {
+        encode_parts::<u8>(codec, data, ids, metric, par)?
+    } else {
+        encode_parts::<u16>(codec, data, ids, metric, par)?
+    };
+    let n = ids.len();
+    let distortion = squared_error / n as f64;
+    let scale = mean_squared_norm(data, codec.dim());
+    Ok(Encoded {
+        parts,
+        distortion,
+        relative_distortion: if scale > 0.0 { distortion / scale } else { 0.0 },
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Encodes into `C` codes in chunks, summing `‖x R − x̂'‖²` over the rows (the decode is cheap
+/// next to the encode), and assembles the parts.
+fn encode_parts<C: Code + Into<u32>>(
+    codec: &IvfPqCodec,
+    data: &[f32],
+    ids: &[u64],
+    metric: Metric,
+    par: Par,
+) -> Result<(IndexParts, f64), SearchError> {
+    let (dim, padded, m_count) = (codec.dim(), codec.padded_dim(), codec.pq().n_subspaces());
+    let n = ids.len();
+    let mut lists = vec![0u32; n];
+    let mut codes = vec![C::default(); n * m_count];
+    let mut squared_error = 0.0f64;
+    let mut decoded = Vec::new();
+    for (chunk, (chunk_lists, chunk_codes)) in data.chunks(ENCODE_CHUNK_ROWS * dim).zip(
+        lists
+            .chunks_mut(ENCODE_CHUNK_ROWS)
+            .zip(codes.chunks_mut(ENCODE_CHUNK_ROWS * m_count)),
+    ) {
+        codec.encode(chunk, chunk_lists, chunk_codes, par)?;
+        let rotated = codec.rotate(chunk, par)?;
+        decoded.resize(rotated.len(), 0.0);
+        codec.decode_rotated(chunk_lists, chunk_codes, &mut decoded)?;
+        squared_error += rotated
+            .iter()
+            .zip(&decoded)
+            .map(|(&x, &z)| f64::from(x - z) * f64::from(x - z))
+            .sum::<f64>();
+    }
+
+    let pq = codec.pq();
+    let params = IndexParams {
+        dim,
+        padded_dim: padded,
+        n_lists: codec.n_lists(),
+        n_subspaces: m_count,
+        n_bits: pq.n_bits(),
+        metric,
+        n_items: n,
+    };
+    let rotation = (!codec.rotation().is_identity()).then(|| codec.rotation().as_slice().to_vec());
+    let coarse_centroids = codec.coarse().map_or_else(
+        || vec![0.0; padded],
+        |coarse| coarse.centroids().as_slice().to_vec(),
+    );
+    let parts = IndexParts::from_item_codes(
+        params,
+        rotation,
+        coarse_centroids,
+        pq.codebooks_flat(),
+        &lists,
+        &codes,
+        ids,
+        Value::Null,
+    )?;
+    Ok((parts, squared_error))
+}
+
+/// Checks row-major vectors of width `dim`; returns the number of rows.
+fn check_vectors(vectors: &[f32], dim: usize) -> Result<usize, SearchError> {
+    if dim == 0 {
+        return Err(invalid("dim", 0, "must be at least 1"));
+    }
+    if !vectors.len().is_multiple_of(dim) {
+        return Err(invalid(
+            "vectors",
+            format!("{} values", vectors.len()),
+            "do not form whole rows of dim values",
+        ));
+    }
+    if vectors.is_empty() {
+        return Err(SearchError::Empty { what: "vectors" });
+    }
+    if let Some(k) = vectors.iter().position(|v| !v.is_finite()) {
+        return Err(SearchError::NonFinite {
+            what: "vectors",
+            row: k / dim,
+            col: k % dim,
+        });
+    }
+    Ok(vectors.len() / dim)
+}
+
+/// The ids of `n` items: the given ones after checking them, or `0..n`.
+fn item_ids(ids: Option<&[u64]>, n: usize) -> Result<Cow<'_, [u64]>, SearchError> {
+    let Some(ids) = ids else {
+        return Ok(Cow::Owned((0..n as u64).collect()));
+    };
+    if ids.len() != n {
+        return Err(SearchError::DimensionMismatch {
+            what: "ids (one per vector)",
+            expected: n,
+            got: ids.len(),
+        });
+    }
+    if let Some(row) = ids.iter().position(|&id| id == PADDING_ID) {
+        return Err(invalid(
+            "ids",
+            format!("row {row}: {PADDING_ID}"),
+            "u64::MAX is reserved for padding slots",
+        ));
+    }
+    Ok(Cow::Borrowed(ids))
+}
+
+/// The vectors as the codec sees them: L2-normalised for cosine, as given otherwise.
+fn prepare(vectors: &[f32], dim: usize, metric: Metric) -> Result<Cow<'_, [f32]>, SearchError> {
+    if metric != Metric::Cosine {
+        return Ok(Cow::Borrowed(vectors));
+    }
+    let mut out = vectors.to_vec();
+    for (row, x) in out.chunks_exact_mut(dim).enumerate() {
+        let norm = x
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
+        if norm == 0.0 {
+            return Err(invalid(
+                "vectors",
+                format!("row {row}"),
+                "is zero and cannot be normalised for the cosine metric",
+            ));
+        }
+        for v in x {
+            *v = (f64::from(*v) / norm) as f32;
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// The metadata entries shared by both builders.
+fn codec_metadata(builder: &str, codec: &IvfPqCodec, encoded: &Encoded) -> Map<String, Value> {
+    let mut meta = Map::new();
+    meta.insert("builder".into(), json!(builder));
+    meta.insert("crate_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    meta.insert("params".into(), json!(encoded.parts.params));
+    meta.insert(
+        "rotation".into(),
+        json!(if codec.rotation().is_identity() {
+            "identity"
+        } else {
+            "learned"
+        }),
+    );
+    meta.insert("coarse_level".into(), json!(codec.coarse().is_some()));
+    meta.insert("distortion".into(), json!(encoded.distortion));
+    meta.insert(
+        "relative_distortion".into(),
+        json!(encoded.relative_distortion),
+    );
+    meta
+}
+
+fn opq_json(opq: &OpqConfig) -> Value {
+    json!({
+        "n_rounds": opq.n_rounds,
+        "iterations_per_round": opq.iterations_per_round,
+        "max_train_points": opq.max_train_points,
+    })
+}
+
+fn kmeans_json(settings: &KMeansSettings) -> Value {
+    let init = match settings.init {
+        KMeansInit::RandomSample => "random_sample",
+        KMeansInit::KMeansPlusPlus => "kmeans++",
+        KMeansInit::Centroids(_) => "centroids",
+        _ => "other",
+    };
+    json!({
+        "max_iter": settings.max_iter,
+        "tolerance": settings.tolerance,
+        "init": init,
+        "max_points_per_centroid": settings.max_points_per_centroid,
+    })
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is set before it).
+pub(crate) fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn invalid(name: &'static str, value: impl ToString, reason: &'static str) -> SearchError {
+    SearchError::InvalidParameter {
+        name,
+        value: value.to_string(),
+        reason,
+    }
+}

@@ -52,6 +52,83 @@ pub enum TrainError {
     #[error(transparent)]
     Rotation(#[from] poeem_rotation::RotationError),
     // <more variants: add below this line, one edit at a time>
+    /// A checkpoint is missing, truncated, corrupt (checksum mismatch), or of a format version
+    /// this build cannot read.
+    #[error("checkpoint {}: {reason}", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Training was resumed on a dataset other than the one the checkpoint was trained on.
+    #[error("the dataset does not match the checkpoint: {reason}")]
+    DatasetMismatch {
+        /// What differs.
+        reason: String,
+    },
+    /// The loss became NaN or infinite (the parameters were left as they were before the step).
+    #[error("training diverged at step {step}: the loss is {loss}")]
+    Diverged {
+        /// The step (0-based) whose loss is not finite.
+        step: u64,
+        /// The loss.
+        loss: f64,
+    },
+    /// A data file cannot be parsed at a line (a ragged row, an unterminated quote, bad UTF-8,
+    /// an empty id, a repeated id).
+    #[error("{}:{line}: {reason}", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line where the offending record starts.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A cell of a data file holds a value its column cannot take (a timestamp or a numeric
+    /// feature that is not a finite number).
+    #[error("{}:{line}: column {column}: {value:?} {reason}", path.display())]
+    BadValue {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line of the record.
+        line: usize,
+        /// The column's name.
+        column: String,
+        /// The offending cell.
+        value: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// A data file has no column of the name the configuration asks for.
+    #[error("{}: no column {column:?} (available: {})", path.display(), available.join(", "))]
+    MissingColumn {
+        /// The file.
+        path: PathBuf,
+        /// The requested name.
+        column: String,
+        /// The file's column names.
+        available: Vec<String>,
+    },
+    /// A data file holds no data rows.
+    #[error("{}: {reason}", path.display())]
+    EmptyData {
+        /// The file.
+        path: PathBuf,
+        /// "the file is empty" or "the file has a header but no rows".
+        reason: &'static str,
+    },
+    /// An index given by the caller is out of range.
+    #[error("{what}: index {index} is out of range (must be below {bound})")]
+    OutOfRange {
+        /// Which input.
+        what: &'static str,
+        /// The index.
+        index: u64,
+        /// The exclusive upper bound.
+        bound: u64,
+    },
 }
 
 impl TrainError {

@@ -183,15 +183,31 @@ pub fn read_fvecs(path: &Path) -> Result<Vectors, IoError> {
 /// # Errors
 /// On I/O failure; when `data` is not a whole number of `dim`-wide rows.
 pub fn write_npy(path: &Path, data: &[f32], dim: usize) -> Result<(), IoError> {
-    if dim == 0 || !data.len().is_multiple_of(dim) {
+    write_matrix(path, data, dim)
+}
+
+/// Writes a 2-D C-order i64 `.npy` atomically (search results: ids, −1 for none).
+///
+/// # Errors
+/// As [`write_npy`].
+pub fn write_npy_i64(path: &Path, data: &[i64], cols: usize) -> Result<(), IoError> {
+    write_matrix(path, data, cols)
+}
+
+fn write_matrix<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    data: &[T],
+    cols: usize,
+) -> Result<(), IoError> {
+    if cols == 0 || !data.len().is_multiple_of(cols) {
         return Err(format_error(
             path,
-            format!("{} values do not form rows of {dim}", data.len()),
+            format!("{} values do not form rows of {cols}", data.len()),
         ));
     }
     write_atomically(path, |w| {
-        let shape = [(data.len() / dim) as u64, dim as u64];
-        let mut writer = npyz::WriteOptions::<f32>::new()
+        let shape = [(data.len() / cols) as u64, cols as u64];
+        let mut writer = npyz::WriteOptions::<T>::new()
             .default_dtype()
             .shape(&shape)
             .writer(w)
@@ -199,6 +215,63 @@ pub fn write_npy(path: &Path, data: &[f32], dim: usize) -> Result<(), IoError> {
         writer.extend(data.iter().copied())?;
         writer.finish()
     })
+}
+
+/// Reads item ids from a `.npy` of integers: 1-D, or 2-D with one column; int64, uint64, int32
+/// or uint32.
+///
+/// # Errors
+/// On I/O failure, another shape or type, or a negative id.
+pub fn read_ids(path: &Path) -> Result<Vec<u64>, IoError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let npy = npyz::NpyFile::new(BufReader::new(file))
+        .map_err(|e| format_error(path, format!("not a .npy file: {e}")))?;
+    let shape = npy.shape().to_vec();
+    if !(shape.len() == 1 || (shape.len() == 2 && shape[1] == 1)) {
+        return Err(format_error(
+            path,
+            format!("expected a 1-D array of ids (or one column), found shape {shape:?}"),
+        ));
+    }
+    let signed = |values: Vec<i64>| -> Result<Vec<u64>, IoError> {
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(row, v)| {
+                u64::try_from(v)
+                    .map_err(|_| format_error(path, format!("id {v} at row {row} is negative")))
+            })
+            .collect()
+    };
+    let read_error = |e: std::io::Error| format_error(path, e.to_string());
+    let dtype = npy.dtype();
+    match &dtype {
+        npyz::DType::Plain(t) => match (t.type_char(), t.size_field()) {
+            (npyz::TypeChar::Int, 8) => signed(npy.into_vec::<i64>().map_err(read_error)?),
+            (npyz::TypeChar::Int, 4) => signed(
+                npy.into_vec::<i32>()
+                    .map_err(read_error)?
+                    .into_iter()
+                    .map(i64::from)
+                    .collect(),
+            ),
+            (npyz::TypeChar::Uint, 8) => npy.into_vec::<u64>().map_err(read_error),
+            (npyz::TypeChar::Uint, 4) => Ok(npy
+                .into_vec::<u32>()
+                .map_err(read_error)?
+                .into_iter()
+                .map(u64::from)
+                .collect()),
+            _ => Err(format_error(
+                path,
+                format!("expected integer ids, found {}", dtype.descr()),
+            )),
+        },
+        other => Err(format_error(
+            path,
+            format!("expected integer ids, found {}", other.descr()),
+        )),
+    }
 }
 
 /// Writes an `.fvecs` file atomically.
@@ -286,6 +359,21 @@ mod tests {
             assert_eq!(back.len(), 3);
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ids_round_trip_and_negative_ids_are_rejected() {
+        let dir = temp_dir("ids");
+        let path = dir.join("ids.npy");
+        write_npy_i64(&path, &[3, 1, 4, 1, 5, 9], 1).unwrap();
+        assert_eq!(read_ids(&path).unwrap(), vec![3, 1, 4, 1, 5, 9]);
+        write_npy_i64(&path, &[3, -1], 2).unwrap();
+        assert!(read_ids(&path).is_err(), "a 1×2 array is not a list of ids");
+        write_npy_i64(&path, &[3, -1], 1).unwrap();
+        let err = read_ids(&path).unwrap_err().to_string();
+        assert!(err.contains("negative"), "{err}");
+        write_npy(&path, &[1.0, 2.0], 1).unwrap();
+        assert!(read_ids(&path).is_err(), "float ids are rejected");
     }
 
     #[test]

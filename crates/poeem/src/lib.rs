@@ -6,6 +6,7 @@
 //! - [`rotation`] (`poeem-rotation`): orthonormal rotations, Procrustes, Givens coordinate descent;
 //! - [`pq`] (`poeem-pq`): k-means, the coarse quantizer, product quantization, OPQ, the IVF-PQ
 //!   codec;
+//! - [`search`] (`poeem-search`): the versioned, mmap-backed index file and IVF-PQ search;
 //!
 //! plus [`io`] for vector files (`.npy`, `.fvecs`) and [`synthetic`] for seeded test data.
 //!
@@ -25,6 +26,7 @@
 
 pub use poeem_pq as pq;
 pub use poeem_rotation as rotation;
+pub use poeem_search as search;
 
 pub mod io;
 pub mod synthetic;

@@ -1,1 +1,822 @@
-//! The Poeem indexing layer (filled in by its own change).
+//! The Poeem indexing layer (method §1–§4): an IVF-PQ codec inside the model, usable by any
+//! model.
+//!
+//! Forward, for a row `x` (zero-padded to [`poeem_pq::padded_dim`]): `x' = x R`, coarse list
+//! `j = argmin ‖x' − v_j‖²`, PQ codes of the residual `x' − v_j`, reconstruction
+//! `z = v_j + [c^(1)_{k_1} | … | c^(D)_{k_D}]`, output `τ(x) = z Rᵀ` cut back to `dim`. The
+//! nearest-centroid searches, encoding and decoding are `poeem-pq`'s, so the output is exactly
+//! `codec().decode(codec().encode(x))`.
+//!
+//! Backward is straight-through: the caller passes `∂L/∂τ(x)` to `x` unchanged. The centroids
+//! learn only from the regularizer `L_reg = w Σ_batch ‖z − x'‖²` (which is
+//! `w Σ ‖τ(x) − stopgrad(x)‖²` when the dimension needs no padding, and also counts the padding
+//! coordinates otherwise), whose gradients, with `e = z − x'`, are
+//! `∂L_reg/∂v_j = 2w Σ_{b: j_b = j} e_b` and `∂L_reg/∂c^(m)_k = 2w Σ_{b: k_{b,m} = k} e_b^(m)`:
+//! online mini-batch k-means on both levels, applied by the layer's own optimiser states.
+//!
+//! A training run goes through the warm-start phases of [`Phase`]; see
+//! [`IndexingLayer::forward_train`].
+
+mod config;
+mod diagnostics;
+mod rotation;
+mod serde_foreign;
+mod warm_start;
+
+use std::fmt;
+
+use faer::Par;
+use poeem_pq::{Centroids, CoarseQuantizer, IvfPqCodec, ProductQuantizer, padded_dim};
+use poeem_rotation::Rotation;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use config::{CentroidInit, IndexingLayerConfig, RotationMode};
+pub use diagnostics::{CodeDistribution, LayerDiagnostics};
+
+use crate::{OptimizerState, TrainError};
+use diagnostics::Tally;
+use rotation::LearnedRotation;
+
+/// Where a training run stands (method §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The first `warmup_steps` calls: the layer is the identity and learns nothing.
+    WarmUp,
+    /// Collecting `buffer_size` rows for the k-means init; still the identity.
+    Buffering,
+    /// The full layer: quantized output, regularizer, updates.
+    Joint,
+}
+
+/// What one [`IndexingLayer::forward_train`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerStep {
+    /// The phase the call ran in.
+    pub phase: Phase,
+    /// `L_reg = w Σ_batch ‖z − x'‖²` of the batch (0 before the joint phase).
+    pub regularizer_loss: f32,
+    /// Mean over the batch of `RMS(x − τ(x))` (0 before the joint phase).
+    pub distortion: f32,
+    /// Whether this call initialised the centroids (the first joint call).
+    pub initialized: bool,
+}
+
+/// The dense gradient of `L_reg` for the batch of the last joint `forward_train`, codes held
+/// fixed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegularizerGradient {
+    /// `∂L_reg/∂v`, row-major `n_lists × padded_dim` (empty without a coarse level).
+    pub coarse: Vec<f32>,
+    /// `∂L_reg/∂c`, subspace-major `n_subspaces × 2^n_bits × (padded_dim / n_subspaces)`.
+    pub codebooks: Vec<f32>,
+}
+
+/// The Poeem indexing layer: warm start, quantized forward, regularizer updates, an optional
+/// learned rotation, diagnostics, and exact resume.
+///
+/// The whole training state serialises with serde (the configuration, the step count, the
+/// warm-start buffer, centroids, codebooks, rotation, optimiser states, the diagnostics
+/// counters, and the codes of a batch waiting for its `update`); a deserialised layer continues
+/// bit-identically to the original. Every random choice derives from
+/// [`IndexingLayerConfig::seed`], and results do not depend on the thread count of `par`.
+///
+/// With [`CentroidInit::Random`] the first joint call draws the centroids from the batch's
+/// per-coordinate mean and spread (see [`CentroidInit::Random`]).
+#[derive(Clone)]
+pub struct IndexingLayer {
+    state: State,
+    /// The codec built from `state.params` (None before init).
+    codec: Option<IvfPqCodec>,
+    work: Work,
+}
+
+/// The serialised part of the layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    dim: usize,
+    config: IndexingLayerConfig,
+    steps: u64,
+    /// Buffered rows (`≤ buffer_size × dim`), emptied at init.
+    buffer: Vec<f32>,
+    params: Option<Params>,
+    tally: Tally,
+    /// The last joint batch, until `update` consumes it.
+    pending: Batch,
+}
+
+/// The learned parameters with their optimiser states.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Params {
+    /// Coarse centroids, `n_lists × padded_dim`.
+    coarse: Vec<f32>,
+    /// PQ codebooks, `n_subspaces × 2^n_bits × sub_dim`.
+    codebooks: Vec<f32>,
+    coarse_optimizer: OptimizerState,
+    codebook_optimizer: OptimizerState,
+    /// The rotation (None with [`RotationMode::None`]).
+    rotation: Option<LearnedRotation>,
+    /// Givens steps taken (fixes the pair stream of the next one).
+    givens_steps: u64,
+}
+
+/// A joint batch's codes and errors, kept for `update`; its buffers are reused between steps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Batch {
+    /// Coarse list per row (0 without a coarse level).
+    lists: Vec<u32>,
+    /// `n_subspaces` codes per row.
+    codes: Vec<u16>,
+    /// `x'`, `n × padded_dim`.
+    rotated: Vec<f32>,
+    /// `e = z − x'`, `n × padded_dim` (the residual while encoding).
+    error: Vec<f32>,
+}
+
+impl Batch {
+    fn rows(&self) -> usize {
+        self.lists.len()
+    }
+
+    fn clear(&mut self) {
+        self.lists.clear();
+        self.codes.clear();
+        self.rotated.clear();
+        self.error.clear();
+    }
+}
+
+/// Scratch buffers, kept between calls so that a step allocates nothing large.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Work {
+    padded: Vec<f32>,
+    z: Vec<f32>,
+    back: Vec<f32>,
+    distances: Vec<f32>,
+    grad_coarse: Vec<f32>,
+    grad_codebooks: Vec<f32>,
+    count_coarse: Vec<u32>,
+    count_codebooks: Vec<u32>,
+    rows: Vec<u32>,
+    grads: Vec<f32>,
+}
+
+/// Zero-pads `n × dim` rows to `n × padded` into `out`.
+pub(crate) fn pad_rows(x: &[f32], dim: usize, padded: usize, out: &mut Vec<f32>) {
+    let n = x.len() / dim;
+    out.clear();
+    out.resize(n * padded, 0.0);
+    for (dst, row) in out.chunks_exact_mut(padded).zip(x.chunks_exact(dim)) {
+        dst[..dim].copy_from_slice(row);
+    }
+}
+
+impl IndexingLayer {
+    /// A layer for vectors of `dim` values, at step 0 of the warm-up.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] for a bad setting (see [`IndexingLayerConfig::validate`]).
+    pub fn new(dim: usize, config: IndexingLayerConfig) -> Result<Self, TrainError> {
+        config.validate(dim)?;
+        let tally = Tally::new(config.n_lists, config.n_subspaces, config.n_codewords());
+        Ok(Self {
+            state: State {
+                dim,
+                config,
+                steps: 0,
+                buffer: Vec::new(),
+                params: None,
+                tally,
+                pending: Batch::default(),
+            },
+            codec: None,
+            work: Work::default(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &IndexingLayerConfig {
+        &self.state.config
+    }
+
+    /// Dimension of the input vectors.
+    pub fn dim(&self) -> usize {
+        self.state.dim
+    }
+
+    /// Dimension after zero padding to a multiple of `n_subspaces` (the rotation's dimension).
+    pub fn padded_dim(&self) -> usize {
+        padded_dim(self.state.dim, self.state.config.n_subspaces)
+    }
+
+    /// The phase the next [`IndexingLayer::forward_train`] call runs in.
+    pub fn phase(&self) -> Phase {
+        let s = &self.state;
+        if s.steps < s.config.warmup_steps {
+            Phase::WarmUp
+        } else if s.params.is_some()
+            || s.config.centroid_init == CentroidInit::Random
+            || s.buffer.len() >= s.config.buffer_size * s.dim
+        {
+            Phase::Joint
+        } else {
+            Phase::Buffering
+        }
+    }
+
+    /// Number of `forward_train` calls so far.
+    pub fn steps(&self) -> u64 {
+        self.state.steps
+    }
+
+    /// Rows in the warm-start buffer.
+    pub fn buffered_rows(&self) -> usize {
+        self.state.buffer.len() / self.state.dim
+    }
+
+    /// Whether the centroids have been initialised.
+    pub fn is_initialized(&self) -> bool {
+        self.state.params.is_some()
+    }
+
+    /// The rotation `R` (of the padded dimension), if the layer has one and is initialised.
+    pub fn rotation(&self) -> Option<&Rotation> {
+        self.state
+            .params
+            .as_ref()
+            .and_then(|p| p.rotation.as_ref())
+            .map(LearnedRotation::rotation)
+    }
+
+    /// Training forward on a batch `x` (`n × dim`, row-major, n ≥ 1). Writes the layer output
+    /// into `out` (as long as `x`): `τ(x)` in the joint phase, `x` itself before. Advances the
+    /// warm-start state machine:
+    ///
+    /// - calls `1..=warmup_steps`: warm-up, identity;
+    /// - then, with [`CentroidInit::KMeans`], buffering: identity, and the batch's rows are
+    ///   appended to the buffer until it holds `buffer_size` rows (the rows past that are
+    ///   dropped, as in the reference);
+    /// - the first call after that (or, with [`CentroidInit::Random`], the first call after the
+    ///   warm-up) initialises the centroids, codebooks and rotation (k-means and OPQ on the
+    ///   buffer, which is then freed, or the random init on this batch), then runs as a joint
+    ///   call (`initialized` is set in its [`LayerStep`]);
+    /// - joint: the quantized output; the batch's codes and errors are kept for
+    ///   [`IndexingLayer::update`] and counted in the diagnostics.
+    ///
+    /// # Errors
+    /// [`TrainError::DimensionMismatch`] for an empty or ragged `x` or an `out` of another
+    /// length, [`TrainError::NonFinite`] for NaN or infinite input (naming its row and column),
+    /// or the init's error. A failed call changes nothing.
+    pub fn forward_train(
+        &mut self,
+        x: &[f32],
+        out: &mut [f32],
+        par: Par,
+    ) -> Result<LayerStep, TrainError> {
+        let n = self.check_batch(x, out.len())?;
+        let phase = self.phase();
+        let identity = LayerStep {
+            phase,
+            regularizer_loss: 0.0,
+            distortion: 0.0,
+            initialized: false,
+        };
+        match phase {
+            Phase::WarmUp => {
+                out.copy_from_slice(x);
+                self.state.pending.clear();
+                self.state.steps += 1;
+                Ok(identity)
+            }
+            Phase::Buffering => {
+                let s = &mut self.state;
+                let room = s.config.buffer_size - s.buffer.len() / s.dim;
+                if s.buffer.capacity() == 0 {
+                    s.buffer.reserve_exact(s.config.buffer_size * s.dim);
+                }
+                s.buffer.extend_from_slice(&x[..n.min(room) * s.dim]);
+                out.copy_from_slice(x);
+                s.pending.clear();
+                s.steps += 1;
+                Ok(identity)
+            }
+            Phase::Joint => {
+                let initialized = self.state.params.is_none();
+                if initialized {
+                    self.initialize(x, par)?;
+                }
+                let (regularizer_loss, distortion) = self.joint_forward(x, out, par)?;
+                self.state.steps += 1;
+                Ok(LayerStep {
+                    phase,
+                    regularizer_loss,
+                    distortion,
+                    initialized,
+                })
+            }
+        }
+    }
+
+    /// The one-off init at the first joint call; on error nothing changes.
+    fn initialize(&mut self, x: &[f32], par: Par) -> Result<(), TrainError> {
+        let s = &self.state;
+        let params = match s.config.centroid_init {
+            CentroidInit::KMeans => warm_start::kmeans_init(&s.buffer, s.dim, &s.config, par)?,
+            CentroidInit::Random => warm_start::random_init(x, s.dim, &s.config, &mut self.work)?,
+        };
+        let codec = build_codec(s.dim, &s.config, &params)?;
+        self.codec = Some(codec);
+        self.state.params = Some(params);
+        self.state.buffer = Vec::new();
+        Ok(())
+    }
+
+    /// Quantizes a joint batch, keeps its codes and errors, and counts it in the diagnostics;
+    /// returns the regularizer and the mean distortion.
+    fn joint_forward(
+        &mut self,
+        x: &[f32],
+        out: &mut [f32],
+        par: Par,
+    ) -> Result<(f32, f32), TrainError> {
+        let codec = self
+            .codec
+            .as_ref()
+            .expect("initialised layers have a codec");
+        let s = &mut self.state;
+        encode_decode(codec, x, &mut s.pending, &mut self.work, out, par)?;
+        let n = s.pending.rows();
+        let squared: f64 = s
+            .pending
+            .error
+            .iter()
+            .map(|&e| f64::from(e) * f64::from(e))
+            .sum();
+        let distortion_sum: f64 = x
+            .chunks_exact(s.dim)
+            .zip(out.chunks_exact(s.dim))
+            .map(|(a, b)| {
+                let d: f64 = a
+                    .iter()
+                    .zip(b)
+                    .map(|(&u, &v)| f64::from(u - v) * f64::from(u - v))
+                    .sum();
+                (d / s.dim as f64).sqrt()
+            })
+            .sum();
+        s.tally.record(
+            &s.pending.lists,
+            &s.pending.codes,
+            s.config.n_subspaces,
+            distortion_sum,
+        );
+        let loss = f64::from(s.config.regularizer_weight) * squared;
+        Ok((loss as f32, (distortion_sum / n as f64) as f32))
+    }
+
+    /// Checks a batch and its output buffer; returns the number of rows.
+    fn check_batch(&self, x: &[f32], out_len: usize) -> Result<usize, TrainError> {
+        let dim = self.state.dim;
+        if x.is_empty() || !x.len().is_multiple_of(dim) {
+            return Err(TrainError::DimensionMismatch {
+                what: "x (whole rows of dim values, at least one)",
+                expected: x.len().next_multiple_of(dim).max(dim),
+                got: x.len(),
+            });
+        }
+        if out_len != x.len() {
+            return Err(TrainError::DimensionMismatch {
+                what: "out",
+                expected: x.len(),
+                got: out_len,
+            });
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(TrainError::NonFinite {
+                what: "x",
+                row: i / dim,
+                col: i % dim,
+            });
+        }
+        Ok(x.len() / dim)
+    }
+
+    /// After a joint [`IndexingLayer::forward_train`]: one optimiser step on the coarse
+    /// centroids and one on the codebooks with the regularizer's gradient (only the rows the
+    /// batch used, [`OptimizerState::step_rows`], so the states behave like the model's sparse
+    /// embedding rows), the learning rate scaled by `lr_scale`; then, when the rotation mode
+    /// has Givens steps, one Givens step on the batch's `L_reg` as a function of `R` with the
+    /// codes held fixed (step size `givens.learning_rate × lr_scale`).
+    ///
+    /// The backward pass to `x` is straight-through (`∂L/∂x = ∂L/∂τ(x)`): the caller passes its
+    /// gradient through unchanged; the regularizer adds nothing to `∂L/∂x`. A no-op before the
+    /// joint phase, and when the last joint batch was already consumed.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] for a negative or non-finite `lr_scale`; an error when the
+    /// updated parameters are no longer finite.
+    pub fn update(&mut self, lr_scale: f32, par: Par) -> Result<(), TrainError> {
+        if !(lr_scale.is_finite() && lr_scale >= 0.0) {
+            return Err(TrainError::InvalidConfig {
+                name: "lr_scale",
+                value: lr_scale.to_string(),
+                reason: "must be a finite non-negative number",
+            });
+        }
+        let s = &mut self.state;
+        let Some(params) = s.params.as_mut() else {
+            return Ok(());
+        };
+        if s.pending.rows() == 0 {
+            return Ok(());
+        }
+        let w = &mut self.work;
+        let p = padded_dim(s.dim, s.config.n_subspaces);
+        let sub = p / s.config.n_subspaces;
+        accumulate_gradient(&s.pending, &s.config, p, w);
+        let weight = 2.0 * s.config.regularizer_weight;
+        if s.config.n_lists > 0 {
+            gather_rows(
+                &w.grad_coarse,
+                &w.count_coarse,
+                p,
+                weight,
+                &mut w.rows,
+                &mut w.grads,
+            );
+            params
+                .coarse_optimizer
+                .step_rows(&mut params.coarse, p, &w.rows, &w.grads, lr_scale);
+        }
+        gather_rows(
+            &w.grad_codebooks,
+            &w.count_codebooks,
+            sub,
+            weight,
+            &mut w.rows,
+            &mut w.grads,
+        );
+        params.codebook_optimizer.step_rows(
+            &mut params.codebooks,
+            sub,
+            &w.rows,
+            &w.grads,
+            lr_scale,
+        );
+
+        if let (Some(selection), Some(rotation)) = (
+            s.config.rotation.givens_selection(),
+            params.rotation.as_mut(),
+        ) {
+            // f(R) = w Σ ‖x R − z‖², so ∂f/∂Y = 2w (Y − Z) = −2w e.
+            w.grads.clear();
+            w.grads.extend(s.pending.error.iter().map(|&e| -weight * e));
+            rotation.givens_step(
+                &s.config.givens,
+                selection,
+                s.config.seed,
+                s.config.givens.learning_rate * lr_scale,
+                &mut params.givens_steps,
+                &s.pending.rotated,
+                &w.grads,
+                par,
+            )?;
+        }
+        s.pending.clear();
+        self.codec = Some(build_codec(s.dim, &s.config, params)?);
+        Ok(())
+    }
+
+    /// The dense gradient of `L_reg` with respect to the centroids and codebooks for the batch
+    /// of the last joint `forward_train` (codes held fixed), or `None` when there is no such
+    /// batch waiting for `update`. This is the gradient `update` applies.
+    pub fn regularizer_gradient(&self) -> Option<RegularizerGradient> {
+        let s = &self.state;
+        if s.params.is_none() || s.pending.rows() == 0 {
+            return None;
+        }
+        let mut work = Work::default();
+        let p = self.padded_dim();
+        accumulate_gradient(&s.pending, &s.config, p, &mut work);
+        let weight = 2.0 * s.config.regularizer_weight;
+        for g in work
+            .grad_coarse
+            .iter_mut()
+            .chain(work.grad_codebooks.iter_mut())
+        {
+            *g *= weight;
+        }
+        Some(RegularizerGradient {
+            coarse: work.grad_coarse,
+            codebooks: work.grad_codebooks,
+        })
+    }
+
+    /// The codes of the batch waiting for `update`: its coarse lists and its `n_subspaces` PQ
+    /// codes per row.
+    pub fn pending_codes(&self) -> Option<(&[u32], &[u16])> {
+        let b = &self.state.pending;
+        (b.rows() > 0).then_some((&b.lists[..], &b.codes[..]))
+    }
+
+    /// Inference: `τ(x)` (or `x` before init) into `out`; no state changes. Equal to the output
+    /// `forward_train` would give with the current parameters.
+    ///
+    /// # Errors
+    /// As the input checks of [`IndexingLayer::forward_train`].
+    pub fn quantize(&self, x: &[f32], out: &mut [f32], par: Par) -> Result<(), TrainError> {
+        self.check_batch(x, out.len())?;
+        match &self.codec {
+            None => {
+                out.copy_from_slice(x);
+                Ok(())
+            }
+            Some(codec) => encode_decode(
+                codec,
+                x,
+                &mut Batch::default(),
+                &mut Work::default(),
+                out,
+                par,
+            ),
+        }
+    }
+
+    /// Diagnostics over the joint rows since the last [`IndexingLayer::reset_diagnostics`].
+    pub fn diagnostics(&self) -> LayerDiagnostics {
+        let orthogonality = self.rotation().map_or(0.0, Rotation::orthogonality_error);
+        self.state
+            .tally
+            .summarize(self.state.config.n_subspaces, orthogonality)
+    }
+
+    /// Starts a new logging interval.
+    pub fn reset_diagnostics(&mut self) {
+        self.state.tally.reset();
+    }
+
+    /// The learned codec (rotation, coarse centroids, PQ codebooks) for export: `None` before
+    /// init. Its `decode(encode(x))` is exactly the layer's `τ(x)`.
+    pub fn codec(&self) -> Option<IvfPqCodec> {
+        self.codec.clone()
+    }
+
+    /// Rebuilds a layer from its serialised state after checking that the parts agree.
+    fn from_state(state: State) -> Result<Self, TrainError> {
+        state.config.validate(state.dim)?;
+        let c = &state.config;
+        let p = padded_dim(state.dim, c.n_subspaces);
+        let k = c.n_codewords();
+        let mismatch = |what: &'static str, expected: usize, got: usize| {
+            if expected == got {
+                Ok(())
+            } else {
+                Err(TrainError::DimensionMismatch {
+                    what,
+                    expected,
+                    got,
+                })
+            }
+        };
+        if !state.buffer.len().is_multiple_of(state.dim)
+            || state.buffer.len() > c.buffer_size * state.dim
+        {
+            return Err(TrainError::DimensionMismatch {
+                what: "saved buffer",
+                expected: c.buffer_size * state.dim,
+                got: state.buffer.len(),
+            });
+        }
+        let mut codec = None;
+        if let Some(params) = &state.params {
+            mismatch("saved coarse centroids", c.n_lists * p, params.coarse.len())?;
+            mismatch(
+                "saved codebooks",
+                c.n_subspaces * k * (p / c.n_subspaces),
+                params.codebooks.len(),
+            )?;
+            mismatch(
+                "saved coarse optimiser state",
+                params.coarse.len(),
+                params.coarse_optimizer.len(),
+            )?;
+            mismatch(
+                "saved codebook optimiser state",
+                params.codebooks.len(),
+                params.codebook_optimizer.len(),
+            )?;
+            let rotation_dim = params.rotation.as_ref().map_or(0, |r| r.rotation().dim());
+            let expected = if c.rotation.has_rotation() { p } else { 0 };
+            mismatch("saved rotation dimension", expected, rotation_dim)?;
+            codec = Some(build_codec(state.dim, c, params)?);
+        }
+        let b = &state.pending;
+        let n = b.rows();
+        if n > 0 && state.params.is_none() {
+            return Err(TrainError::DimensionMismatch {
+                what: "saved pending batch before init",
+                expected: 0,
+                got: n,
+            });
+        }
+        mismatch("saved pending codes", n * c.n_subspaces, b.codes.len())?;
+        mismatch("saved pending rotated rows", n * p, b.rotated.len())?;
+        mismatch("saved pending errors", n * p, b.error.len())?;
+        if b.lists.iter().any(|&l| l as usize >= c.n_lists.max(1))
+            || b.codes.iter().any(|&code| usize::from(code) >= k)
+        {
+            return Err(TrainError::InvalidConfig {
+                name: "saved pending codes",
+                value: "out of range".into(),
+                reason: "every list and code must be below n_lists and 2^n_bits",
+            });
+        }
+        let fresh = Tally::new(c.n_lists, c.n_subspaces, k);
+        state.tally.check_shape(&fresh)?;
+        Ok(Self {
+            state,
+            codec,
+            work: Work::default(),
+        })
+    }
+}
+
+/// The codec of the current parameters.
+fn build_codec(
+    dim: usize,
+    config: &IndexingLayerConfig,
+    params: &Params,
+) -> Result<IvfPqCodec, TrainError> {
+    let p = padded_dim(dim, config.n_subspaces);
+    let rotation = params
+        .rotation
+        .as_ref()
+        .map_or_else(|| Rotation::identity(p), |r| r.rotation().clone());
+    let coarse = if config.n_lists > 0 {
+        let centroids = Centroids::new(p, params.coarse.clone())?;
+        Some(CoarseQuantizer::from_centroids(centroids))
+    } else {
+        None
+    };
+    let pq =
+        ProductQuantizer::from_codebooks(p, config.n_subspaces, config.n_bits, &params.codebooks)?;
+    Ok(IvfPqCodec::from_parts(dim, rotation, coarse, pq)?)
+}
+
+/// `τ(x)` into `out` by the codec's kernels, keeping `x'`, the lists, codes and errors
+/// `e = z − x'` in `batch`. The same operations as `codec.decode(codec.encode(x))`.
+fn encode_decode(
+    codec: &IvfPqCodec,
+    x: &[f32],
+    batch: &mut Batch,
+    work: &mut Work,
+    out: &mut [f32],
+    par: Par,
+) -> Result<(), TrainError> {
+    let dim = codec.dim();
+    let p = codec.padded_dim();
+    let n = x.len() / dim;
+    let rotation = codec.rotation();
+    let identity = rotation.is_identity();
+
+    batch.rotated.clear();
+    batch.rotated.resize(n * p, 0.0);
+    let input = if p == dim {
+        x
+    } else {
+        pad_rows(x, dim, p, &mut work.padded);
+        &work.padded[..]
+    };
+    if identity {
+        batch.rotated.copy_from_slice(input);
+    } else {
+        rotation.apply(input, &mut batch.rotated, par);
+    }
+
+    batch.lists.clear();
+    batch.lists.resize(n, 0);
+    batch.error.clear();
+    batch.error.extend_from_slice(&batch.rotated);
+    if let Some(coarse) = codec.coarse() {
+        work.distances.clear();
+        work.distances.resize(n, 0.0);
+        coarse.assign(&batch.rotated, &mut batch.lists, &mut work.distances, par)?;
+        for (row, &list) in batch.error.chunks_exact_mut(p).zip(&batch.lists) {
+            for (v, &c) in row.iter_mut().zip(coarse.centroids().get(list as usize)) {
+                *v -= c;
+            }
+        }
+    }
+    batch.codes.clear();
+    batch.codes.resize(n * codec.pq().n_subspaces(), 0);
+    codec.pq().encode(&batch.error, &mut batch.codes, par)?;
+
+    work.z.clear();
+    work.z.resize(n * p, 0.0);
+    codec.decode_rotated(&batch.lists, &batch.codes, &mut work.z)?;
+    for ((e, &z), &r) in batch.error.iter_mut().zip(&work.z).zip(&batch.rotated) {
+        *e = z - r;
+    }
+
+    let back = if identity {
+        &work.z[..]
+    } else {
+        work.back.clear();
+        work.back.resize(n * p, 0.0);
+        rotation.apply_transpose(&work.z, &mut work.back, par);
+        &work.back[..]
+    };
+    for (o, b) in out.chunks_exact_mut(dim).zip(back.chunks_exact(p)) {
+        o.copy_from_slice(&b[..dim]);
+    }
+    Ok(())
+}
+
+/// Sums the errors of the pending batch per coarse centroid and per codeword (in batch order,
+/// so the result does not depend on threads) into `work.grad_*`, with the number of rows
+/// behind each sum in `work.count_*`. The gradient is `2w` times these sums.
+fn accumulate_gradient(batch: &Batch, config: &IndexingLayerConfig, p: usize, work: &mut Work) {
+    let m = config.n_subspaces;
+    let k = config.n_codewords();
+    let sub = p / m;
+    let reset = |v: &mut Vec<f32>, len: usize| {
+        v.clear();
+        v.resize(len, 0.0);
+    };
+    reset(&mut work.grad_coarse, config.n_lists * p);
+    reset(&mut work.grad_codebooks, m * k * sub);
+    work.count_coarse.clear();
+    work.count_coarse.resize(config.n_lists, 0);
+    work.count_codebooks.clear();
+    work.count_codebooks.resize(m * k, 0);
+    for ((e, &list), codes) in batch
+        .error
+        .chunks_exact(p)
+        .zip(&batch.lists)
+        .zip(batch.codes.chunks_exact(m))
+    {
+        if config.n_lists > 0 {
+            let j = list as usize;
+            work.count_coarse[j] += 1;
+            for (g, &v) in work.grad_coarse[j * p..(j + 1) * p].iter_mut().zip(e) {
+                *g += v;
+            }
+        }
+        for (s, (&code, e_s)) in codes.iter().zip(e.chunks_exact(sub)).enumerate() {
+            let row = s * k + usize::from(code);
+            work.count_codebooks[row] += 1;
+            for (g, &v) in work.grad_codebooks[row * sub..(row + 1) * sub]
+                .iter_mut()
+                .zip(e_s)
+            {
+                *g += v;
+            }
+        }
+    }
+}
+
+/// The rows of a `width`-wide table with a non-zero count, in ascending order, and their sums
+/// times `scale`, packed for [`OptimizerState::step_rows`].
+fn gather_rows(
+    sums: &[f32],
+    counts: &[u32],
+    width: usize,
+    scale: f32,
+    rows: &mut Vec<u32>,
+    grads: &mut Vec<f32>,
+) {
+    rows.clear();
+    grads.clear();
+    for (r, (&count, sum)) in counts.iter().zip(sums.chunks_exact(width)).enumerate() {
+        if count > 0 {
+            rows.push(r as u32);
+            grads.extend(sum.iter().map(|&g| g * scale));
+        }
+    }
+}
+
+impl fmt::Debug for IndexingLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IndexingLayer")
+            .field("dim", &self.state.dim)
+            .field("phase", &self.phase())
+            .field("steps", &self.state.steps)
+            .field("buffered_rows", &self.buffered_rows())
+            .field("initialized", &self.is_initialized())
+            .field("config", &self.state.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Serialize for IndexingLayer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.state.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for IndexingLayer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let state = State::deserialize(d)?;
+        Self::from_state(state).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,169 @@
+//! Criterion benchmarks of the index file and the IVF-PQ search.
+//!
+//! `cargo bench -p poeem-benches --bench search`
+//!
+//! The indexes are synthetic (random centroids, codebooks, list assignments and codes, seeded):
+//! no k-means runs, and the timings depend on the sizes only, not on the code values.
+//!
+//! - `index_open`: a 1,000,000-item index (IVF1024, PQ16x8, dim 64) in a temporary file, opened
+//!   by `Index::open` (mmap, header and section table only) against `Index::read` (all bytes);
+//! - `scan_100k_PQ16x8`: per scan kernel available on this CPU, in codes per second: the kernel
+//!   alone (`Kernel::score_blocks` over 100,000 codes) and one query searched through a
+//!   100,000-item index with a single list (lookup table, scan and top-k filter);
+//! - `search`: on the 1M index, `search_one` latency at nprobe 8 and `search_batch` over 1,000
+//!   queries (one and two threads).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use poeem::pq::Par;
+use poeem::search::format::write_index;
+use poeem::search::{
+    Index, IndexParams, IndexParts, Kernel, Metric, SearchIndex, SearchParams, Searcher,
+    TABLE_STRIDE,
+};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const DIM: usize = 64;
+const M: usize = 16;
+const K: usize = 10;
+
+/// A seeded random index: Gaussian centroids and codebooks, uniform lists and codes.
+fn synthetic_index(n_items: usize, n_lists: usize, seed: u64) -> IndexParts {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let params = IndexParams {
+        dim: DIM,
+        padded_dim: DIM,
+        n_lists,
+        n_subspaces: M,
+        n_bits: 8,
+        metric: Metric::L2,
+        n_items: 0,
+    };
+    let centroids = poeem::synthetic::anisotropic_gaussian(n_lists, DIM, 1.0, seed + 1);
+    let codebooks: Vec<f32> = poeem::synthetic::anisotropic_gaussian(256, DIM, 1.0, seed + 2)
+        .into_iter()
+        .map(|v| 0.3 * v)
+        .collect();
+    let lists: Vec<u32> = (0..n_items)
+        .map(|_| rng.random_range(0..n_lists as u32))
+        .collect();
+    let mut codes = vec![0u8; n_items * M];
+    rng.fill_bytes(&mut codes);
+    let ids: Vec<u64> = (0..n_items as u64).collect();
+    IndexParts::from_item_codes(
+        params,
+        None,
+        centroids,
+        codebooks,
+        &lists,
+        &codes,
+        &ids,
+        serde_json::json!({ "source": "benches/search.rs synthetic index" }),
+    )
+    .expect("a consistent synthetic index")
+}
+
+/// Standard Gaussian queries (`n × DIM`).
+fn queries(n: usize, seed: u64) -> Vec<f32> {
+    poeem::synthetic::anisotropic_gaussian(n, DIM, 1.0, seed)
+}
+
+fn index_open(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("bench.poeem");
+    write_index(&path, &synthetic_index(1_000_000, 1024, 1)).expect("writing the index");
+    let mut group = c.benchmark_group("index_open");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("1M_IVF1024_PQ16x8_dim64/open_mmap", |b| {
+        b.iter(|| Index::open(black_box(&path)).expect("opening the index"))
+    });
+    group.bench_function("1M_IVF1024_PQ16x8_dim64/read_heap", |b| {
+        b.iter(|| Index::read(black_box(&path)).expect("reading the index"))
+    });
+    group.finish();
+}
+
+fn scan(c: &mut Criterion) {
+    let n_items = 100_000;
+    let parts = synthetic_index(n_items, 1, 2);
+    let view = parts.view().expect("a valid view");
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let table: Vec<f32> = (0..M * TABLE_STRIDE).map(|_| rng.random::<f32>()).collect();
+    let codes = view.list(0).codes;
+    let mut out = vec![0f32; codes.len() / M];
+    let query = queries(1, 3);
+    let params = SearchParams::new(K, 1);
+    let (mut ids, mut scores) = ([0i64; K], [0f32; K]);
+    let mut group = c.benchmark_group("scan_100k_PQ16x8");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements(n_items as u64));
+    for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
+        // The kernel alone: table lookups and sums, no top-k filter.
+        group.bench_function(BenchmarkId::new("score_blocks", kernel.name()), |b| {
+            b.iter(|| {
+                kernel
+                    .score_blocks(black_box(&table), M, 0.0, codes, &mut out)
+                    .expect("scoring")
+            })
+        });
+        // One query through the search, one list of 100k items: table, scan, top-k filter.
+        let index = SearchIndex::with_kernel(view, kernel).expect("an available kernel");
+        let mut searcher = Searcher::new(&index);
+        group.bench_function(BenchmarkId::new("search_one_k10", kernel.name()), |b| {
+            b.iter(|| {
+                searcher
+                    .search_one(black_box(&query), &params, &mut ids, &mut scores)
+                    .expect("searching")
+            })
+        });
+    }
+    group.finish();
+}
+
+fn search(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("bench.poeem");
+    write_index(&path, &synthetic_index(1_000_000, 1024, 4)).expect("writing the index");
+    let index = Index::open(&path).expect("opening the index");
+    let search_index = SearchIndex::new(index.view());
+    let n_queries = 1000;
+    let queries = queries(n_queries, 5);
+    let params = SearchParams::new(K, 8);
+
+    let mut group = c.benchmark_group("search_1M_IVF1024_PQ16x8_nprobe8");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(3));
+    let mut searcher = Searcher::new(&search_index);
+    let (mut ids, mut scores) = ([0i64; K], [0f32; K]);
+    let mut next = queries.chunks_exact(DIM).cycle();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("search_one", |b| {
+        b.iter(|| {
+            let query = next.next().expect("a query");
+            searcher
+                .search_one(black_box(query), &params, &mut ids, &mut scores)
+                .expect("searching")
+        })
+    });
+    let (mut ids, mut scores) = (vec![0i64; n_queries * K], vec![0f32; n_queries * K]);
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(n_queries as u64));
+    for (name, par) in [("1_thread", Par::Seq), ("2_threads", Par::rayon(2))] {
+        group.bench_function(BenchmarkId::new("search_batch_1000", name), |b| {
+            b.iter(|| {
+                search_index
+                    .search_batch(black_box(&queries), &params, &mut ids, &mut scores, par)
+                    .expect("searching")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, index_open, scan, search);
+criterion_main!(benches);

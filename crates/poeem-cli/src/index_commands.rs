@@ -1,0 +1,288 @@
+//! `poeem build | search | info | verify | import-reference`: the index file commands.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use poeem::io::{read_ids, read_vectors, write_npy, write_npy_i64};
+use poeem::pq::{OpqConfig, Par};
+use poeem::search::build::{BuildConfig, build_index};
+use poeem::search::format::write_index;
+use poeem::search::reference::import_reference;
+use poeem::search::{Index, Metric, SearchIndex, SearchParams};
+
+use crate::progress::StageBar;
+
+/// Thread count option shared by the commands: all cores by default.
+#[derive(Debug, Args)]
+pub struct Threads {
+    /// Worker threads (default: every core). 1 runs on the calling thread only.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+}
+
+impl Threads {
+    /// The parallelism these options ask for.
+    pub fn par(&self) -> Par {
+        let n = self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, usize::from),
+            usize::from,
+        );
+        if n == 1 { Par::Seq } else { Par::rayon(n) }
+    }
+}
+
+/// Arguments of `poeem build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Vectors to index: a 2-D float `.npy` (n × dim) or an `.fvecs` file.
+    #[arg(long)]
+    vectors: PathBuf,
+    /// External ids of the vectors, in row order: a 1-D integer `.npy` (default: 0..n).
+    #[arg(long)]
+    ids: Option<PathBuf>,
+    /// Number of coarse (IVF) lists; about 4·√n is a common choice.
+    #[arg(long)]
+    n_lists: usize,
+    /// Number of PQ subspaces M; the dimension is zero-padded to a multiple of M.
+    #[arg(long)]
+    n_subspaces: usize,
+    /// Bits per PQ code (1 to 16); 8 gives 256 codewords per subspace.
+    #[arg(long, default_value_t = 8)]
+    n_bits: u32,
+    /// Learn a rotation first (OPQ), for lower quantization error at a higher build cost.
+    #[arg(long)]
+    opq: bool,
+    /// OPQ alternation rounds (with --opq).
+    #[arg(long, default_value_t = 10, requires = "opq")]
+    opq_rounds: usize,
+    /// Similarity the index serves: ip (inner product), l2 (squared distance) or cosine.
+    #[arg(long, default_value = "ip")]
+    metric: Metric,
+    /// Lloyd iterations of each k-means.
+    #[arg(long, default_value_t = 20)]
+    kmeans_iterations: usize,
+    /// Seed of every random choice (same seed and data: same index).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    threads: Threads,
+    /// Index file to write (atomically).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `poeem build`: trains the coarse quantizer and PQ (optionally OPQ) on the vectors, encodes them
+/// and writes the index.
+pub fn build(args: &BuildArgs) -> Result<()> {
+    let vectors = read_vectors(&args.vectors)?;
+    let ids = args.ids.as_deref().map(read_ids).transpose()?;
+    let mut config = BuildConfig::new(args.n_lists, args.n_subspaces, args.n_bits);
+    config.metric = args.metric;
+    config.seed = args.seed;
+    config.kmeans.max_iter = args.kmeans_iterations;
+    if args.opq {
+        config.opq = Some(OpqConfig {
+            n_rounds: args.opq_rounds,
+            ..OpqConfig::default()
+        });
+    }
+    eprintln!(
+        "building IVF{},PQ{}x{}{} ({}) over {} vectors of dimension {}",
+        args.n_lists,
+        args.n_subspaces,
+        args.n_bits,
+        if args.opq { " with OPQ" } else { "" },
+        args.metric,
+        vectors.len(),
+        vectors.dim
+    );
+    let start = Instant::now();
+    let mut bar = StageBar::new();
+    let built = build_index(
+        &vectors.data,
+        vectors.dim,
+        ids.as_deref(),
+        &config,
+        args.threads.par(),
+        &mut |event| bar.update(event),
+    );
+    bar.finish();
+    let (parts, _report) = built.context("building the index")?;
+    write_index(&args.out, &parts)?;
+    eprintln!(
+        "wrote {} ({} items, {} lists) in {:.2} s",
+        args.out.display(),
+        parts.params.n_items,
+        parts.params.n_lists,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Arguments of `poeem search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Index file.
+    #[arg(long)]
+    index: PathBuf,
+    /// Queries: a 2-D float `.npy` (n × dim) or an `.fvecs` file.
+    #[arg(long)]
+    queries: PathBuf,
+    /// Results per query.
+    #[arg(short = 'k', long = "k")]
+    k: usize,
+    /// Lists probed per query (more: better recall, slower).
+    #[arg(long)]
+    nprobe: usize,
+    #[command(flatten)]
+    threads: Threads,
+    /// Ids found, an int64 n × k `.npy`, best first; −1 where fewer than k were found.
+    #[arg(long)]
+    out: PathBuf,
+    /// Their scores, a float32 n × k `.npy` (inner product or cosine: higher is better; l2:
+    /// squared distance, lower is better).
+    #[arg(long)]
+    scores: Option<PathBuf>,
+}
+
+/// `poeem search`: batch search, results to `.npy` files.
+pub fn search(args: &SearchArgs) -> Result<()> {
+    let index = Index::open(&args.index)?;
+    let queries = read_vectors(&args.queries)?;
+    let dim = index.params().dim;
+    if queries.dim != dim {
+        bail!(
+            "{}: queries have dimension {}, the index {dim}",
+            args.queries.display(),
+            queries.dim
+        );
+    }
+    let n = queries.len();
+    let params = SearchParams::new(args.k, args.nprobe);
+    let searchable = SearchIndex::new(index.view());
+    let mut ids = vec![-1i64; n * args.k];
+    let mut scores = vec![0.0f32; n * args.k];
+    let start = Instant::now();
+    searchable.search_batch(
+        &queries.data,
+        &params,
+        &mut ids,
+        &mut scores,
+        args.threads.par(),
+    )?;
+    let seconds = start.elapsed().as_secs_f64();
+    write_npy_i64(&args.out, &ids, args.k)?;
+    if let Some(path) = &args.scores {
+        write_npy(path, &scores, args.k)?;
+    }
+    eprintln!(
+        "searched {n} queries (k {}, nprobe {}) in {seconds:.3} s ({:.0} queries/s, kernel {})",
+        args.k,
+        args.nprobe,
+        n as f64 / seconds.max(1e-9),
+        searchable.kernel().name()
+    );
+    Ok(())
+}
+
+/// Arguments of `poeem info` and `poeem verify`.
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Index file.
+    #[arg(long)]
+    index: PathBuf,
+}
+
+/// `poeem info`: header, section sizes, parameters and build metadata.
+pub fn info(args: &IndexArgs) -> Result<()> {
+    let index = Index::open(&args.index)?;
+    let info = index.info();
+    let p = index.params();
+    println!("file          {}", args.index.display());
+    println!("format        v{}", info.format_version);
+    println!("size          {} bytes", info.file_size);
+    println!("metric        {}", p.metric);
+    println!("items         {}", p.n_items);
+    println!(
+        "dimension     {} (padded to {}){}",
+        p.dim,
+        p.padded_dim,
+        if index.view().rotation().is_some() {
+            ", rotated"
+        } else {
+            ""
+        }
+    );
+    println!("lists         {}", p.n_lists);
+    println!(
+        "PQ            {} subspaces × {} bits ({} codewords each)",
+        p.n_subspaces,
+        p.n_bits,
+        p.n_codewords()
+    );
+    let sizes = index.view().list_sizes();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let empty = sizes.iter().filter(|&&s| s == 0).count();
+    println!(
+        "list sizes    mean {:.1}, largest {largest}, empty {empty}",
+        p.n_items as f64 / p.n_lists as f64
+    );
+    println!("sections");
+    for section in &info.sections {
+        println!(
+            "  {:<18} offset {:>12}  length {:>12}  crc32 {:08x}",
+            section.name, section.offset, section.length, section.crc32
+        );
+    }
+    println!(
+        "metadata\n{}",
+        serde_json::to_string_pretty(index.metadata()).context("printing metadata")?
+    );
+    Ok(())
+}
+
+/// `poeem verify`: checks every checksum and code; fails on any corruption.
+pub fn verify(args: &IndexArgs) -> Result<()> {
+    let start = Instant::now();
+    let index = Index::open(&args.index)?;
+    index
+        .verify()
+        .with_context(|| format!("{} is corrupt", args.index.display()))?;
+    println!(
+        "{}: OK ({} items, every section checksum matches; {:.2} s)",
+        args.index.display(),
+        index.params().n_items,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Arguments of `poeem import-reference`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Index file written by the reference (TensorFlow) Poeem implementation.
+    #[arg(long)]
+    input: PathBuf,
+    /// Similarity the index serves (the reference file does not record it).
+    #[arg(long, default_value = "ip")]
+    metric: Metric,
+    /// Index file to write (atomically).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `poeem import-reference`: converts a reference index file to this project's format.
+pub fn import(args: &ImportArgs) -> Result<()> {
+    let imported = import_reference(&args.input, args.metric)?;
+    write_index(&args.out, &imported.parts)?;
+    println!(
+        "imported {} items from {} ({} with norm 0 dropped) into {}",
+        imported.parts.params.n_items,
+        args.input.display(),
+        imported.n_dropped_zero_norm,
+        args.out.display()
+    );
+    Ok(())
+}

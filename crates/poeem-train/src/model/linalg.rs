@@ -1,0 +1,77 @@
+//! Row-blocked helpers shared by the towers and the loss: a GEMM whose rows are split into fixed
+//! blocks, and a parallel loop over row blocks. Block boundaries never depend on the thread count,
+//! so neither do the results.
+
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// Rows per block of [`gemm`] and [`for_row_blocks`].
+pub(crate) const ROW_BLOCK: usize = 64;
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`), with `dst` row-major
+/// `lhs.nrows() × rhs.ncols()`. Each block of [`ROW_BLOCK`] rows is one sequential faer GEMM;
+/// blocks run in parallel under `par`.
+///
+/// # Panics
+/// When the shapes disagree.
+#[track_caller]
+pub(crate) fn gemm(
+    dst: &mut [f32],
+    lhs: MatRef<'_, f32>,
+    rhs: MatRef<'_, f32>,
+    accumulate: bool,
+    par: Par,
+) {
+    let (m, n) = (lhs.nrows(), rhs.ncols());
+    assert_eq!(lhs.ncols(), rhs.nrows(), "inner dimensions");
+    assert_eq!(dst.len(), m * n, "output shape");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    for_row_blocks(dst, n, par, |first, block| {
+        let rows = block.len() / n;
+        faer::linalg::matmul::matmul(
+            MatMut::from_row_major_slice_mut(block, rows, n),
+            accum,
+            lhs.subrows(first, rows),
+            rhs,
+            1.0f32,
+            Par::Seq,
+        );
+    });
+}
+
+/// Calls `f(first_row, block)` on consecutive blocks of [`ROW_BLOCK`] rows of the row-major
+/// buffer `data` (rows `row_len` wide), in parallel under `par`.
+pub(crate) fn for_row_blocks<T: Send>(
+    data: &mut [T],
+    row_len: usize,
+    par: Par,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if row_len == 0 || data.is_empty() {
+        return;
+    }
+    let chunk = ROW_BLOCK * row_len;
+    match par {
+        Par::Seq => data
+            .chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, block)| f(i * ROW_BLOCK, block)),
+        Par::Rayon(_) => data
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, block)| f(i * ROW_BLOCK, block)),
+    }
+}
+
+/// Resizes `buf` to `len` values (keeping its allocation when it shrinks), for scratch buffers
+/// whose contents are overwritten before use.
+pub(crate) fn resize(buf: &mut Vec<f32>, len: usize) {
+    buf.resize(len, 0.0);
+}

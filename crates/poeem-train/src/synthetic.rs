@@ -1,0 +1,120 @@
+//! The synthetic tutorial of the reference implementation: the one dataset with published
+//! end-to-end numbers (see `method.md` §6).
+//!
+//! Queries and items are the ids `0..10_000`. A pair is drawn as follows: `item` uniform; two
+//! distinct positions of its four decimal digits chosen at random, giving digits `x` (first
+//! chosen) and `y`; `q0` uniform; `query = (q0 / 100) · 100 + 10x + y`. So a query's last two
+//! digits name two digits of the item and its first two are noise. An item is relevant to query
+//! `q` when at least two of its four digits lie in `{(q / 10) mod 10, q mod 10}`: 1,808 items
+//! when those two digits differ, 523 when they are equal. Every generated pair is relevant.
+//!
+//! The evaluation is precision@100 over all 10,000 query ids against this rule (a random ranking
+//! scores about 0.168), not over held-out pairs.
+
+use faer::Par;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::Dataset;
+use crate::metrics::top_k_inner_product;
+
+/// The number of query ids and of item ids.
+pub const TUTORIAL_VOCAB: u32 = 10_000;
+
+/// The number of pairs of the reference tutorial.
+pub const TUTORIAL_PAIRS: usize = 1_000_000;
+
+/// The four decimal digits of `id` (thousands first).
+fn digits(id: u32) -> [u32; 4] {
+    [id / 1000 % 10, id / 100 % 10, id / 10 % 10, id % 10]
+}
+
+/// `n_pairs` (query, item) pairs of the tutorial, seeded.
+pub fn tutorial_pairs(n_pairs: usize, seed: u64) -> Vec<(u32, u32)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n_pairs)
+        .map(|_| {
+            let item = rng.random_range(0..TUTORIAL_VOCAB);
+            let d = digits(item);
+            let px = rng.random_range(0..4usize);
+            let py = (px + rng.random_range(1..4usize)) % 4;
+            let q0 = rng.random_range(0..TUTORIAL_VOCAB);
+            (q0 / 100 * 100 + 10 * d[px] + d[py], item)
+        })
+        .collect()
+}
+
+/// Whether `item` is relevant to `query`: at least two of the item's four digits are among the
+/// query's last two digits. Ids of 10,000 or more are never relevant.
+pub fn tutorial_is_relevant(query: u32, item: u32) -> bool {
+    if query >= TUTORIAL_VOCAB || item >= TUTORIAL_VOCAB {
+        return false;
+    }
+    let (a, b) = (query / 10 % 10, query % 10);
+    digits(item).iter().filter(|&&d| d == a || d == b).count() >= 2
+}
+
+/// The items relevant to `query`, ascending.
+pub fn tutorial_relevant(query: u32) -> Vec<u32> {
+    (0..TUTORIAL_VOCAB)
+        .filter(|&item| tutorial_is_relevant(query, item))
+        .collect()
+}
+
+/// The tutorial as a [`Dataset`]: all 10,000 query ids and item ids (index = id), `n_pairs`
+/// training pairs, no held-out pairs, id fields only.
+pub fn tutorial_dataset(n_pairs: usize, seed: u64) -> Dataset {
+    let n = TUTORIAL_VOCAB as usize;
+    Dataset::from_pairs(n, n, tutorial_pairs(n_pairs, seed), Vec::new())
+        .expect("tutorial ids are below TUTORIAL_VOCAB")
+}
+
+/// Mean precision@`k` of `rankings` (`width` items per row, row `q` ranking for query id `q`,
+/// over all 10,000 queries), judged by [`tutorial_is_relevant`]. Only the first `k` items of
+/// each row count; a row shorter than `k` is not rescaled.
+///
+/// # Panics
+/// When `k` is 0 or `rankings` is not `10,000 × width`.
+#[track_caller]
+pub fn tutorial_precision(rankings: &[u32], width: usize, k: usize) -> f64 {
+    assert!(k > 0, "k must be positive");
+    assert_eq!(
+        rankings.len(),
+        TUTORIAL_VOCAB as usize * width,
+        "one ranking per tutorial query"
+    );
+    if width == 0 {
+        return 0.0;
+    }
+    let hits: usize = rankings
+        .chunks_exact(width)
+        .zip(0..TUTORIAL_VOCAB)
+        .map(|(row, q)| {
+            row.iter()
+                .take(k)
+                .filter(|&&item| tutorial_is_relevant(q, item))
+                .count()
+        })
+        .sum();
+    hits as f64 / (k as f64 * f64::from(TUTORIAL_VOCAB))
+}
+
+/// Precision@`k` of exact inner-product retrieval with the given embeddings (10,000 rows each,
+/// index = id): the tutorial's brute-force evaluation.
+///
+/// # Panics
+/// When `k` or `dim` is 0 or a buffer is not `10,000 × dim`.
+#[track_caller]
+pub fn tutorial_brute_force_precision(
+    query_vectors: &[f32],
+    item_vectors: &[f32],
+    dim: usize,
+    k: usize,
+    par: Par,
+) -> f64 {
+    let n = TUTORIAL_VOCAB as usize * dim;
+    assert_eq!(query_vectors.len(), n, "one query vector per tutorial id");
+    assert_eq!(item_vectors.len(), n, "one item vector per tutorial id");
+    let rankings = top_k_inner_product(query_vectors, item_vectors, dim, k, par);
+    tutorial_precision(&rankings, k.min(TUTORIAL_VOCAB as usize), k)
+}

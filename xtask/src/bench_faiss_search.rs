@@ -1,0 +1,615 @@
+//! `cargo xtask bench-faiss search`: IVF-PQ search on real vectors, poeem against faiss.
+//!
+//! Both libraries get the same standardised (and, where `n_subspaces` does not divide the
+//! dimension, zero-padded) base vectors, build the same IVF-PQ (same `n_lists`, `M`, 8 bits,
+//! residual encoding) and answer the same held-out queries. Recall is computed here, the same way
+//! for both, against exact neighbours found by brute force.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use faer::{Accum, MatMut, MatRef};
+use poeem::pq::Par;
+use poeem::search::{
+    BuildConfig, Index, Metric, SearchIndex, SearchParams, Searcher, build_index, write_index,
+};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::bench_faiss::{find_faiss_python, rayon_pool};
+use crate::table::{markdown, median};
+
+/// Arguments of `bench-faiss search`.
+#[derive(clap::Args)]
+pub(crate) struct SearchArgs {
+    /// Vectors to index (`.npy` or `.fvecs`); standardised per column, then split into base and
+    /// queries.
+    #[arg(long)]
+    vectors: PathBuf,
+    /// Coarse lists (IVF).
+    #[arg(long, default_value_t = 1024)]
+    n_lists: usize,
+    /// PQ subspaces, 8 bits each; the dimension is zero-padded to a multiple of it.
+    #[arg(long, default_value_t = 16)]
+    n_subspaces: usize,
+    /// Lists probed per query, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    nprobe: Vec<usize>,
+    /// Neighbours returned per query.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Rows held out as queries (seeded shuffle).
+    #[arg(long, default_value_t = 10_000)]
+    queries: usize,
+    /// Similarity: `l2` (smallest squared distance) or `ip` (largest inner product).
+    #[arg(long, value_enum, default_value_t = BenchMetric::L2)]
+    metric: BenchMetric,
+    /// Timed repetitions of each search; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Threads for building the indexes (both sides) and the ground truth.
+    #[arg(long, default_value_t = 2)]
+    build_threads: usize,
+    /// Seed of the query split and of both builds.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Python interpreter with faiss (default: $POEEM_PYTHON, /tmp/faiss-venv/bin/python, python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
+}
+
+/// The metrics both libraries share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchMetric {
+    /// Smallest squared Euclidean distance.
+    L2,
+    /// Largest inner product.
+    Ip,
+}
+
+impl BenchMetric {
+    fn poeem(self) -> Metric {
+        match self {
+            BenchMetric::L2 => Metric::L2,
+            BenchMetric::Ip => Metric::InnerProduct,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        self.poeem().name()
+    }
+}
+
+/// The timed search modes: (key shared with the Python script, description).
+const MODES: [(&str, &str); 3] = [
+    ("one", "1 thread, one query per call"),
+    ("batch1", "1 thread, batched"),
+    ("batch2", "2 threads, batched"),
+];
+
+pub(crate) fn search(args: &SearchArgs) -> Result<()> {
+    let Some(python) = find_faiss_python(args.python.as_deref()) else {
+        println!("faiss is missing: no Python that can `import faiss, numpy` was found; skipping.");
+        println!(
+            "Install one with: python3 -m venv /tmp/faiss-venv && /tmp/faiss-venv/bin/pip install faiss-cpu==1.15.1 numpy"
+        );
+        return Ok(());
+    };
+    check_args(args)?;
+    rayon_pool(args.build_threads.max(2))?;
+    let repeats = args.repeats.max(1);
+    let (m, k) = (args.n_subspaces, args.k);
+
+    let vectors = poeem::io::read_vectors(&args.vectors)
+        .with_context(|| format!("reading {}", args.vectors.display()))?;
+    let (n, dim) = (vectors.len(), vectors.dim);
+    ensure!(
+        n > args.queries + args.n_lists,
+        "{}: {n} rows are too few to hold out {} queries and still train {} lists",
+        args.vectors.display(),
+        args.queries,
+        args.n_lists
+    );
+    let mut data = vectors.data;
+    standardise_columns(&mut data, dim)?;
+    let padded_dim = dim.div_ceil(m) * m;
+    let (queries, base) = split_and_pad(&data, dim, padded_dim, args.queries, args.seed);
+    drop(data);
+    let (nq, nb) = (args.queries, base.len() / padded_dim);
+
+    println!(
+        "data: {} ({n} × {dim}), standardised per column; {nb} base vectors, {nq} held-out queries (seed {})",
+        args.vectors.display(),
+        args.seed
+    );
+    if padded_dim != dim {
+        println!(
+            "dimension {dim} is not a multiple of M = {m}: both libraries get the vectors zero-padded to {padded_dim}"
+        );
+    }
+    println!(
+        "index: IVF{},PQ{m}x8, residuals encoded, metric {}; k = {k}",
+        args.n_lists,
+        args.metric.name()
+    );
+
+    let start = Instant::now();
+    let truth = exact_top_k(
+        &base,
+        &queries,
+        padded_dim,
+        k,
+        args.metric,
+        Par::rayon(args.build_threads.max(1)),
+    );
+    println!(
+        "exact ground truth: brute force (GEMM) in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    let dir = crate::target_dir().join("bench-faiss");
+    std::fs::create_dir_all(&dir)?;
+    let (base_path, query_path) = (dir.join("search_base.npy"), dir.join("search_queries.npy"));
+    poeem::io::write_npy(&base_path, &base, padded_dim)?;
+    poeem::io::write_npy(&query_path, &queries, padded_dim)?;
+
+    // faiss first, then poeem, on the same files.
+    let script = dir.join("faiss_search.py");
+    std::fs::write(&script, include_str!("faiss_search.py"))?;
+    let nprobe_list = args
+        .nprobe
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    // The OpenBLAS overrides of these machines select a slower kernel for numpy: removed, as in
+    // `bench-faiss quantizers`, so that the peer runs at its best.
+    let output = Command::new(&python)
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .arg(&script)
+        .arg(&base_path)
+        .arg(&query_path)
+        .arg(&dir)
+        .arg(args.metric.name())
+        .args(
+            [
+                args.n_lists,
+                m,
+                k,
+                repeats,
+                args.seed as usize,
+                args.build_threads,
+            ]
+            .map(|v| v.to_string()),
+        )
+        .arg(&nprobe_list)
+        .output()
+        .context("running the faiss script")?;
+    if !output.status.success() {
+        bail!(
+            "the faiss script failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let faiss: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("reading the faiss script's JSON")?;
+
+    // poeem: build, write the index file, and search it through the mmap, as a server would.
+    let mut config = BuildConfig::new(args.n_lists, m, 8);
+    config.metric = args.metric.poeem();
+    config.seed = args.seed;
+    let start = Instant::now();
+    let (parts, report) = build_index(
+        &base,
+        padded_dim,
+        None,
+        &config,
+        Par::rayon(args.build_threads.max(1)),
+        &mut |_| {},
+    )?;
+    let build_seconds = start.elapsed().as_secs_f64();
+    let index_path = dir.join("search.poeem");
+    write_index(&index_path, &parts)?;
+    drop(parts);
+    let index_bytes = std::fs::metadata(&index_path)?.len();
+    let index = Index::open(&index_path)?;
+    let search_index = SearchIndex::new(index.view());
+
+    let mut rows = Vec::new();
+    for (mode, label) in MODES {
+        for &nprobe in &args.nprobe {
+            let params = SearchParams::new(k, nprobe);
+            let mut ids = vec![-1i64; nq * k];
+            let mut scores = vec![0.0f32; nq * k];
+            let mut times = Vec::with_capacity(repeats);
+            for _ in 0..repeats {
+                ids.fill(-1);
+                let start = Instant::now();
+                match mode {
+                    "one" => {
+                        let mut searcher = Searcher::new(&search_index);
+                        for ((q, i), s) in queries
+                            .chunks_exact(padded_dim)
+                            .zip(ids.chunks_exact_mut(k))
+                            .zip(scores.chunks_exact_mut(k))
+                        {
+                            searcher.search_one(q, &params, i, s)?;
+                        }
+                    }
+                    "batch1" => search_index.search_batch(
+                        &queries,
+                        &params,
+                        &mut ids,
+                        &mut scores,
+                        Par::Seq,
+                    )?,
+                    _ => search_index.search_batch(
+                        &queries,
+                        &params,
+                        &mut ids,
+                        &mut scores,
+                        Par::rayon(2),
+                    )?,
+                }
+                times.push(start.elapsed().as_secs_f64());
+            }
+            let faiss_ids = read_ids(&dir.join(format!("faiss_ids_{mode}_{nprobe}.npy")), nq, k)?;
+            let faiss_times = number_list(&faiss["search_seconds"][format!("{mode}_{nprobe}")]);
+            let (faiss_qps, poeem_qps) =
+                (nq as f64 / median(&faiss_times), nq as f64 / median(&times));
+            rows.push(vec![
+                label.to_owned(),
+                nprobe.to_string(),
+                format!("{:.4}", recall(&faiss_ids, &truth, k)),
+                format!("{:.4}", recall(&ids, &truth, k)),
+                format!("{faiss_qps:.0}"),
+                format!("{poeem_qps:.0}"),
+                format!("{:.2}×", poeem_qps / faiss_qps),
+            ]);
+        }
+    }
+
+    println!(
+        "faiss {} ({}); recall@{k} = mean over queries of |returned k ∩ true k| / k (missing results count as misses); QPS = queries / median of {repeats} timed runs",
+        faiss["faiss_version"].as_str().unwrap_or("?"),
+        python.display()
+    );
+    println!(
+        "poeem scan kernel: {}; lists probed by L2 distance to the centroids (poeem's default){}",
+        search_index.kernel().name(),
+        if args.metric == BenchMetric::Ip {
+            "; faiss probes by inner product"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "faiss, one query per call: a Python loop over the SWIG search on pre-made pointers; the loop's own cost, {:.2} µs per call on an empty index, is included, not subtracted",
+        faiss["call_overhead_seconds"].as_f64().unwrap_or(f64::NAN) * 1e6
+    );
+    println!();
+    print!(
+        "{}",
+        markdown(
+            &[
+                "mode",
+                "nprobe",
+                &format!("faiss recall@{k}"),
+                &format!("poeem recall@{k}"),
+                "faiss QPS",
+                "poeem QPS",
+                "poeem/faiss"
+            ],
+            &rows
+        )
+    );
+    println!();
+    let seconds = |key: &str| faiss[key].as_f64().unwrap_or(f64::NAN);
+    let (faiss_train, faiss_add) = (seconds("train_seconds"), seconds("add_seconds"));
+    let settings = &faiss["settings"];
+    let km = &config.kmeans;
+    println!(
+        "build on {} thread(s), one run each, each library's default k-means settings: faiss {} coarse / {} PQ iterations, at most {} / {} points per centroid; poeem at most {} iterations on both levels (stopping when the inertia improves by less than {}), at most {:?} points per centroid",
+        args.build_threads,
+        settings["coarse_kmeans_iterations"],
+        settings["pq_kmeans_iterations"],
+        settings["coarse_max_points_per_centroid"],
+        settings["pq_max_points_per_centroid"],
+        km.max_iter,
+        km.tolerance,
+        km.max_points_per_centroid,
+    );
+    print!(
+        "{}",
+        markdown(
+            &["library", "train", "encode + add", "total", "index size"],
+            &[
+                vec![
+                    "faiss".to_owned(),
+                    format!("{faiss_train:.2} s"),
+                    format!("{faiss_add:.2} s"),
+                    format!("{:.2} s", faiss_train + faiss_add),
+                    format!("{:.1} MB (serialised)", seconds("index_bytes") / 1e6),
+                ],
+                vec![
+                    "poeem".to_owned(),
+                    format!("{:.2} s", report.train_seconds),
+                    format!("{:.2} s", report.encode_seconds),
+                    format!("{build_seconds:.2} s"),
+                    format!("{:.1} MB (file)", index_bytes as f64 / 1e6),
+                ],
+            ]
+        )
+    );
+    println!(
+        "poeem relative distortion (mean ‖x − x̂‖² / mean ‖x‖²): {:.4}",
+        report.relative_distortion
+    );
+    Ok(())
+}
+
+fn check_args(args: &SearchArgs) -> Result<()> {
+    ensure!(args.k >= 1, "--k must be at least 1");
+    ensure!(args.queries >= 1, "--queries must be at least 1");
+    ensure!(args.n_lists >= 1, "--n-lists must be at least 1");
+    ensure!(args.n_subspaces >= 1, "--n-subspaces must be at least 1");
+    ensure!(
+        args.build_threads >= 1,
+        "--build-threads must be at least 1"
+    );
+    ensure!(!args.nprobe.is_empty(), "--nprobe needs at least one value");
+    if let Some(&bad) = args.nprobe.iter().find(|&&p| p == 0 || p > args.n_lists) {
+        bail!(
+            "--nprobe {bad} is not between 1 and --n-lists ({})",
+            args.n_lists
+        );
+    }
+    Ok(())
+}
+
+/// Scales every column to mean 0 and standard deviation 1 (a constant column becomes 0).
+fn standardise_columns(data: &mut [f32], dim: usize) -> Result<()> {
+    if let Some(at) = data.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "the vectors hold a non-finite value at row {}, column {}",
+            at / dim,
+            at % dim
+        );
+    }
+    let n = (data.len() / dim) as f64;
+    let mut mean = vec![0.0f64; dim];
+    let mut square = vec![0.0f64; dim];
+    for row in data.chunks_exact(dim) {
+        for ((m, s), &v) in mean.iter_mut().zip(&mut square).zip(row) {
+            *m += f64::from(v);
+            *s += f64::from(v) * f64::from(v);
+        }
+    }
+    let scale: Vec<(f64, f64)> = mean
+        .iter()
+        .zip(&square)
+        .map(|(&sum, &sum_sq)| {
+            let m = sum / n;
+            let sd = (sum_sq / n - m * m).max(0.0).sqrt();
+            (m, if sd > 0.0 { 1.0 / sd } else { 0.0 })
+        })
+        .collect();
+    for row in data.chunks_exact_mut(dim) {
+        for (v, &(m, inv)) in row.iter_mut().zip(&scale) {
+            *v = ((f64::from(*v) - m) * inv) as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Shuffles the rows (seeded), returns (the first `n_queries` rows, the others), each row
+/// zero-padded from `dim` to `padded_dim`.
+fn split_and_pad(
+    data: &[f32],
+    dim: usize,
+    padded_dim: usize,
+    n_queries: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut order: Vec<usize> = (0..data.len() / dim).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let gather = |rows: &[usize]| {
+        let mut out = vec![0.0f32; rows.len() * padded_dim];
+        for (dst, &r) in out.chunks_exact_mut(padded_dim).zip(rows) {
+            dst[..dim].copy_from_slice(&data[r * dim..(r + 1) * dim]);
+        }
+        out
+    };
+    (gather(&order[..n_queries]), gather(&order[n_queries..]))
+}
+
+/// Queries per ground-truth task, and base rows per GEMM block.
+const QUERY_BLOCK: usize = 64;
+const BASE_BLOCK: usize = 4096;
+
+/// The exact `k` nearest base rows of each query by `metric`, best first (ties to the lower
+/// row), as `n_queries × k` row numbers. Dot products come from GEMMs over blocks of queries
+/// and base rows; squared distances are `‖x‖² − 2⟨q, x⟩` (the query's norm orders nothing).
+fn exact_top_k(
+    base: &[f32],
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    metric: BenchMetric,
+    par: Par,
+) -> Vec<i64> {
+    let nb = base.len() / dim;
+    let (bias, alpha): (Vec<f32>, f32) = match metric {
+        BenchMetric::L2 => (
+            base.chunks_exact(dim)
+                .map(|x| x.iter().map(|v| v * v).sum())
+                .collect(),
+            -2.0,
+        ),
+        BenchMetric::Ip => (vec![0.0; nb], -1.0),
+    };
+    let mut out = vec![0i64; queries.len() / dim * k];
+    let task = |(queries, out): (&[f32], &mut [i64])| {
+        let nq = queries.len() / dim;
+        let mut dots = vec![0.0f32; nq * BASE_BLOCK];
+        // Per query, the best (cost, row) so far in ascending order.
+        let mut best: Vec<Vec<(f32, usize)>> = vec![Vec::with_capacity(k + 1); nq];
+        for (b, block) in base.chunks(BASE_BLOCK * dim).enumerate() {
+            let rows = block.len() / dim;
+            let dots = &mut dots[..nq * rows];
+            faer::linalg::matmul::matmul(
+                MatMut::from_row_major_slice_mut(dots, nq, rows),
+                Accum::Replace,
+                MatRef::from_row_major_slice(queries, nq, dim),
+                MatRef::from_row_major_slice(block, rows, dim).transpose(),
+                alpha,
+                Par::Seq,
+            );
+            let first = b * BASE_BLOCK;
+            for (dots, best) in dots.chunks_exact(rows).zip(&mut best) {
+                for (r, (&d, &bias)) in dots.iter().zip(&bias[first..first + rows]).enumerate() {
+                    let cost = bias + d;
+                    if best.len() == k && cost >= best[k - 1].0 {
+                        continue;
+                    }
+                    let at = best.partition_point(|&(c, _)| c <= cost);
+                    best.insert(at, (cost, first + r));
+                    best.truncate(k);
+                }
+            }
+        }
+        for (row, best) in out.chunks_exact_mut(k).zip(&best) {
+            row.fill(-1);
+            for (o, &(_, id)) in row.iter_mut().zip(best) {
+                *o = id as i64;
+            }
+        }
+    };
+    let chunks = queries
+        .chunks(QUERY_BLOCK * dim)
+        .zip(out.chunks_mut(QUERY_BLOCK * k));
+    match par {
+        Par::Seq => chunks.for_each(task),
+        Par::Rayon(_) => chunks.collect::<Vec<_>>().into_par_iter().for_each(task),
+    }
+    out
+}
+
+/// Recall@k: the mean over queries of the fraction of the `k` true neighbours among the `k`
+/// returned ids (−1, no result, never matches).
+fn recall(found: &[i64], truth: &[i64], k: usize) -> f64 {
+    let hits: usize = found
+        .chunks_exact(k)
+        .zip(truth.chunks_exact(k))
+        .map(|(found, truth)| {
+            found
+                .iter()
+                .filter(|&&id| id >= 0 && truth.contains(&id))
+                .count()
+        })
+        .sum();
+    hits as f64 / truth.len() as f64
+}
+
+/// Reads an `n × k` int64 `.npy` of result ids written by the faiss script.
+fn read_ids(path: &Path, n: usize, k: usize) -> Result<Vec<i64>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let npy = npyz::NpyFile::new(BufReader::new(file))
+        .with_context(|| format!("{}: not a .npy file", path.display()))?;
+    let shape = npy.shape().to_vec();
+    ensure!(
+        shape == [n as u64, k as u64],
+        "{}: expected shape [{n}, {k}], found {shape:?}",
+        path.display()
+    );
+    npy.into_vec::<i64>()
+        .with_context(|| format!("{}: expected int64 ids", path.display()))
+}
+
+/// The numbers of a JSON array (empty when it is not one).
+fn number_list(value: &serde_json::Value) -> Vec<f64> {
+    value
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocked GEMM top-k agrees with a direct sort of exact scores.
+    #[test]
+    fn exact_top_k_matches_a_sort() {
+        let dim = 7;
+        let base = poeem::synthetic::clustered_gaussian(BASE_BLOCK + 300, dim, 20, 0.5, 3);
+        let queries = poeem::synthetic::clustered_gaussian(QUERY_BLOCK + 5, dim, 20, 0.5, 4);
+        let k = 5;
+        for metric in [BenchMetric::L2, BenchMetric::Ip] {
+            let got = exact_top_k(&base, &queries, dim, k, metric, Par::Seq);
+            for (q, row) in queries.chunks_exact(dim).zip(got.chunks_exact(k)) {
+                let mut scored: Vec<(f64, usize)> = base
+                    .chunks_exact(dim)
+                    .enumerate()
+                    .map(|(i, x)| {
+                        let cost = match metric {
+                            BenchMetric::L2 => q
+                                .iter()
+                                .zip(x)
+                                .map(|(a, b)| f64::from(a - b).powi(2))
+                                .sum::<f64>(),
+                            BenchMetric::Ip => {
+                                -q.iter().zip(x).map(|(a, b)| f64::from(a * b)).sum::<f64>()
+                            }
+                        };
+                        (cost, i)
+                    })
+                    .collect();
+                scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let want: Vec<i64> = scored[..k].iter().map(|&(_, i)| i as i64).collect();
+                assert_eq!(row, want.as_slice(), "{metric:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn recall_counts_hits_and_ignores_missing_results() {
+        let truth = [1, 2, 3, 4, 5, 6];
+        assert_eq!(recall(&[3, 2, 1, 4, 5, 6], &truth, 3), 1.0);
+        assert_eq!(recall(&[1, -1, 9, 7, 8, 6], &truth, 3), 2.0 / 6.0);
+    }
+
+    #[test]
+    fn standardising_gives_zero_mean_unit_variance_and_zeroes_constant_columns() {
+        let mut data = vec![1.0, 5.0, 3.0, 5.0, 5.0, 5.0];
+        standardise_columns(&mut data, 2).unwrap();
+        let want = [-1.224_744_9, 0.0, 0.0, 0.0, 1.224_744_9, 0.0];
+        assert!(
+            data.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{data:?}"
+        );
+        assert!(standardise_columns(&mut [1.0, f32::NAN], 2).is_err());
+    }
+
+    #[test]
+    fn split_pads_and_keeps_every_row_once() {
+        let data: Vec<f32> = (0..30).map(|v| v as f32).collect();
+        let (q, b) = split_and_pad(&data, 3, 4, 4, 9);
+        assert_eq!((q.len(), b.len()), (16, 24));
+        let mut firsts: Vec<f32> = q.chunks(4).chain(b.chunks(4)).map(|r| r[0]).collect();
+        assert!(
+            q.chunks(4)
+                .chain(b.chunks(4))
+                .all(|r| r[3] == 0.0 && r[1] == r[0] + 1.0)
+        );
+        firsts.sort_by(f32::total_cmp);
+        assert_eq!(firsts, (0..10).map(|v| (3 * v) as f32).collect::<Vec<_>>());
+    }
+}

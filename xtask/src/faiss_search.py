@@ -1,0 +1,99 @@
+"""faiss side of `cargo xtask bench-faiss search`: builds IVF{n_lists},PQ{M} and times its search.
+
+Reads the base and query vectors written by xtask, writes the returned ids of every
+(mode, nprobe) as int64 `.npy` files into the output folder (recall is computed by xtask, the same
+way for both libraries) and prints one JSON object with the timings on stdout.
+
+Modes: `one` (one thread, one query per call: a Python loop calling the SWIG `search_c` on
+pre-made pointers, so no per-call numpy allocation; the loop's own cost is reported as
+`call_overhead_seconds`, measured on an empty flat index, and not subtracted), `batch1` (one
+thread, all queries in one call), `batch2` (two threads, all queries in one call).
+"""
+import json
+import sys
+import time
+
+import numpy as np
+import faiss
+
+(base_path, query_path, out_dir, metric_name) = sys.argv[1:5]
+(n_lists, n_subspaces, k, repeats, seed, build_threads) = map(int, sys.argv[5:11])
+nprobes = [int(v) for v in sys.argv[11].split(",")]
+
+base = np.ascontiguousarray(np.load(base_path), dtype=np.float32)
+queries = np.ascontiguousarray(np.load(query_path), dtype=np.float32)
+n, d = base.shape
+nq = queries.shape[0]
+metric = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}[metric_name]
+
+index = faiss.index_factory(d, f"IVF{n_lists},PQ{n_subspaces}", metric)
+assert isinstance(index, faiss.IndexIVFPQ) and index.by_residual and index.pq.nbits == 8
+# Polysemous training only permutes the codes for Hamming filtering, which is off
+# (polysemous_ht = 0); poeem has no such step, so it would only add to faiss's build time.
+index.do_polysemous_training = False
+index.cp.seed = seed
+index.pq.cp.seed = seed + 1
+settings = {
+    "coarse_kmeans_iterations": index.cp.niter,
+    "coarse_max_points_per_centroid": index.cp.max_points_per_centroid,
+    "pq_kmeans_iterations": index.pq.cp.niter,
+    "pq_max_points_per_centroid": index.pq.cp.max_points_per_centroid,
+}
+
+faiss.omp_set_num_threads(build_threads)
+start = time.perf_counter()
+index.train(base)
+train_seconds = time.perf_counter() - start
+start = time.perf_counter()
+index.add(base)
+add_seconds = time.perf_counter() - start
+index_bytes = int(faiss.serialize_index(index).size)
+
+distances = np.empty((nq, k), dtype=np.float32)
+labels = np.empty((nq, k), dtype=np.int64)
+query_ptrs = [faiss.swig_ptr(queries[i]) for i in range(nq)]
+distance_ptrs = [faiss.swig_ptr(distances[i]) for i in range(nq)]
+label_ptrs = [faiss.swig_ptr(labels[i]) for i in range(nq)]
+
+
+def one_at_a_time(target):
+    search = target.search_c
+    start = time.perf_counter()
+    for i in range(nq):
+        search(1, query_ptrs[i], k, distance_ptrs[i], label_ptrs[i])
+    return time.perf_counter() - start
+
+
+def batched():
+    start = time.perf_counter()
+    index.search_c(nq, faiss.swig_ptr(queries), k, faiss.swig_ptr(distances),
+                   faiss.swig_ptr(labels))
+    return time.perf_counter() - start
+
+
+faiss.omp_set_num_threads(1)
+empty = faiss.IndexFlat(d, metric)
+call_overhead = min(one_at_a_time(empty) for _ in range(repeats)) / nq
+
+modes = [("one", 1, lambda: one_at_a_time(index)), ("batch1", 1, batched), ("batch2", 2, batched)]
+seconds = {}
+for mode, threads, run in modes:
+    faiss.omp_set_num_threads(threads)
+    for nprobe in nprobes:
+        index.nprobe = nprobe
+        times = []
+        for _ in range(repeats):
+            labels.fill(-1)
+            times.append(run())
+        np.save(f"{out_dir}/faiss_ids_{mode}_{nprobe}.npy", labels)
+        seconds[f"{mode}_{nprobe}"] = times
+
+print(json.dumps({
+    "faiss_version": faiss.__version__,
+    "settings": settings,
+    "train_seconds": train_seconds,
+    "add_seconds": add_seconds,
+    "index_bytes": index_bytes,
+    "call_overhead_seconds": call_overhead,
+    "search_seconds": seconds,
+}))
