@@ -66,6 +66,18 @@ impl Rotation {
     /// On a zero dimension, a length other than `dim²`, a non-finite entry, or a matrix that is
     /// not orthonormal.
     pub fn from_row_major(dim: usize, matrix: Vec<f32>) -> Result<Self, RotationError> {
+        let mut rotation = Self::from_row_major_exact(dim, matrix)?;
+        rotation.reorthonormalize();
+        Ok(rotation)
+    }
+
+    /// Builds from row-major `dim × dim` values kept bit for bit, after the same checks as
+    /// [`Rotation::from_row_major`] but without re-orthonormalising: the way to restore a saved
+    /// rotation exactly (a resumed optimiser must continue from the very same matrix).
+    ///
+    /// # Errors
+    /// As [`Rotation::from_row_major`].
+    pub fn from_row_major_exact(dim: usize, matrix: Vec<f32>) -> Result<Self, RotationError> {
         if dim == 0 {
             return Err(RotationError::ZeroDimension);
         }
@@ -82,7 +94,7 @@ impl Rotation {
                 index,
             });
         }
-        let mut rotation = Self { dim, matrix };
+        let rotation = Self { dim, matrix };
         let error = rotation.orthogonality_error();
         if error > ORTHONORMAL_TOLERANCE {
             return Err(RotationError::NotOrthonormal {
@@ -90,7 +102,6 @@ impl Rotation {
                 tolerance: ORTHONORMAL_TOLERANCE,
             });
         }
-        rotation.reorthonormalize();
         Ok(rotation)
     }
 

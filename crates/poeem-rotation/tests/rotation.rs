@@ -1083,3 +1083,31 @@ fn thread_count_does_not_change_the_result() {
         procrustes(x, z, dim, Par::rayon(2)).unwrap()
     );
 }
+
+#[test]
+fn exact_construction_keeps_the_bits_and_plain_construction_cleans_them() {
+    let mut rotation = Rotation::random(24, 5);
+    let mut optimizer = GivensOptimizer::new(GivensConfig {
+        reorthonormalize_every: 0,
+        ..GivensConfig::default()
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for _ in 0..200 {
+        let s: Vec<f64> = (0..24 * 24).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let skew: Vec<f64> = (0..24 * 24)
+            .map(|k| s[k] - s[(k % 24) * 24 + k / 24])
+            .collect();
+        optimizer
+            .step_with_skew(&mut rotation, &skew, Par::Seq)
+            .unwrap();
+    }
+    let values = rotation.as_slice().to_vec();
+    let exact = Rotation::from_row_major_exact(24, values.clone()).unwrap();
+    assert_eq!(exact.as_slice(), &values[..], "bits kept");
+    let cleaned = Rotation::from_row_major(24, values.clone()).unwrap();
+    assert_ne!(cleaned.as_slice(), &values[..], "drift removed by QR");
+    assert!(cleaned.orthogonality_error() <= exact.orthogonality_error());
+    let mut bad = values;
+    bad[0] += 0.1;
+    assert!(Rotation::from_row_major_exact(24, bad).is_err());
+}

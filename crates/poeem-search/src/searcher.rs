@@ -156,7 +156,7 @@ impl<'a> SearchIndex<'a> {
     /// Prepares `view` for search with the fastest kernel this CPU runs ([`Kernel::detect`]).
     /// Builds the derived tables, using the rayon pool for the L2 bias table.
     pub fn new(view: IndexView<'a>) -> Self {
-        Self::build(view, Kernel::detect())
+        Self::build(view, Kernel::detect(), L2_TERMS_MAX_BYTES)
     }
 
     /// Prepares `view` for search with `kernel`.
@@ -167,10 +167,12 @@ impl<'a> SearchIndex<'a> {
         if !kernel.is_available() {
             return Err(kernel.unavailable());
         }
-        Ok(Self::build(view, kernel))
+        Ok(Self::build(view, kernel, L2_TERMS_MAX_BYTES))
     }
 
-    fn build(view: IndexView<'a>, kernel: Kernel) -> Self {
+    /// Prepares `view` with `kernel` (which this CPU must run), precomputing the L2 bias table
+    /// when it takes at most `l2_terms_max_bytes`.
+    fn build(view: IndexView<'a>, kernel: Kernel, l2_terms_max_bytes: usize) -> Self {
         let p = *view.params();
         let (d, n_lists, m_count, k, sub) = (
             p.padded_dim,
@@ -207,7 +209,7 @@ impl<'a> SearchIndex<'a> {
             let fits = n_lists
                 .checked_mul(m_count * k)
                 .and_then(|n| n.checked_mul(size_of::<f32>()))
-                .is_some_and(|bytes| bytes <= L2_TERMS_MAX_BYTES);
+                .is_some_and(|bytes| bytes <= l2_terms_max_bytes);
             if fits {
                 l2_terms = l2_bias_terms(&view, &codeword_norms);
             }
@@ -858,4 +860,79 @@ fn is_identity(r: &[f32], d: usize) -> bool {
 #[inline(always)]
 fn squared_norm(x: &[f32]) -> f32 {
     x.iter().map(|v| v * v).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::{IndexParams, IndexParts};
+
+    /// L2 search computing each list's table from the codebooks returns what the precomputed
+    /// bias table gives, up to rounding.
+    #[test]
+    fn l2_tables_from_codebooks_match_precomputed_terms() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for n_bits in [3, 8, 9] {
+            let params = IndexParams {
+                dim: 10,
+                padded_dim: 12,
+                n_lists: 5,
+                n_subspaces: 3,
+                n_bits,
+                metric: Metric::L2,
+                n_items: 0,
+            };
+            let mut uniform =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+            let (centroids, codebooks) = (uniform(5 * 12), uniform(params.n_codewords() * 12));
+            let n = 300;
+            let lists: Vec<u32> = (0..n).map(|i| (i * 7 % 5) as u32).collect();
+            let codes: Vec<u16> = (0..n * 3)
+                .map(|i| ((i * 31 + 7) % params.n_codewords()) as u16)
+                .collect();
+            let ids: Vec<u64> = (0..n as u64).collect();
+            let rotation = Some(poeem_rotation::Rotation::random(12, 4).into_vec());
+            let parts = IndexParts::from_item_codes(
+                params,
+                rotation,
+                centroids,
+                codebooks,
+                &lists,
+                &codes,
+                &ids,
+                serde_json::Value::Null,
+            )
+            .unwrap();
+            let view = parts.view().unwrap();
+            let with_terms = SearchIndex::build(view, Kernel::detect(), usize::MAX);
+            let without = SearchIndex::build(view, Kernel::detect(), 0);
+            assert!(with_terms.has_l2_terms() && !without.has_l2_terms());
+            let query = uniform(10);
+            let params = SearchParams::new(20, 3);
+            let mut results = Vec::new();
+            for index in [&with_terms, &without] {
+                let (mut ids, mut scores) = (vec![0i64; 20], vec![0.0f32; 20]);
+                Searcher::new(index)
+                    .search_one(&query, &params, &mut ids, &mut scores)
+                    .unwrap();
+                results.push((ids, scores));
+            }
+            let ((a_ids, a), (b_ids, b)) = (&results[0], &results[1]);
+            for i in 0..20 {
+                assert!(
+                    (a[i] - b[i]).abs() <= 1e-4 * (1.0 + a[i].abs()),
+                    "{a:?} vs {b:?}"
+                );
+                let separated = |s: &[f32]| {
+                    (i == 0 || s[i] - s[i - 1] > 1e-3) && (i == 19 || s[i + 1] - s[i] > 1e-3)
+                };
+                if separated(a) {
+                    assert_eq!(a_ids[i], b_ids[i]);
+                }
+            }
+        }
+    }
 }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use features::{FeatureSource, FieldKind, FieldSpec, Separator, fnv1a_64, hash_bucket};
-pub use split::{SplitConfig, split_pairs};
+pub use split::{Pairs, SplitConfig, split_pairs};
 pub use table::{ColumnType, Delimiter, TextFormat};
 
 use crate::TrainError;
@@ -404,12 +404,11 @@ fn count_items(pairs: &[(u32, u32)], n_items: usize) -> Vec<u64> {
 }
 
 /// Reads the pairs (and timestamps) of `source`, numbering ids into the vocabularies.
-#[allow(clippy::type_complexity)]
 fn read_interactions(
     source: &InteractionsSource,
     queries: &mut Vocab,
     items: &mut Vocab,
-) -> Result<(Vec<(u32, u32)>, Option<Vec<f64>>), TrainError> {
+) -> Result<(Pairs, Option<Vec<f64>>), TrainError> {
     let mut reader = TableReader::open(&source.path, source.format)?;
     let q_col = reader.column(&source.query_column)?;
     let i_col = reader.column(&source.item_column)?;

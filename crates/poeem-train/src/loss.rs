@@ -202,7 +202,7 @@ impl SoftmaxLoss {
                 for v in row.iter_mut() {
                     *v *= g;
                 }
-                row[r] -= inv_t;
+                row[r] -= scale * inv_t;
             }
         };
         match par {

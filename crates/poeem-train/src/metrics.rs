@@ -82,7 +82,7 @@ impl Accumulator {
             return;
         }
         self.n_queries += 1;
-        // hit_at[i]: whether position i is a hit, for the first max_k positions.
+        // prefix[i]: hits and DCG over the first i + 1 positions.
         let mut hits = 0usize;
         let mut dcg = 0.0f64;
         let mut prefix: Vec<(usize, f64)> = Vec::with_capacity(self.max_k());
@@ -448,7 +448,7 @@ impl HeldOut {
                 got: query_vectors.len(),
             });
         }
-        if item_vectors.len() % dim != 0 {
+        if !item_vectors.len().is_multiple_of(dim) {
             return Err(TrainError::DimensionMismatch {
                 what: "item vectors",
                 expected: item_vectors.len() / dim * dim,

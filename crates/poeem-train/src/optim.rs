@@ -197,7 +197,7 @@ impl OptimizerState {
         lr_scale: f32,
     ) {
         assert_eq!(params.len(), self.len(), "parameter length");
-        assert!(dim > 0 && params.len() % dim == 0, "row width");
+        assert!(dim > 0 && params.len().is_multiple_of(dim), "row width");
         assert_eq!(grads.len(), rows.len() * dim, "gradient length");
         self.steps += 1;
         let rule = self.rule(lr_scale);

@@ -10,8 +10,8 @@ use poeem_train::data::{
 };
 use poeem_train::metrics::{HeldOut, ranking_metrics, top_k_inner_product};
 use poeem_train::synthetic::{
-    TUTORIAL_VOCAB, tutorial_dataset, tutorial_is_relevant, tutorial_pairs, tutorial_precision,
-    tutorial_relevant,
+    TUTORIAL_VOCAB, tutorial_brute_force_precision, tutorial_dataset, tutorial_is_relevant,
+    tutorial_pairs, tutorial_precision, tutorial_relevant,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
@@ -648,6 +648,25 @@ fn a_random_ranking_scores_about_0_168() {
         .flat_map(|q| tutorial_relevant(q).into_iter().take(100))
         .collect();
     assert_eq!(tutorial_precision(&perfect, 100, 100), 1.0);
+}
+
+#[test]
+fn brute_force_precision_of_digit_count_embeddings_is_perfect() {
+    // Item vector: how often each digit value occurs in the item; query vector: the indicator
+    // of its last two digits. The score is the number of item digits in the query's set, so
+    // every item scoring 2 or more is relevant, and each query has at least 523 of them.
+    let dim = 10;
+    let mut items = vec![0.0f32; TUTORIAL_VOCAB as usize * dim];
+    let mut queries = vec![0.0f32; TUTORIAL_VOCAB as usize * dim];
+    for id in 0..TUTORIAL_VOCAB as usize {
+        for d in [id / 1000, id / 100 % 10, id / 10 % 10, id % 10] {
+            items[id * dim + d] += 1.0;
+        }
+        queries[id * dim + id / 10 % 10] = 1.0;
+        queries[id * dim + id % 10] = 1.0;
+    }
+    let p = tutorial_brute_force_precision(&queries, &items, dim, 100, Par::Seq);
+    assert_eq!(p, 1.0);
 }
 
 fn close(a: f64, b: f64) -> bool {

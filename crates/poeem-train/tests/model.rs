@@ -530,3 +530,55 @@ fn gradients_do_not_depend_on_threads() {
         par.query_grads().table(0).values()
     );
 }
+
+/// The model's loss is the softmax loss of its own normalised embeddings, with the log-Q
+/// correction `log(B·p_c + N/n_items)` from the training frequencies.
+#[test]
+fn model_loss_uses_its_embeddings_and_log_q() {
+    let train = vec![(0, 0), (1, 0), (2, 0), (0, 1), (1, 2), (2, 3)];
+    let dataset = Dataset::from_pairs(3, 5, train, Vec::new()).unwrap();
+    let config = ModelConfig {
+        dim: 3,
+        temperature: 0.25,
+        extra_negatives: 2,
+        log_q_correction: true,
+        ..ModelConfig::tutorial()
+    };
+    let mut model = Model::new(config, None, &dataset).unwrap();
+    let queries = [0u32, 2, 1];
+    let items = [0u32, 3, 0, 4, 1];
+    let mut scratch = model.new_scratch();
+    let value = model
+        .compute_gradients(&queries, &items, &mut scratch, Par::Seq)
+        .unwrap()
+        .loss;
+
+    let q = model.embed_queries(&queries, Par::Seq).unwrap();
+    let y = model.embed_items(&items, Par::Seq).unwrap();
+    let counts = [3.0f32, 1.0, 1.0, 1.0, 0.0];
+    let log_q: Vec<f32> = items
+        .iter()
+        .map(|&i| (3.0 * counts[i as usize] / 6.0 + 2.0 / 5.0).ln())
+        .collect();
+    let loss = SoftmaxLoss {
+        temperature: 0.25,
+        reduction: LossReduction::Sum,
+        mask_duplicates: false,
+    };
+    let (mut gq, mut gy) = (vec![0.0f32; 9], vec![0.0f32; 15]);
+    let expected = loss.forward_backward(
+        &q,
+        &y,
+        3,
+        &items,
+        Some(&log_q),
+        &mut LossScratch::default(),
+        &mut gq,
+        &mut gy,
+        Par::Seq,
+    );
+    assert!(
+        (value.sum - expected.sum).abs() < 1e-4 * expected.sum.abs(),
+        "{value:?} vs {expected:?}"
+    );
+}

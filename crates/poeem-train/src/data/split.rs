@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
+/// (query, item) index pairs.
+pub type Pairs = Vec<(u32, u32)>;
+
 /// How interactions are divided into training and held-out pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -32,13 +35,12 @@ pub enum SplitConfig {
 /// [`TrainError::InvalidConfig`] for a test fraction outside `[0, 1)`,
 /// [`TrainError::DimensionMismatch`] when `times` is not one per pair,
 /// [`TrainError::OutOfRange`] for a query index of `n_queries` or more.
-#[allow(clippy::type_complexity)]
 pub fn split_pairs(
     pairs: &[(u32, u32)],
     times: Option<&[f64]>,
     n_queries: usize,
     config: SplitConfig,
-) -> Result<(Vec<(u32, u32)>, Vec<(u32, u32)>), TrainError> {
+) -> Result<(Pairs, Pairs), TrainError> {
     if let Some(times) = times
         && times.len() != pairs.len()
     {

@@ -49,9 +49,12 @@ pub enum CentroidInit {
     /// Warm start (method §2): buffer `buffer_size` rows after the warm-up, then fit both levels
     /// by k-means on them.
     KMeans,
-    /// Warm start off (the reference's ablation): no buffer; at the first step after the warm-up
-    /// every centroid and codeword is drawn at random on the scale of that batch (see
-    /// [`IndexingLayer`](super::IndexingLayer)), then training goes straight to the joint phase.
+    /// Warm start off (the reference's ablation): no buffer; the first call after the warm-up
+    /// draws the centroids at random on the scale of its batch and runs as a joint call. With
+    /// `μ` and `σ` the batch's per-coordinate mean and standard deviation (zero-padded), each
+    /// coarse centroid is `μ + σ ⊙ g` and each codeword `σ ⊙ g` on its subspace's coordinates
+    /// (`μ + σ ⊙ g` without a coarse level), `g` standard normal from the layer's seed: random
+    /// like an untrained variable, but on the data's scale. A rotation starts at the identity.
     Random,
 }
 
@@ -93,8 +96,8 @@ pub struct IndexingLayerConfig {
     pub opq: OpqConfig,
     /// Givens settings: step size η (multiplied by the learning-rate scale of each update), angle
     /// clip. Its `selection` is ignored (the rotation mode names it), its `seed` is combined
-    /// with [`IndexingLayerConfig::seed`], and its `reorthonormalize_every` is moot: the layer
-    /// re-orthonormalises after every step.
+    /// with [`IndexingLayerConfig::seed`]; `reorthonormalize_every` sets how often a QR removes
+    /// float drift.
     #[serde(with = "serde_foreign::givens_config")]
     pub givens: GivensConfig,
     /// Seed of every random choice (k-means, OPQ sampling, random init, Givens pairs).

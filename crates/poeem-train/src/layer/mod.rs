@@ -80,9 +80,6 @@ pub struct RegularizerGradient {
 /// counters, and the codes of a batch waiting for its `update`); a deserialised layer continues
 /// bit-identically to the original. Every random choice derives from
 /// [`IndexingLayerConfig::seed`], and results do not depend on the thread count of `par`.
-///
-/// With [`CentroidInit::Random`] the first joint call draws the centroids from the batch's
-/// per-coordinate mean and spread (see [`CentroidInit::Random`]).
 #[derive(Clone)]
 pub struct IndexingLayer {
     state: State,
@@ -291,9 +288,6 @@ impl IndexingLayer {
             Phase::Buffering => {
                 let s = &mut self.state;
                 let room = s.config.buffer_size - s.buffer.len() / s.dim;
-                if s.buffer.capacity() == 0 {
-                    s.buffer.reserve_exact(s.config.buffer_size * s.dim);
-                }
                 s.buffer.extend_from_slice(&x[..n.min(room) * s.dim]);
                 out.copy_from_slice(x);
                 s.pending.clear();
@@ -464,18 +458,17 @@ impl IndexingLayer {
             lr_scale,
         );
 
-        if let (Some(selection), Some(rotation)) = (
+        if let (Some(selection), Some(learned)) = (
             s.config.rotation.givens_selection(),
             params.rotation.as_mut(),
         ) {
             // f(R) = w Σ ‖x R − z‖², so ∂f/∂Y = 2w (Y − Z) = −2w e.
             w.grads.clear();
             w.grads.extend(s.pending.error.iter().map(|&e| -weight * e));
-            rotation.givens_step(
-                &s.config.givens,
-                selection,
-                s.config.seed,
-                s.config.givens.learning_rate * lr_scale,
+            let settings =
+                rotation::givens_settings(&s.config.givens, selection, s.config.seed, lr_scale);
+            learned.givens_step(
+                settings,
                 &mut params.givens_steps,
                 &s.pending.rotated,
                 &w.grads,

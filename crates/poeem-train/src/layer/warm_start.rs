@@ -74,11 +74,7 @@ pub(crate) fn kmeans_init(
 }
 
 /// The random init ([`CentroidInit::Random`], warm start off) from the first joint batch `x`
-/// (`n × dim`). With `μ` and `σ` the per-coordinate mean and standard deviation of the batch
-/// (zero-padded), each coarse centroid is `μ + σ ⊙ g` and each codeword `σ ⊙ g` on its
-/// subspace's coordinates (`μ + σ ⊙ g` without a coarse level), `g` standard normal: random like
-/// an untrained variable, but on the data's scale. The rotation, if any, starts at the
-/// identity.
+/// (`n × dim`), as that variant's documentation describes.
 ///
 /// # Errors
 /// Only when the settings are invalid.

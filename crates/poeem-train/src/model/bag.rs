@@ -162,7 +162,7 @@ impl EmbeddingTable {
             if tokens.is_empty() {
                 continue;
             }
-            let scale = 1.0f32;
+            let scale = 1.0 / tokens.len() as f32;
             let g = &row[col..col + self.dim];
             for &t in tokens {
                 for (acc, &v) in sparse.row_mut(t).iter_mut().zip(g) {
