@@ -1,12 +1,21 @@
-//! Feeds arbitrary bytes to the index-file parser. An input that opens must verify or fail
-//! cleanly, report consistent info, and support reading every list through the view: no input
-//! may panic or read out of bounds.
+//! Feeds arbitrary bytes to the index-file parser, both as they are and with their checksums
+//! repaired (so that mutations reach the checks behind the CRCs). An input that opens must
+//! verify or fail cleanly, report consistent info, and support reading every list through the
+//! view: no input may panic or read out of bounds.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use poeem_search::Index;
 
 fuzz_target!(|data: &[u8]| {
+    check(data);
+    let mut repaired = data.to_vec();
+    if repair_checksums(&mut repaired) {
+        check(&repaired);
+    }
+});
+
+fn check(data: &[u8]) {
     let Ok(index) = Index::from_bytes(data) else {
         return;
     };
@@ -38,4 +47,38 @@ fuzz_target!(|data: &[u8]| {
     }
     std::hint::black_box((checksum, &out, &rotated));
     let _ = index.to_parts();
-});
+}
+
+/// Rewrites every in-bounds section CRC and then the header CRC, following
+/// docs/index-format.md; returns false when the bytes are too short to hold a table.
+fn repair_checksums(data: &mut [u8]) -> bool {
+    const HEADER_LEN: usize = 96;
+    const ENTRY_LEN: usize = 32;
+    let u64_at = |data: &[u8], at: usize| {
+        let mut b = [0; 8];
+        b.copy_from_slice(&data[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    if data.len() < HEADER_LEN {
+        return false;
+    }
+    let count = u32::from_le_bytes([data[12], data[13], data[14], data[15]]) as usize;
+    let table_end = HEADER_LEN + count * ENTRY_LEN;
+    if table_end + 4 > data.len() {
+        return false;
+    }
+    for i in 0..count {
+        let at = HEADER_LEN + i * ENTRY_LEN;
+        let (offset, length) = (u64_at(data, at + 8), u64_at(data, at + 16));
+        let range = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(length).ok())
+            .and_then(|(o, l)| Some(o..o.checked_add(l)?));
+        if let Some(crc) = range.and_then(|r| data.get(r)).map(crc32fast::hash) {
+            data[at + 24..at + 28].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+    let crc = crc32fast::hash(&data[..table_end]);
+    data[table_end..table_end + 4].copy_from_slice(&crc.to_le_bytes());
+    true
+}

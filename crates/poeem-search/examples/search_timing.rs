@@ -77,9 +77,50 @@ fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+
+fn random_parts(n: usize, dim: usize, n_lists: usize, m: usize, metric: Metric) -> IndexParts {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let params = IndexParams { dim, padded_dim: dim, n_lists, n_subspaces: m, n_bits: 8, metric, n_items: 0 };
+    let centroids = gaussian(n_lists * dim, 4);
+    let codebooks: Vec<f32> = gaussian(256 * dim, 5).iter().map(|v| v * 0.3).collect();
+    let lists: Vec<u32> = (0..n).map(|_| rng.random_range(0..n_lists as u32)).collect();
+    let codes: Vec<u8> = (0..n * m).map(|_| rng.random()).collect();
+    let ids: Vec<u64> = (0..n as u64).collect();
+    let rot = poeem_rotation::Rotation::random(dim, 9).into_vec();
+    IndexParts::from_item_codes(params, Some(rot), centroids, codebooks, &lists, &codes, &ids, serde_json::Value::Null).unwrap()
+}
+
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     let mut noop = |_: &poeem_pq::Progress| {};
+    if mode == "prof" {
+        let a: Vec<String> = std::env::args().collect();
+        let metric: Metric = a[2].parse().unwrap();
+        let kernel: Kernel = a[3].parse().unwrap();
+        let nprobe: usize = a[4].parse().unwrap();
+        let how = a[5].as_str();
+        let reps: usize = a[6].parse().unwrap();
+        let (n, dim, nq, k) = (100_000, 64, 2000, 10);
+        let parts = random_parts(n, dim, 1024, 16, metric);
+        let queries = gaussian(nq * dim, 2);
+        let index = SearchIndex::with_kernel(parts.view().unwrap(), kernel).unwrap();
+        let params = SearchParams::new(k, nprobe);
+        let mut ids = vec![0i64; nq * k];
+        let mut scores = vec![0f32; nq * k];
+        let mut searcher = Searcher::new(&index);
+        for _ in 0..reps {
+            match how {
+                "one" => {
+                    for ((q, i), s) in queries.chunks_exact(dim).zip(ids.chunks_exact_mut(k)).zip(scores.chunks_exact_mut(k)) {
+                        searcher.search_one(q, &params, i, s).unwrap();
+                    }
+                }
+                _ => index.search_batch(&queries, &params, &mut ids, &mut scores, Par::Seq).unwrap(),
+            }
+        }
+        println!("{}", ids.iter().sum::<i64>());
+        return;
+    }
     if mode == "timing" {
         let (n, dim, nq, k) = (100_000, 64, 2000, 10);
         let data = gaussian(n * dim, 1);
@@ -97,7 +138,7 @@ fn main() {
                 let prep = t.elapsed().as_secs_f64();
                 let mut ids = vec![0i64; nq * k];
                 let mut scores = vec![0f32; nq * k];
-                for nprobe in [8, 1024] {
+                for nprobe in [8, 64] {
                     let params = SearchParams::new(k, nprobe);
                     let mut searcher = Searcher::new(&index);
                     let one = best_of(3, || {
@@ -109,7 +150,7 @@ fn main() {
                     let seq = best_of(3, || index.search_batch(&queries, &params, &mut ids, &mut scores, Par::Seq).unwrap());
                     let r2 = recall(&ids, &gt, k);
                     let par2 = best_of(3, || index.search_batch(&queries, &params, &mut ids, &mut scores, Par::rayon(2)).unwrap());
-                    let scanned = if nprobe >= 1024 { n as f64 } else { f64::NAN };
+                    let scanned = f64::NAN;
                     println!(
                         "{metric:3} {:6} prep {:5.1}ms nprobe {nprobe:4}: one {:7.1} us/q ({:6.0} QPS) | batch seq {:6.0} QPS | batch 2thr {:6.0} QPS | recall one {r1:.3} batch {r2:.3} | full-scan codes/s one {:.0}M batch {:.0}M",
                         kernel.name(), prep * 1e3,

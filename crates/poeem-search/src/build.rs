@@ -209,7 +209,7 @@ pub fn build_index(
     };
     let train_seconds = train_start.elapsed().as_secs_f64();
 
-    let mut encoded = encode_index(&codec, &data, &ids, config.metric, par)?;
+    let mut encoded = encode_items(&codec, &data, &ids, config.metric, par)?;
     let total_seconds = start.elapsed().as_secs_f64();
 
     let mut metadata = codec_metadata("poeem-search build_index", &codec, &encoded);
@@ -282,7 +282,7 @@ pub fn index_from_codec(
     let n = check_vectors(vectors, codec.dim())?;
     let ids = item_ids(ids, n)?;
     let data = prepare(vectors, codec.dim(), metric)?;
-    let mut encoded = encode_index(codec, &data, &ids, metric, par)?;
+    let mut encoded = encode_items(codec, &data, &ids, metric, par)?;
     let mut meta = codec_metadata("poeem-search index_from_codec", codec, &encoded);
     meta.insert(
         "timings".into(),
@@ -307,7 +307,7 @@ struct Encoded {
 }
 
 /// Encodes checked, prepared vectors with `codec` and groups them by list (metadata left null).
-fn encode_index(
+fn encode_items(
     codec: &IvfPqCodec,
     data: &[f32],
     ids: &[u64],

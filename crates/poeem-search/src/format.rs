@@ -7,11 +7,8 @@
 //! in offset order with zero padding between them; the file ends where the last section ends.
 //! Every integer is little-endian and fixed-width.
 
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytemuck::{AnyBitPattern, PodCastError};
 
@@ -822,89 +819,6 @@ pub fn encode_index(parts: &IndexParts) -> Result<Vec<u8>, SearchError> {
 pub fn write_index(path: &Path, parts: &IndexParts) -> Result<(), SearchError> {
     let metadata = prepare(parts)?;
     let plan = Plan::new(parts, &metadata)?;
-    let name = path.file_name().ok_or_else(|| {
-        SearchError::io(
-            path,
-            io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
-        )
-    })?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let temp = TempFile::create(dir, name)?;
-    let written = (|| {
-        let mut out = BufWriter::with_capacity(1 << 20, &temp.file);
-        plan.write_to(&mut out)?;
-        out.flush()?;
-        drop(out);
-        temp.file.sync_all()
-    })();
-    written.map_err(|e| SearchError::io(&temp.path, e))?;
-    fs::rename(&temp.path, path).map_err(|e| SearchError::io(path, e))?;
-    temp.disarm();
-    sync_dir(dir)
-}
-
-/// A temporary file that is removed when dropped, unless disarmed after its rename.
-struct TempFile {
-    path: std::path::PathBuf,
-    file: File,
-    armed: bool,
-}
-
-impl TempFile {
-    /// Creates `.<name>.<pid>.<n>.tmp` in `dir`, a name no other writer uses.
-    fn create(dir: &Path, name: &std::ffi::OsStr) -> Result<Self, SearchError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let mut attempts = 0;
-        loop {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let mut temp_name = OsString::from(".");
-            temp_name.push(name);
-            temp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-            let path = dir.join(temp_name);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    return Ok(Self {
-                        path,
-                        file,
-                        armed: true,
-                    });
-                }
-                // A stale file left by an earlier process with the same id: take the next name.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => {
-                    attempts += 1;
-                }
-                Err(e) => return Err(SearchError::io(path, e)),
-            }
-        }
-    }
-
-    /// Keeps the file (it has been renamed into place).
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            // Best effort: the write already failed, and that error is the one to report.
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), SearchError> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| SearchError::io(dir, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    poeem_fs::write_atomically(path, |out| plan.write_to(out))
+        .map_err(|e| SearchError::io(e.path, e.source))
 }

@@ -147,7 +147,8 @@ impl IndexParams {
         if self.n_subspaces == 0 {
             return bad("n_subspaces", self.n_subspaces, "must be at least 1");
         }
-        if self.padded_dim != self.dim.div_ceil(self.n_subspaces) * self.n_subspaces {
+        let padded = self.dim.div_ceil(self.n_subspaces).checked_mul(self.n_subspaces);
+        if padded != Some(self.padded_dim) {
             return bad(
                 "padded_dim",
                 self.padded_dim,
@@ -261,7 +262,8 @@ impl<'a> IndexView<'a> {
             .checked_mul(p.padded_dim)
             .ok_or(overflow("codebook size"))?;
         mismatch("codebook values", codebook_len, codebooks.len())?;
-        mismatch("list offsets", p.n_lists + 1, list_offsets.len())?;
+        let n_offsets = p.n_lists.checked_add(1).ok_or(overflow("list count"))?;
+        mismatch("list offsets", n_offsets, list_offsets.len())?;
         mismatch("list sizes", p.n_lists, list_sizes.len())?;
         if list_offsets[0] != 0 {
             return Err(SearchError::BadList {

@@ -31,7 +31,7 @@ pub use layout::{
 pub use format::{encode_index, write_index};
 pub use index::{Index, IndexInfo, SectionInfo};
 pub use kernels::{Kernel, TABLE_STRIDE};
-pub use searcher::{L2_TERMS_MAX_BYTES, Probe, SearchIndex, SearchParams, Searcher};
+pub use searcher::{Probe, SearchIndex, SearchParams, Searcher};
 pub use build::{BuildConfig, BuildReport, build_index, index_from_codec};
 pub use reference::{
     ReferenceFile, ReferenceImport, encode_reference, import_reference, parse_reference,

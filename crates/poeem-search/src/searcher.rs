@@ -8,9 +8,14 @@
 //!
 //! - inner product and cosine: `⟨q', v_j⟩ + Σ_m T[m][k_m]` with `T[m][k] = ⟨q'^(m), c^(m)_k⟩`,
 //!   one table per query;
-//! - L2: `‖q' − v_j‖² + Σ_m (P_j[m][k_m] − 2 T[m][k_m])` with
-//!   `P_j[m][k] = ‖c^(m)_k‖² + 2⟨v_j^(m), c^(m)_k⟩`, precomputed per index (see
-//!   [`L2_TERMS_MAX_BYTES`]), so a probed list costs one table addition.
+//! - L2: `‖q' − v_j‖² + e_s − 2 Σ_m T[m][k_m]`, where the item's residual
+//!   `r = [c¹_{k_1} | … | c^M_{k_M}]` gives the per-item term `e_s = ‖r‖² + 2⟨v_j, r⟩`,
+//!   computed once per index (in f64, one float per slot).
+//!
+//! faiss's IVF-PQ instead precomputes `P_j[m][k] = ‖c^(m)_k‖² + 2⟨v_j^(m), c^(m)_k⟩`
+//! (`n_lists × M × 2^n_bits` floats) and adds `P_j` to the query's table for every probed list;
+//! the per-item sum `e_s = Σ_m P_j[m][k_m]` makes an L2 scan cost what an inner-product scan
+//! costs, and takes less memory whenever there are fewer items than `n_lists × M × 2^n_bits`.
 //!
 //! Internally every score becomes a key where smaller is better (similarities are negated,
 //! which is exact), and the kernels add the table entries in subspace order. Batches rotate their
@@ -18,20 +23,15 @@
 //! matrix products, then scan query by query.
 
 use faer::{Accum, MatMut, MatRef, Par};
-use pulp::Arch;
+use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::kernels::{Kernel, Scan, TABLE_STRIDE, scalar};
 use crate::topk::TopK;
 use crate::{IndexView, Metric, SearchError};
 
-/// The largest L2 bias table (`n_lists × M × 2^n_bits` floats) that [`SearchIndex::new`]
-/// precomputes: 512 MiB. Above it, L2 search computes each probed list's table from the
-/// codebooks (`padded_dim × 2^n_bits` multiply-adds per list) instead.
-pub const L2_TERMS_MAX_BYTES: usize = 512 << 20;
-
-/// Columns scored together by the direct dot-product loop.
-const LANES: usize = 32;
+/// Columns scored together by the direct dot-product loop (eight AVX2 accumulators).
+const LANES: usize = 64;
 /// Most queries whose tables a batch builds at once.
 const BATCH_ROWS: usize = 64;
 /// Memory a batch's lookup tables may take, which caps its rows for wide tables.
@@ -122,10 +122,10 @@ impl SearchParams {
 /// An index ready to search: an [`IndexView`] plus tables derived from it, and the scan kernel
 /// chosen for this CPU.
 ///
-/// Derived memory (see [`SearchIndex::derived_bytes`]): a dimension-major copy of the coarse
-/// centroids and of the codebooks, their squared norms, and for L2 indexes the bias table of
-/// `n_lists × M × 2^n_bits` floats when it fits in [`L2_TERMS_MAX_BYTES`] (e.g. 16 MiB for
-/// 1024 lists, M = 16, 8 bits). Searching takes `&self`: any number of threads may search one
+/// Derived memory (see [`SearchIndex::derived_bytes`]): copies of the rotation, the coarse
+/// centroids and the codebooks laid out for single-query dot products, the centroids' squared
+/// norms, and for L2 indexes one float per
+/// slot (the item term `e_s`; 4 bytes per item next to its `M` code bytes). Searching takes `&self`: any number of threads may search one
 /// index at once, each with its own [`Searcher`].
 #[derive(Debug)]
 pub struct SearchIndex<'a> {
@@ -134,29 +134,25 @@ pub struct SearchIndex<'a> {
     arch: Arch,
     /// The rotation, or `None` when the view has none or it is exactly the identity.
     rotation: Option<&'a [f32]>,
-    /// `n_lists` rounded up to [`LANES`].
-    list_cols: usize,
-    /// Coarse centroids, dimension-major: `padded_dim × list_cols` (zero columns past J).
-    centroids_t: Vec<f32>,
+    /// `R` (`padded_dim × padded_dim`) for [`ColumnBlocks::dots`], when there is a rotation.
+    rotation_blocks: Option<ColumnBlocks>,
+    /// The coarse centroids as columns: `padded_dim × n_lists`.
+    centroid_blocks: ColumnBlocks,
     /// `‖v_j‖²`.
     centroid_norms: Vec<f32>,
-    /// `2^n_bits` rounded up to [`LANES`] (at most the table stride).
-    code_cols: usize,
     /// Entries per subspace row of a lookup table: 256 for one-byte codes, `2^n_bits` above.
     stride: usize,
-    /// Codebooks, per subspace dimension-major: `M × sub_dim × code_cols`.
-    codebooks_t: Vec<f32>,
-    /// `‖c^(m)_k‖²`, `M × 2^n_bits` (L2 only).
-    codeword_norms: Vec<f32>,
-    /// `P_j[m][k]`, `n_lists × M × 2^n_bits` (L2 only, when small enough).
-    l2_terms: Vec<f32>,
+    /// Each subspace's codewords as columns: `sub_dim × 2^n_bits`.
+    codebook_blocks: Vec<ColumnBlocks>,
+    /// `e_s = ‖r_s‖² + 2⟨v_j, r_s⟩` of every slot (0 for padding), L2 only.
+    slot_terms: Vec<f32>,
 }
 
 impl<'a> SearchIndex<'a> {
     /// Prepares `view` for search with the fastest kernel this CPU runs ([`Kernel::detect`]).
     /// Builds the derived tables, using the rayon pool for the L2 bias table.
     pub fn new(view: IndexView<'a>) -> Self {
-        Self::build(view, Kernel::detect(), L2_TERMS_MAX_BYTES)
+        Self::build(view, Kernel::detect())
     }
 
     /// Prepares `view` for search with `kernel`.
@@ -167,66 +163,40 @@ impl<'a> SearchIndex<'a> {
         if !kernel.is_available() {
             return Err(kernel.unavailable());
         }
-        Ok(Self::build(view, kernel, L2_TERMS_MAX_BYTES))
+        Ok(Self::build(view, kernel))
     }
 
-    /// Prepares `view` with `kernel` (which this CPU must run), precomputing the L2 bias table
-    /// when it takes at most `l2_terms_max_bytes`.
-    fn build(view: IndexView<'a>, kernel: Kernel, l2_terms_max_bytes: usize) -> Self {
+    /// Prepares `view` with `kernel`, which this CPU must run.
+    fn build(view: IndexView<'a>, kernel: Kernel) -> Self {
         let p = *view.params();
-        let (d, n_lists, m_count, k, sub) = (
-            p.padded_dim,
-            p.n_lists,
-            p.n_subspaces,
-            p.n_codewords(),
-            p.sub_dim(),
-        );
+        let (d, n_lists, k, sub) = (p.padded_dim, p.n_lists, p.n_codewords(), p.sub_dim());
         let rotation = view.rotation().filter(|r| !is_identity(r, d));
+        let rotation_blocks = rotation.map(|r| ColumnBlocks::new(d, d, |i, c| r[i * d + c]));
         let centroids = view.coarse_centroids();
-        let list_cols = n_lists.next_multiple_of(LANES);
-        let mut centroids_t = vec![0.0f32; d * list_cols];
-        for (j, row) in centroids.chunks_exact(d).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                centroids_t[i * list_cols + j] = v;
-            }
-        }
+        let centroid_blocks = ColumnBlocks::new(d, n_lists, |i, j| centroids[j * d + i]);
         let centroid_norms = centroids.chunks_exact(d).map(squared_norm).collect();
-        let code_cols = k.next_multiple_of(LANES);
         let stride = if p.code_width() == 1 { TABLE_STRIDE } else { k };
-        let codebooks = view.codebooks();
-        let mut codebooks_t = vec![0.0f32; m_count * sub * code_cols];
-        for (m, book) in codebooks.chunks_exact(k * sub).enumerate() {
-            let dst = &mut codebooks_t[m * sub * code_cols..(m + 1) * sub * code_cols];
-            for (c, word) in book.chunks_exact(sub).enumerate() {
-                for (s, &v) in word.iter().enumerate() {
-                    dst[s * code_cols + c] = v;
-                }
-            }
-        }
-        let (mut codeword_norms, mut l2_terms) = (Vec::new(), Vec::new());
-        if p.metric == Metric::L2 {
-            codeword_norms = codebooks.chunks_exact(sub).map(squared_norm).collect();
-            let fits = n_lists
-                .checked_mul(m_count * k)
-                .and_then(|n| n.checked_mul(size_of::<f32>()))
-                .is_some_and(|bytes| bytes <= l2_terms_max_bytes);
-            if fits {
-                l2_terms = l2_bias_terms(&view, &codeword_norms);
-            }
-        }
+        let codebook_blocks = view
+            .codebooks()
+            .chunks_exact(k * sub)
+            .map(|book| ColumnBlocks::new(sub, k, |s, c| book[c * sub + s]))
+            .collect();
+        let slot_terms = if p.metric == Metric::L2 {
+            l2_slot_terms(&view)
+        } else {
+            Vec::new()
+        };
         Self {
             view,
             kernel,
             arch: Arch::new(),
             rotation,
-            list_cols,
-            centroids_t,
+            rotation_blocks,
+            centroid_blocks,
             centroid_norms,
-            code_cols,
             stride,
-            codebooks_t,
-            codeword_norms,
-            l2_terms,
+            codebook_blocks,
+            slot_terms,
         }
     }
 
@@ -240,20 +210,14 @@ impl<'a> SearchIndex<'a> {
         self.kernel
     }
 
-    /// Whether the L2 bias table is precomputed (always false for inner product and cosine,
-    /// which need none).
-    pub fn has_l2_terms(&self) -> bool {
-        !self.l2_terms.is_empty()
-    }
-
     /// Bytes of the tables derived from the view (the view's own memory not included).
     pub fn derived_bytes(&self) -> usize {
+        let blocks = self.rotation_blocks.iter().chain([&self.centroid_blocks]);
+        let blocks = blocks.chain(&self.codebook_blocks);
         size_of::<f32>()
-            * (self.centroids_t.len()
+            * (blocks.map(|b| b.data.len()).sum::<usize>()
                 + self.centroid_norms.len()
-                + self.codebooks_t.len()
-                + self.codeword_norms.len()
-                + self.l2_terms.len())
+                + self.slot_terms.len())
     }
 
     /// Searches a batch of queries: `queries` holds `n` rows of `dim` values, and row `i`'s
@@ -300,23 +264,29 @@ impl<'a> SearchIndex<'a> {
             Par::Rayon(t) => t.get(),
         };
         let rows = n.div_ceil(tasks).next_multiple_of(chunk);
-        let run =
-            |(((queries, scales), ids), scores): (((&[f32], &[f32]), &mut [i64]), &mut [f32])| {
-                let mut batch = Batch::new(self, chunk);
-                for (((q, s), i), o) in queries
-                    .chunks(chunk * dim)
-                    .zip(scales.chunks(chunk))
-                    .zip(ids.chunks_mut(chunk * k))
-                    .zip(scores.chunks_mut(chunk * k))
-                {
-                    batch.run(q, s, params, i, o);
-                }
-            };
+        let run = |part: BatchPart<'_>| {
+            let mut batch = Batch::new(self, chunk);
+            for (((q, s), i), o) in part
+                .queries
+                .chunks(chunk * dim)
+                .zip(part.scales.chunks(chunk))
+                .zip(part.ids.chunks_mut(chunk * k))
+                .zip(part.scores.chunks_mut(chunk * k))
+            {
+                batch.run(q, s, params, i, o);
+            }
+        };
         let parts = queries
             .chunks(rows * dim)
             .zip(scales.chunks(rows))
             .zip(ids.chunks_mut(rows * k))
-            .zip(scores.chunks_mut(rows * k));
+            .zip(scores.chunks_mut(rows * k))
+            .map(|(((queries, scales), ids), scores)| BatchPart {
+                queries,
+                scales,
+                ids,
+                scores,
+            });
         match par {
             Par::Seq => parts.for_each(run),
             Par::Rayon(_) => parts.collect::<Vec<_>>().into_par_iter().for_each(run),
@@ -387,40 +357,32 @@ impl<'a> SearchIndex<'a> {
         for (s, &q) in scaled.iter_mut().zip(query) {
             *s = scale * q;
         }
-        match self.rotation {
+        match &self.rotation_blocks {
             None => {
                 out[..dim].copy_from_slice(&scaled[..dim]);
                 out[dim..].fill(0.0);
             }
-            Some(r) => self.arch.dispatch(|| {
-                out.fill(0.0);
-                for (&a, row) in scaled[..dim].iter().zip(r.chunks_exact(out.len())) {
-                    for (o, &v) in out.iter_mut().zip(row) {
-                        *o += a * v;
-                    }
-                }
-            }),
+            Some(r) => r.dots(self.arch, &scaled[..dim], out),
         }
     }
 
-    /// The coarse dot products `⟨q', v_j⟩` (`dots` has `list_cols` values) and the lookup table
+    /// The coarse dot products `⟨q', v_j⟩` (`dots` has `n_lists` values) and the lookup table
     /// `table[m·stride + k] = scale · ⟨q'^(m), c^(m)_k⟩` of one prepared query; `scaled` is
     /// `padded_dim` values of scratch.
     fn tables_one(&self, query: &[f32], scaled: &mut [f32], dots: &mut [f32], table: &mut [f32]) {
         let p = self.view.params();
         let sub = p.sub_dim();
-        dots_dim_major(self.arch, query, &self.centroids_t, self.list_cols, dots);
+        self.centroid_blocks.dots(self.arch, query, dots);
         let scale = self.table_scale();
         for (s, &q) in scaled.iter_mut().zip(query) {
             *s = scale * q;
         }
-        let book_len = sub * self.code_cols;
         for ((x, book), row) in scaled
             .chunks_exact(sub)
-            .zip(self.codebooks_t.chunks_exact(book_len))
+            .zip(&self.codebook_blocks)
             .zip(table.chunks_exact_mut(self.stride))
         {
-            dots_dim_major(self.arch, x, book, self.code_cols, row);
+            book.dots(self.arch, x, row);
         }
     }
 
@@ -438,12 +400,7 @@ impl<'a> SearchIndex<'a> {
         scores: &mut [f32],
     ) -> usize {
         let p = self.view.params();
-        let ScanScratch {
-            probes,
-            top,
-            list_table,
-            residual,
-        } = scratch;
+        let ScanScratch { probes, top } = scratch;
         let nprobe = params.nprobe.min(p.n_lists);
         probes.reset(nprobe);
         let mut threshold = probes.threshold();
@@ -460,34 +417,36 @@ impl<'a> SearchIndex<'a> {
         top.reset(params.k);
         let l2 = p.metric == Metric::L2;
         let query_norm = if l2 { squared_norm(query) } else { 0.0 };
-        let (m_count, k) = (p.n_subspaces, p.n_codewords());
+        let offsets = self.view.list_offsets();
         for &(_, j) in probes.sorted() {
             let j = j as usize;
             let list = self.view.list(j);
             if list.is_empty() {
                 continue;
             }
-            let (bias, table) = if l2 {
+            let (bias, slot_bias) = if l2 {
+                let slots = offsets[j] as usize..offsets[j + 1] as usize;
                 let bias = query_norm + (self.centroid_norms[j] - 2.0 * dots[j]);
-                self.l2_list_table(j, query, table, list_table, residual);
-                (bias, &list_table[..])
+                (bias, &self.slot_terms[slots])
             } else {
-                (-dots[j], table)
+                (-dots[j], &[][..])
             };
             let scan = Scan {
                 table,
-                n_subspaces: m_count,
+                n_subspaces: p.n_subspaces,
                 bias,
+                slot_bias,
                 codes: list.codes,
                 ids: list.ids,
             };
             if p.code_width() == 1 {
                 self.kernel.scan(&scan, top);
             } else {
-                scalar::scan_wide(&scan, self.stride, (k - 1) as u16, top);
+                scalar::scan_wide(&scan, self.stride, (p.n_codewords() - 1) as u16, top);
             }
         }
-        let found = top.len();
+        let best = top.sorted();
+        let found = best.len();
         let higher = p.metric.higher_is_better();
         ids.fill(-1);
         scores.fill(if higher {
@@ -495,82 +454,19 @@ impl<'a> SearchIndex<'a> {
         } else {
             f32::INFINITY
         });
-        for ((&(key, item), id), score) in top.sorted().iter().zip(ids).zip(scores) {
+        for ((&(key, item), id), score) in best.iter().zip(ids).zip(scores) {
             *id = item as i64;
             *score = if higher { -key } else { key };
         }
         found
     }
-
-    /// List `j`'s L2 table `P_j[m][k] + table[m][k]` into `out` (`M × stride`; entries past
-    /// `2^n_bits` are left as they are, zero). Without precomputed terms, `P_j` comes from the
-    /// codebooks: `‖c‖² + ⟨2(v_j − q')^(m), c⟩`, and `table` (−2⟨q', c⟩) is not needed.
-    fn l2_list_table(
-        &self,
-        j: usize,
-        query: &[f32],
-        table: &[f32],
-        out: &mut [f32],
-        residual: &mut [f32],
-    ) {
-        let p = self.view.params();
-        let (m_count, k, sub) = (p.n_subspaces, p.n_codewords(), p.sub_dim());
-        if self.has_l2_terms() {
-            let terms = &self.l2_terms[j * m_count * k..(j + 1) * m_count * k];
-            self.arch.dispatch(|| {
-                for ((o, t), q) in out
-                    .chunks_exact_mut(self.stride)
-                    .zip(terms.chunks_exact(k))
-                    .zip(table.chunks_exact(self.stride))
-                {
-                    for ((o, &t), &q) in o[..k].iter_mut().zip(t).zip(&q[..k]) {
-                        *o = t + q;
-                    }
-                }
-            });
-            return;
-        }
-        let centroid = &self.view.coarse_centroids()[j * p.padded_dim..(j + 1) * p.padded_dim];
-        for ((r, &v), &q) in residual.iter_mut().zip(centroid).zip(query) {
-            *r = 2.0 * (v - q);
-        }
-        let book_len = sub * self.code_cols;
-        for (((x, book), row), norms) in residual
-            .chunks_exact(sub)
-            .zip(self.codebooks_t.chunks_exact(book_len))
-            .zip(out.chunks_exact_mut(self.stride))
-            .zip(self.codeword_norms.chunks_exact(k))
-        {
-            dots_dim_major(self.arch, x, book, self.code_cols, row);
-            for (o, &n) in row.iter_mut().zip(norms) {
-                *o += n;
-            }
-        }
-    }
 }
 
 /// The scratch of one query's scan.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct ScanScratch {
     probes: TopK,
     top: TopK,
-    /// One list's L2 table, `M × stride` (empty for inner product and cosine).
-    list_table: Vec<f32>,
-    /// `2(v_j − q')`, `padded_dim` (L2 without precomputed terms).
-    residual: Vec<f32>,
-}
-
-impl ScanScratch {
-    fn new(index: &SearchIndex<'_>) -> Self {
-        let p = index.view.params();
-        let l2 = p.metric == Metric::L2;
-        Self {
-            probes: TopK::default(),
-            top: TopK::default(),
-            list_table: vec![0.0; if l2 { index.table_len() } else { 0 }],
-            residual: vec![0.0; if l2 { p.padded_dim } else { 0 }],
-        }
-    }
 }
 
 /// Searches one query at a time, reusing its scratch: after the first queries (whose `k` and
@@ -585,7 +481,7 @@ pub struct Searcher<'s, 'a> {
     scaled: Vec<f32>,
     /// `q'`, `padded_dim`.
     query: Vec<f32>,
-    /// `⟨q', v_j⟩`, `list_cols`.
+    /// `⟨q', v_j⟩`, `n_lists`.
     dots: Vec<f32>,
     /// The query's lookup table, `M × stride`.
     table: Vec<f32>,
@@ -600,9 +496,9 @@ impl<'s, 'a> Searcher<'s, 'a> {
             index,
             scaled: vec![0.0; p.padded_dim],
             query: vec![0.0; p.padded_dim],
-            dots: vec![0.0; index.list_cols],
+            dots: vec![0.0; index.view.params().n_lists],
             table: vec![0.0; index.table_len()],
-            scan: ScanScratch::new(index),
+            scan: ScanScratch::default(),
         }
     }
 
@@ -652,6 +548,14 @@ impl<'s, 'a> Searcher<'s, 'a> {
     }
 }
 
+/// One parallel task's share of a batch: whole rows of queries with their scales and outputs.
+struct BatchPart<'q> {
+    queries: &'q [f32],
+    scales: &'q [f32],
+    ids: &'q mut [i64],
+    scores: &'q mut [f32],
+}
+
 /// The scratch of one batch task: a chunk of queries' prepared rows, dot products and tables.
 struct Batch<'s, 'a> {
     index: &'s SearchIndex<'a>,
@@ -675,7 +579,7 @@ impl<'s, 'a> Batch<'s, 'a> {
             rotated: vec![0.0; rows * p.padded_dim],
             dots: vec![0.0; rows * p.n_lists],
             tables: vec![0.0; rows * index.table_len()],
-            scan: ScanScratch::new(index),
+            scan: ScanScratch::default(),
         }
     }
 
@@ -779,56 +683,122 @@ fn check_outputs(len: usize, ids: &[i64], scores: &[f32]) -> Result<(), SearchEr
     Ok(())
 }
 
-/// `out[c] = Σ_i x[i] · mt[i · n_cols + c]` for `c < n_cols` (a multiple of [`LANES`]), summed
-/// in order of `i`, [`LANES`] columns at a time in registers.
-fn dots_dim_major(arch: Arch, x: &[f32], mt: &[f32], n_cols: usize, out: &mut [f32]) {
-    arch.dispatch(|| {
-        for (c, out) in out[..n_cols].chunks_exact_mut(LANES).enumerate() {
+/// A matrix stored for fast `x M` with one vector `x`: blocks of [`LANES`] columns, each block
+/// all rows of its columns, row by row (columns past `n_cols` are zero). A block is one
+/// contiguous stream that the product reads once while its [`LANES`] sums stay in registers.
+#[derive(Debug)]
+struct ColumnBlocks {
+    n_rows: usize,
+    n_cols: usize,
+    data: Vec<f32>,
+}
+
+impl ColumnBlocks {
+    /// The `n_rows × n_cols` matrix with entries `at(row, col)`.
+    fn new(n_rows: usize, n_cols: usize, at: impl Fn(usize, usize) -> f32) -> Self {
+        let n_blocks = n_cols.div_ceil(LANES);
+        let mut data = vec![0.0f32; n_blocks * n_rows * LANES];
+        for (b, block) in data.chunks_exact_mut(n_rows * LANES).enumerate() {
+            for (i, row) in block.chunks_exact_mut(LANES).enumerate() {
+                for (l, v) in row.iter_mut().enumerate().take(n_cols - b * LANES) {
+                    *v = at(i, b * LANES + l);
+                }
+            }
+        }
+        Self {
+            n_rows,
+            n_cols,
+            data,
+        }
+    }
+
+    /// `out[c] = Σ_i x[i] · M[i][c]` for the first `n_cols` values of `out`, summed in order of
+    /// `i`; `x` may be shorter than a column (the missing rows count as zero).
+    ///
+    /// # Panics
+    /// When `x` is longer than a column or `out` shorter than a row.
+    #[track_caller]
+    fn dots(&self, arch: Arch, x: &[f32], out: &mut [f32]) {
+        assert!(x.len() <= self.n_rows, "vector longer than a column");
+        arch.dispatch(BlockDots {
+            m: self,
+            x,
+            out: &mut out[..self.n_cols],
+        });
+    }
+}
+
+/// [`ColumnBlocks::dots`] as a [`WithSimd`] operation, so that its loops are compiled for the
+/// instruction set chosen at run time (a closure would not be inlined there).
+struct BlockDots<'a> {
+    m: &'a ColumnBlocks,
+    x: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl WithSimd for BlockDots<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let Self { m, x, out } = self;
+        for (block, out) in m
+            .data
+            .chunks_exact(m.n_rows * LANES)
+            .zip(out.chunks_mut(LANES))
+        {
             let mut acc = [0.0f32; LANES];
-            for (i, &xi) in x.iter().enumerate() {
-                let col = &mt[i * n_cols + c * LANES..][..LANES];
-                for (a, &v) in acc.iter_mut().zip(col) {
+            for (&xi, row) in x.iter().zip(block.chunks_exact(LANES)) {
+                for (a, &v) in acc.iter_mut().zip(row) {
                     *a += xi * v;
                 }
             }
-            out.copy_from_slice(&acc);
+            if let Some(out) = out.first_chunk_mut::<LANES>() {
+                *out = acc;
+            } else {
+                let n = out.len();
+                out.copy_from_slice(&acc[..n]);
+            }
         }
-    })
+    }
 }
 
-/// The L2 bias table `P_j[m][k] = ‖c^(m)_k‖² + 2⟨v_j^(m), c^(m)_k⟩`, `n_lists × M × K`, by one
-/// matrix product per subspace.
-fn l2_bias_terms(view: &IndexView<'_>, codeword_norms: &[f32]) -> Vec<f32> {
+/// The L2 item terms `e_s = ‖r_s‖² + 2⟨v_j, r_s⟩ = Σ_m ⟨c^(m)_{k_m}, c^(m)_{k_m} + 2 v_j^(m)⟩` of
+/// every slot (0 for padding), summed in f64. One-byte codes at or above `2^n_bits` (only in a
+/// corrupt index) count as zero codewords, as their zero table entries do in the scan; two-byte
+/// codes are masked to `n_bits`, as the scan masks them.
+fn l2_slot_terms(view: &IndexView<'_>) -> Vec<f32> {
     let p = view.params();
-    let (d, n_lists, m_count, k, sub) = (
-        p.padded_dim,
-        p.n_lists,
-        p.n_subspaces,
-        p.n_codewords(),
-        p.sub_dim(),
-    );
-    let row = m_count * k;
-    let mut terms = vec![0.0f32; n_lists * row];
-    let codebooks = view.codebooks();
-    for m in 0..m_count {
-        faer::linalg::matmul::matmul(
-            row_major_with_stride_mut(&mut terms[m * k..], n_lists, k, row),
-            Accum::Replace,
-            MatRef::from_row_major_slice_with_stride(
-                &view.coarse_centroids()[m * sub..],
-                n_lists,
-                sub,
-                d,
-            ),
-            MatRef::from_row_major_slice(&codebooks[m * k * sub..(m + 1) * k * sub], k, sub)
-                .transpose(),
-            2.0f32,
-            Par::rayon(0),
-        );
+    let (d, k, sub) = (p.padded_dim, p.n_codewords(), p.sub_dim());
+    let (centroids, codebooks) = (view.coarse_centroids(), view.codebooks());
+    let mut terms = vec![0.0f32; view.slot_ids().len()];
+    let mut lists = Vec::with_capacity(p.n_lists);
+    let mut rest = &mut terms[..];
+    for pair in view.list_offsets().windows(2) {
+        let (list, tail) = rest.split_at_mut((pair[1] - pair[0]) as usize);
+        lists.push(list);
+        rest = tail;
     }
-    terms.par_chunks_mut(row).for_each(|list| {
-        for (t, &n) in list.iter_mut().zip(codeword_norms) {
-            *t += n;
+    lists.into_par_iter().enumerate().for_each(|(j, out)| {
+        let centroid = &centroids[j * d..(j + 1) * d];
+        for (pos, e) in out[..view.list(j).len()].iter_mut().enumerate() {
+            let mut sum = 0.0f64;
+            for m in 0..p.n_subspaces {
+                let code = view.code(j, pos, m) as usize;
+                let code = if p.code_width() == 2 {
+                    code & (k - 1)
+                } else {
+                    code
+                };
+                if code >= k {
+                    continue;
+                }
+                let word = &codebooks[(m * k + code) * sub..(m * k + code + 1) * sub];
+                for (&c, &v) in word.iter().zip(&centroid[m * sub..]) {
+                    sum += f64::from(c) * (f64::from(c) + 2.0 * f64::from(v));
+                }
+            }
+            *e = sum as f32;
         }
     });
     terms
@@ -860,79 +830,4 @@ fn is_identity(r: &[f32], d: usize) -> bool {
 #[inline(always)]
 fn squared_norm(x: &[f32]) -> f32 {
     x.iter().map(|v| v * v).sum()
-}
-
-#[cfg(test)]
-mod tests {
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    use super::*;
-    use crate::{IndexParams, IndexParts};
-
-    /// L2 search computing each list's table from the codebooks returns what the precomputed
-    /// bias table gives, up to rounding.
-    #[test]
-    fn l2_tables_from_codebooks_match_precomputed_terms() {
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        for n_bits in [3, 8, 9] {
-            let params = IndexParams {
-                dim: 10,
-                padded_dim: 12,
-                n_lists: 5,
-                n_subspaces: 3,
-                n_bits,
-                metric: Metric::L2,
-                n_items: 0,
-            };
-            let mut uniform =
-                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
-            let (centroids, codebooks) = (uniform(5 * 12), uniform(params.n_codewords() * 12));
-            let n = 300;
-            let lists: Vec<u32> = (0..n).map(|i| (i * 7 % 5) as u32).collect();
-            let codes: Vec<u16> = (0..n * 3)
-                .map(|i| ((i * 31 + 7) % params.n_codewords()) as u16)
-                .collect();
-            let ids: Vec<u64> = (0..n as u64).collect();
-            let rotation = Some(poeem_rotation::Rotation::random(12, 4).into_vec());
-            let parts = IndexParts::from_item_codes(
-                params,
-                rotation,
-                centroids,
-                codebooks,
-                &lists,
-                &codes,
-                &ids,
-                serde_json::Value::Null,
-            )
-            .unwrap();
-            let view = parts.view().unwrap();
-            let with_terms = SearchIndex::build(view, Kernel::detect(), usize::MAX);
-            let without = SearchIndex::build(view, Kernel::detect(), 0);
-            assert!(with_terms.has_l2_terms() && !without.has_l2_terms());
-            let query = uniform(10);
-            let params = SearchParams::new(20, 3);
-            let mut results = Vec::new();
-            for index in [&with_terms, &without] {
-                let (mut ids, mut scores) = (vec![0i64; 20], vec![0.0f32; 20]);
-                Searcher::new(index)
-                    .search_one(&query, &params, &mut ids, &mut scores)
-                    .unwrap();
-                results.push((ids, scores));
-            }
-            let ((a_ids, a), (b_ids, b)) = (&results[0], &results[1]);
-            for i in 0..20 {
-                assert!(
-                    (a[i] - b[i]).abs() <= 1e-4 * (1.0 + a[i].abs()),
-                    "{a:?} vs {b:?}"
-                );
-                let separated = |s: &[f32]| {
-                    (i == 0 || s[i] - s[i - 1] > 1e-3) && (i == 19 || s[i + 1] - s[i] > 1e-3)
-                };
-                if separated(a) {
-                    assert_eq!(a_ids[i], b_ids[i]);
-                }
-            }
-        }
-    }
 }

@@ -1,18 +1,28 @@
-//! The `k` best candidates of a scan: a bounded binary max-heap on `(key, id)`.
+//! The `k` best candidates of a scan.
 //!
 //! Keys are "smaller is better" (an L2 distance, or a negated similarity); ties go to the
 //! smaller id, so the kept set and its order do not depend on the order candidates arrive in.
-//! Keys are compared with [`f32::total_cmp`], so no input can make the heap panic; the scan
+//! Keys are compared with [`f32::total_cmp`], so no input can make the selection panic; the scan
 //! kernels never offer NaN keys (their `key <= threshold` test is false for NaN).
+//!
+//! Candidates go to a buffer of `2k + 32` pairs; when it fills, a selection keeps the best `k`
+//! and the threshold becomes the worst of them. Each offer is an append, instead of a binary
+//! heap's sift whose unpredictable branches dominated the scan of small lists; the price is a
+//! threshold that lags the exact k-th best between selections.
 
 use std::cmp::Ordering;
+
+/// Room beyond `k` in the buffer for small `k`.
+const SLACK: usize = 32;
 
 /// The `k` smallest `(key, id)` pairs offered so far.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TopK {
     k: usize,
-    /// A max-heap: `heap[0]` is the worst pair kept.
-    heap: Vec<(f32, u64)>,
+    /// Candidates, unordered; at most `2k + SLACK`.
+    buf: Vec<(f32, u64)>,
+    /// No kept pair has a larger key: `+∞` until the first selection.
+    threshold: f32,
 }
 
 /// Total order on candidates: by key, then by id.
@@ -25,75 +35,51 @@ impl TopK {
     /// An empty selection of `k` pairs; allocates only when `k` exceeds every earlier capacity.
     pub(crate) fn reset(&mut self, k: usize) {
         self.k = k;
-        self.heap.clear();
-        self.heap.reserve(k);
+        self.threshold = f32::INFINITY;
+        self.buf.clear();
+        self.buf.reserve(self.capacity());
     }
 
-    /// Number of pairs kept.
-    pub(crate) fn len(&self) -> usize {
-        self.heap.len()
+    fn capacity(&self) -> usize {
+        2 * self.k + SLACK
     }
 
-    /// The key a candidate must not exceed to have a chance to enter: the worst kept key once
-    /// `k` pairs are kept, `+∞` before. A candidate whose key equals the threshold enters only
-    /// if its id is smaller than the worst kept pair's.
+    /// The key a candidate must not exceed to have a chance to enter (it may still lose the
+    /// final selection). A candidate whose key equals it can enter only with a smaller id than
+    /// the kept pairs of that key.
     #[inline(always)]
     pub(crate) fn threshold(&self) -> f32 {
-        if self.heap.len() < self.k {
-            f32::INFINITY
-        } else {
-            self.heap[0].0
-        }
+        self.threshold
     }
 
     /// Offers a candidate.
     #[inline]
     pub(crate) fn push(&mut self, key: f32, id: u64) {
-        let item = (key, id);
-        if self.heap.len() < self.k {
-            self.heap.push(item);
-            self.sift_up(self.heap.len() - 1);
-        } else if self.k > 0 && cmp(&item, &self.heap[0]) == Ordering::Less {
-            self.heap[0] = item;
-            self.sift_down(0);
+        if key.total_cmp(&self.threshold) == Ordering::Greater || self.k == 0 {
+            return;
+        }
+        self.buf.push((key, id));
+        if self.buf.len() >= self.capacity() {
+            self.select();
         }
     }
 
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            if cmp(&self.heap[i], &self.heap[parent]) != Ordering::Greater {
-                break;
-            }
-            self.heap.swap(i, parent);
-            i = parent;
+    /// Keeps the best `k` candidates and lowers the threshold to the worst of them.
+    fn select(&mut self) {
+        let k = self.k;
+        if self.buf.len() > k {
+            self.buf.select_nth_unstable_by(k - 1, cmp);
+            self.buf.truncate(k);
+            self.threshold = self.buf[k - 1].0;
         }
     }
 
-    fn sift_down(&mut self, mut i: usize) {
-        let n = self.heap.len();
-        loop {
-            let (left, right) = (2 * i + 1, 2 * i + 2);
-            let mut largest = i;
-            if left < n && cmp(&self.heap[left], &self.heap[largest]) == Ordering::Greater {
-                largest = left;
-            }
-            if right < n && cmp(&self.heap[right], &self.heap[largest]) == Ordering::Greater {
-                largest = right;
-            }
-            if largest == i {
-                break;
-            }
-            self.heap.swap(i, largest);
-            i = largest;
-        }
-    }
-
-    /// The kept pairs, best first. Leaves the selection unusable until the next
+    /// The kept pairs (at most `k`), best first. Leaves the selection unusable until the next
     /// [`TopK::reset`].
     pub(crate) fn sorted(&mut self) -> &[(f32, u64)] {
-        self.heap.sort_unstable_by(cmp);
-        &self.heap
+        self.select();
+        self.buf.sort_unstable_by(cmp);
+        &self.buf
     }
 }
 
@@ -109,7 +95,6 @@ mod tests {
         for (key, id) in [(5.0, 1), (1.0, 9), (3.0, 4), (1.0, 2), (3.0, 3), (7.0, 0)] {
             top.push(key, id);
         }
-        assert_eq!(top.threshold(), 3.0);
         assert_eq!(top.sorted(), &[(1.0, 2), (1.0, 9), (3.0, 3)]);
     }
 
@@ -120,7 +105,36 @@ mod tests {
         top.push(f32::INFINITY, 5);
         top.push(f32::NEG_INFINITY, 6);
         top.push(f32::INFINITY, 1);
-        assert_eq!(top.len(), 2);
         assert_eq!(top.sorted(), &[(f32::NEG_INFINITY, 6), (f32::INFINITY, 1)]);
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    /// Many offers, with the threshold honoured as the scan honours it, keep what a full sort
+    /// keeps.
+    #[test]
+    fn equals_a_full_sort() {
+        for k in [1, 3, 10, 100] {
+            let mut top = TopK::default();
+            top.reset(k);
+            let mut all = Vec::new();
+            let mut x = 12345u64;
+            for id in 0..2000u64 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let key = (x >> 40) as f32 / 1000.0;
+                all.push((key, id ^ 0x55));
+                if key <= top.threshold() {
+                    top.push(key, id ^ 0x55);
+                }
+            }
+            all.sort_by(cmp);
+            all.truncate(k);
+            assert_eq!(top.sorted(), &all[..]);
+        }
     }
 }

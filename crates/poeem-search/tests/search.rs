@@ -292,23 +292,33 @@ proptest! {
         }
     }
 
-    /// Every kernel this CPU runs scores blocks with the same bits as the scalar kernel.
+    /// Every kernel this CPU runs scores blocks with the same bits as the scalar kernel, which
+    /// adds `bias`, the slot's bias and the table entries in subspace order.
     #[test]
-    fn simd_kernels_equal_scalar(n_subspaces in 1usize..20, n_blocks in 0usize..5, bias in -10.0f32..10.0, seed in any::<u64>()) {
+    fn simd_kernels_equal_scalar(
+        n_subspaces in 1usize..20,
+        n_blocks in 0usize..5,
+        bias in -10.0f32..10.0,
+        with_slot_bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let table: Vec<f32> = (0..n_subspaces * TABLE_STRIDE).map(|_| rng.random_range(-100.0f32..100.0)).collect();
         let codes: Vec<u8> = (0..n_blocks * n_subspaces * 32).map(|_| rng.random()).collect();
+        let slot_bias: Vec<f32> = (0..n_blocks * 32).map(|_| rng.random_range(-50.0f32..50.0)).collect();
+        let slot_bias = with_slot_bias.then_some(&slot_bias[..]);
         let mut want = vec![0.0f32; n_blocks * 32];
-        Kernel::Scalar.score_blocks(&table, n_subspaces, bias, &codes, &mut want).unwrap();
+        Kernel::Scalar.score_blocks(&table, n_subspaces, bias, slot_bias, &codes, &mut want).unwrap();
         for (b, block) in codes.chunks_exact(n_subspaces * 32).enumerate() {
             for l in 0..32 {
-                let sum = (0..n_subspaces).fold(bias, |acc, m| acc + table[m * TABLE_STRIDE + usize::from(block[m * 32 + l])]);
+                let start = slot_bias.map_or(bias, |s| bias + s[b * 32 + l]);
+                let sum = (0..n_subspaces).fold(start, |acc, m| acc + table[m * TABLE_STRIDE + usize::from(block[m * 32 + l])]);
                 prop_assert_eq!(want[b * 32 + l].to_bits(), sum.to_bits());
             }
         }
         for kernel in Kernel::ALL {
             let mut got = vec![0.0f32; n_blocks * 32];
-            let result = kernel.score_blocks(&table, n_subspaces, bias, &codes, &mut got);
+            let result = kernel.score_blocks(&table, n_subspaces, bias, slot_bias, &codes, &mut got);
             if !kernel.is_available() {
                 prop_assert!(result.is_err());
                 continue;
@@ -596,6 +606,44 @@ fn bad_queries_and_parameters_are_errors() {
     index
         .search_batch(&[], &params, &mut [], &mut [], Par::Seq)
         .unwrap();
+}
+
+#[test]
+fn score_blocks_rejects_bad_lengths() {
+    let table = vec![0.0f32; 2 * TABLE_STRIDE];
+    let codes = vec![0u8; 2 * 32];
+    let mut out = vec![0.0f32; 32];
+    let kernel = Kernel::detect();
+    assert!(
+        kernel
+            .score_blocks(&table, 2, 0.0, None, &codes, &mut out)
+            .is_ok()
+    );
+    assert!(
+        kernel
+            .score_blocks(&table[1..], 2, 0.0, None, &codes, &mut out)
+            .is_err()
+    );
+    assert!(
+        kernel
+            .score_blocks(&table, 2, 0.0, None, &codes[1..], &mut out)
+            .is_err()
+    );
+    assert!(
+        kernel
+            .score_blocks(&table, 2, 0.0, None, &codes, &mut out[1..])
+            .is_err()
+    );
+    assert!(
+        kernel
+            .score_blocks(&table, 2, 0.0, Some(&[0.0; 31]), &codes, &mut out)
+            .is_err()
+    );
+    assert!(
+        kernel
+            .score_blocks(&table, 0, 0.0, None, &[], &mut [])
+            .is_err()
+    );
 }
 
 #[test]

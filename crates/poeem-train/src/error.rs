@@ -67,7 +67,7 @@ pub enum TrainError {
         /// What differs.
         reason: String,
     },
-    /// The loss became NaN or infinite (the parameters were left as they were before the step).
+    /// The loss became NaN or infinite (that step's parameter update was not applied).
     #[error("training diverged at step {step}: the loss is {loss}")]
     Diverged {
         /// The step (0-based) whose loss is not finite.

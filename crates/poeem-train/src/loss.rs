@@ -20,6 +20,7 @@
 //! the same item id as its positive.
 
 use faer::{MatRef, Par};
+use pulp::{Arch, Simd, WithSimd};
 use serde::{Deserialize, Serialize};
 
 use crate::model::linalg::{ROW_BLOCK, gemm, resize};
@@ -75,19 +76,23 @@ pub fn normalize_rows(x: &[f32], dim: usize, out: &mut [f32], norms: &mut [f32])
     assert_eq!(x.len(), n * dim, "whole rows");
     assert_eq!(out.len(), x.len(), "output length");
     assert_eq!(norms.len(), n, "one norm per row");
-    let eps2 = NORM_EPSILON * NORM_EPSILON;
     for ((row, o), s) in x
         .chunks_exact(dim)
         .zip(out.chunks_exact_mut(dim))
         .zip(norms.iter_mut())
     {
-        let sq: f32 = row.iter().map(|v| v * v).sum();
-        *s = (sq + eps2).sqrt();
+        *s = smooth_norm(row);
         let inv = 1.0 / *s;
         for (o, &v) in o.iter_mut().zip(row) {
             *o = v * inv;
         }
     }
+}
+
+/// `√(‖x‖² + ε²)`, the denominator of the normalisation.
+pub fn smooth_norm(x: &[f32]) -> f32 {
+    let sq: f32 = x.iter().map(|v| v * v).sum();
+    (sq + NORM_EPSILON * NORM_EPSILON).sqrt()
 }
 
 /// Backward pass of [`normalize_rows`]: from the normalised rows `x̂`, their `norms` and
@@ -177,34 +182,22 @@ impl SoftmaxLoss {
         // Each row: logits, softmax, ℓ_b, then ∂L/∂cos = (p − onehot) · scale / T in place.
         let row_loss = &mut scratch.row_loss;
         let logits = &mut scratch.logits;
-        let mask = self.mask_duplicates;
-        let rows = |first: usize, block: &mut [f32], losses: &mut [f64]| {
-            for (k, (row, loss)) in block.chunks_exact_mut(c).zip(losses).enumerate() {
-                let r = first + k;
-                let positive = item_ids[r];
-                let mut max = f32::NEG_INFINITY;
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = if mask && j != r && item_ids[j] == positive {
-                        f32::NEG_INFINITY
-                    } else {
-                        *v * inv_t - log_q.map_or(0.0, |l| l[j])
-                    };
-                    max = max.max(*v);
-                }
-                let target = row[r];
-                let mut total = 0.0f32;
-                for v in row.iter_mut() {
-                    *v = (*v - max).exp();
-                    total += *v;
-                }
-                *loss = f64::from(total.ln() + max - target);
-                let g = scale * inv_t / total;
-                for v in row.iter_mut() {
-                    *v *= g;
-                }
-                row[r] -= scale * inv_t;
-            }
+        let softmax = RowSoftmax {
+            item_ids,
+            log_q,
+            inv_t,
+            scale,
+            mask: self.mask_duplicates,
         };
+        let rows = |first: usize, block: &mut [f32], losses: &mut [f64]| {
+            Arch::new().dispatch(RowsTask {
+                softmax: &softmax,
+                first,
+                block,
+                losses,
+            });
+        };
+        let par = if b * c < 1 << 15 { Par::Seq } else { par };
         match par {
             Par::Seq => logits
                 .chunks_mut(ROW_BLOCK * c)
@@ -230,5 +223,169 @@ impl SoftmaxLoss {
             sum,
             objective: sum * f64::from(scale),
         }
+    }
+}
+
+/// Lanes of the lane-parallel loops below (a multiple of every vector width in use), so that
+/// they vectorise and their reductions run in a fixed order on every CPU.
+const LANES: usize = 16;
+
+/// The per-row part of the in-batch softmax: logits from cosines, softmax, loss and the
+/// gradient with respect to the cosines.
+struct RowSoftmax<'a> {
+    item_ids: &'a [u32],
+    log_q: Option<&'a [f32]>,
+    inv_t: f32,
+    scale: f32,
+    mask: bool,
+}
+
+impl RowSoftmax<'_> {
+    /// Turns row `r`'s cosines into `∂L/∂cos` in place and returns `ℓ_r`.
+    #[inline(always)]
+    fn row(&self, r: usize, row: &mut [f32]) -> f64 {
+        let inv_t = self.inv_t;
+        match self.log_q {
+            Some(log_q) => {
+                for (v, &l) in row.iter_mut().zip(log_q) {
+                    *v = *v * inv_t - l;
+                }
+            }
+            None => row.iter_mut().for_each(|v| *v *= inv_t),
+        }
+        if self.mask {
+            let positive = self.item_ids[r];
+            for (j, (v, &id)) in row.iter_mut().zip(self.item_ids).enumerate() {
+                if id == positive && j != r {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let target = row[r];
+        let max = lane_max(row);
+        let total = exp_shifted_sum(row, max);
+        let g = self.scale * inv_t / total;
+        row.iter_mut().for_each(|v| *v *= g);
+        row[r] -= self.scale * inv_t;
+        f64::from(total.ln() + max - target)
+    }
+}
+
+struct RowsTask<'a> {
+    softmax: &'a RowSoftmax<'a>,
+    first: usize,
+    block: &'a mut [f32],
+    losses: &'a mut [f64],
+}
+
+impl WithSimd for RowsTask<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let c = self.block.len() / self.losses.len().max(1);
+        for (k, (row, loss)) in self
+            .block
+            .chunks_exact_mut(c)
+            .zip(self.losses.iter_mut())
+            .enumerate()
+        {
+            *loss = self.softmax.row(self.first + k, row);
+        }
+    }
+}
+
+/// The largest value of `row` (NaN-free input; −∞ for an all −∞ row).
+#[inline(always)]
+fn lane_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let mut max = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for m in lanes {
+        max = max.max(m);
+    }
+    max
+}
+
+/// Replaces each `v` of `row` by `exp(v − max)` and returns their sum (summed in fixed lanes).
+#[inline(always)]
+fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (s, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *v = exp_nonpositive(*v - max);
+            *s += *v;
+        }
+    }
+    let mut total = 0.0f32;
+    for v in chunks.into_remainder() {
+        *v = exp_nonpositive(*v - max);
+        total += *v;
+    }
+    lanes.iter().sum::<f32>() + total
+}
+
+/// `exp(x)` for `x ≤ 0` (or NaN-free −∞), within about 2 ulp, in branch-free arithmetic that
+/// vectorises: `x = k ln 2 + r` with `|r| ≤ ln 2 / 2` (Cody–Waite), `exp(r)` by its degree-6
+/// Taylor polynomial, `2^k` built in the exponent bits. Below −87 (where `2^k` would leave the
+/// normal range) the result is 0.
+#[inline(always)]
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 = LN2_HI + LN2_LO, LN2_HI with 9 significant bits so that k · LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.max(-87.0);
+    let k = (xc * LOG2_E + ROUND) - ROUND;
+    let r = (xc - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    if x < -87.0 { 0.0 } else { p * two_k }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polynomial_exp_is_accurate() {
+        let mut worst = 0.0f64;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let exact = f64::from(x).exp();
+            let got = f64::from(exp_nonpositive(x));
+            worst = worst.max((got - exact).abs() / exact);
+        }
+        assert!(worst < 4e-7, "relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(-100.0), 0.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn lane_loops_match_plain_loops() {
+        let row: Vec<f32> = (0..37)
+            .map(|i| ((i * 7919) % 61) as f32 * 0.1 - 3.0)
+            .collect();
+        let max = lane_max(&row);
+        assert_eq!(max, row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
+        let mut shifted = row.clone();
+        let total = exp_shifted_sum(&mut shifted, max);
+        let exact: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+        assert!((f64::from(total) - exact).abs() < 1e-5 * exact);
     }
 }

@@ -45,9 +45,11 @@ fn close(analytic: f64, numeric: f64) -> bool {
     (analytic - numeric).abs() <= ABS + REL * analytic.abs().max(numeric.abs())
 }
 
-/// Checks `analytic` against the central difference of `f` (a function of the perturbation
-/// of one coordinate). With `kinks`, a coordinate where the estimates at h and h/2 disagree is
-/// skipped (returns Ok(false)).
+/// Checks `analytic` against central differences of `f` (a function of the perturbation of
+/// one coordinate) at steps `h`, `h/4`, `h/16`: one must agree (near a point where the tower's
+/// output is tiny the curvature is large and only a small step is accurate). With `kinks`, a
+/// coordinate where no step agrees and the estimates at the smallest step and its half differ
+/// is taken to sit on a ReLU kink and skipped (returns Ok(false)).
 fn check(
     what: &str,
     analytic: f32,
@@ -55,14 +57,22 @@ fn check(
     h: f32,
     kinks: bool,
 ) -> Result<bool, TestCaseError> {
-    let numeric = central(f, h);
-    if kinks && !close(numeric, central(f, h / 2.0)) {
+    let a = f64::from(analytic);
+    let mut step = h;
+    let mut numeric = Vec::new();
+    for _ in 0..3 {
+        let n = central(f, step);
+        if close(a, n) {
+            return Ok(true);
+        }
+        numeric.push(n);
+        step /= 4.0;
+    }
+    let smallest = numeric[numeric.len() - 1];
+    if kinks && !close(smallest, central(f, step * 2.0)) {
         return Ok(false);
     }
-    prop_assert!(
-        close(f64::from(analytic), numeric),
-        "{what}: analytic {analytic}, numeric {numeric}"
-    );
+    prop_assert!(false, "{what}: analytic {analytic}, numeric {numeric:?}");
     Ok(true)
 }
 
@@ -103,7 +113,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 }
 
 proptest! {
-    #![proptest_config(prop_config(24, 0x8a6))]
+    #![proptest_config(prop_config(64, 0x8a6))]
 
     /// The mean-pooled bag's table gradient, for a batch with repeated entities and tokens and
     /// empty bags, including rows the batch never touches (gradient 0).
@@ -482,11 +492,11 @@ fn id_only_tower_is_the_embedding_table() {
 }
 
 /// Gradients (and so training) do not depend on the thread count, including batches larger
-/// than one parallel block.
+/// than one parallel block and work large enough to be run in parallel.
 #[test]
 fn gradients_do_not_depend_on_threads() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let (nq, ni) = (300, 200);
+    let (nq, ni) = (600, 400);
     let train: Vec<(u32, u32)> = (0..1000)
         .map(|_| {
             (
@@ -501,15 +511,15 @@ fn gradients_do_not_depend_on_threads() {
         .fields
         .push(random_field(&mut rng, "tags", ni, 30));
     let config = ModelConfig {
-        dim: 16,
-        item: TowerConfig::all_fields(8, vec![32]),
+        dim: 32,
+        item: TowerConfig::all_fields(16, vec![64]),
         extra_negatives: 17,
         log_q_correction: true,
         ..ModelConfig::tutorial()
     };
     let mut model = Model::new(config, None, &dataset).unwrap();
-    let queries: Vec<u32> = (0..150).map(|_| rng.random_range(0..nq as u32)).collect();
-    let items: Vec<u32> = (0..167).map(|_| rng.random_range(0..ni as u32)).collect();
+    let queries: Vec<u32> = (0..300).map(|_| rng.random_range(0..nq as u32)).collect();
+    let items: Vec<u32> = (0..317).map(|_| rng.random_range(0..ni as u32)).collect();
     let mut seq = model.new_scratch();
     let mut par = model.new_scratch();
     let a = model

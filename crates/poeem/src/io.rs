@@ -300,32 +300,15 @@ pub fn write_fvecs(path: &Path, data: &[f32], dim: usize) -> Result<(), IoError>
     })
 }
 
-/// Writes through `fill` into a temporary file beside `path`, syncs it, and renames it over
-/// `path`, so that readers see the old file or the whole new one, never a part.
+/// Writes through `fill` atomically (see [`poeem_fs::write_atomically`]).
 fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
 ) -> Result<(), IoError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| format_error(path, "not a file path"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let file = File::create(&tmp)?;
-        let mut writer = BufWriter::new(&file);
-        fill(&mut writer)?;
-        writer.flush()?;
-        drop(writer);
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_error(path))
+    poeem_fs::write_atomically(path, fill).map_err(|e| IoError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

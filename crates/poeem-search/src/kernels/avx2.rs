@@ -23,12 +23,18 @@ pub(super) fn score_block(
     table: &[f32],
     n_subspaces: usize,
     bias: f32,
+    slot_bias: Option<&[f32; BLOCK]>,
     block: &[u8],
     out: &mut [f32; BLOCK],
 ) {
     assert!(available(), "AVX2 is not available");
     // SAFETY: AVX2 was detected just above.
-    unsafe { store(&block_scores(table, n_subspaces, bias, block), out) }
+    unsafe {
+        store(
+            &block_scores(table, n_subspaces, bias, slot_bias, block),
+            out,
+        )
+    }
 }
 
 /// Scans one list (see [`Scan`]).
@@ -49,10 +55,22 @@ pub(super) fn scan(s: &Scan<'_>, top: &mut TopK) {
 /// When `table` or `block` holds fewer than `n_subspaces` rows.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn block_scores(table: &[f32], n_subspaces: usize, bias: f32, block: &[u8]) -> [__m256; 4] {
+fn block_scores(
+    table: &[f32],
+    n_subspaces: usize,
+    bias: f32,
+    slot_bias: Option<&[f32; BLOCK]>,
+    block: &[u8],
+) -> [__m256; 4] {
     assert!(table.len() >= n_subspaces * TABLE_STRIDE, "table too short");
     assert!(block.len() >= n_subspaces * BLOCK, "block too short");
     let mut acc = [_mm256_set1_ps(bias); BLOCK / GROUP];
+    if let Some(slot_bias) = slot_bias {
+        for (a, b) in acc.iter_mut().zip(slot_bias.chunks_exact(GROUP)) {
+            // SAFETY: each chunk holds 8 floats, the width of an unaligned 256-bit load.
+            *a = _mm256_add_ps(*a, unsafe { _mm256_loadu_ps(b.as_ptr()) });
+        }
+    }
     for (g, acc) in acc.iter_mut().enumerate() {
         for (t, codes) in table
             .chunks_exact(TABLE_STRIDE)
@@ -89,7 +107,7 @@ fn scan_impl(s: &Scan<'_>, top: &mut TopK) {
     let mut threshold = _mm256_set1_ps(top.threshold());
     let mut lanes = [0.0f32; BLOCK];
     for (b, block) in s.codes.chunks_exact(block_bytes).enumerate() {
-        let acc = block_scores(s.table, s.n_subspaces, s.bias, block);
+        let acc = block_scores(s.table, s.n_subspaces, s.bias, s.block_bias(b), block);
         let mut mask = 0u32;
         for (i, &a) in acc.iter().enumerate() {
             let le = _mm256_cmp_ps::<_CMP_LE_OQ>(a, threshold);

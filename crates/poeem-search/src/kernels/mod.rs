@@ -3,7 +3,8 @@
 //!
 //! A list's codes come in blocks of [`BLOCK`] slots; inside a block, subspace `m`'s codes of the
 //! 32 slots are adjacent. With a lookup table `T` of `M` rows of [`TABLE_STRIDE`] floats, slot
-//! `l` of a block scores `bias + Σ_m T[m][code_m(l)]`, summed in subspace order. One-byte codes
+//! `s` scores `(bias + b_s) + Σ_m T[m][code_m(s)]`, summed in subspace order, where `b_s` is an
+//! optional per-slot term (the L2 search's `‖r‖² + 2⟨v, r⟩` of the item's residual `r`). One-byte codes
 //! index a row of 256 entries directly (entries at or above `2^n_bits` are zero, so any byte,
 //! even a corrupt one, stays in bounds). The scalar kernel is the specification; the AVX2
 //! kernel (x86-64) compares eight scores with the top-k threshold at once, and returns the same
@@ -76,21 +77,23 @@ impl Kernel {
         }
     }
 
-    /// Scores whole blocks of one-byte codes: for block `b` and lane `l`,
-    /// `out[b·32 + l] = bias + Σ_m table[m·256 + codes[(b·M + m)·32 + l]]`, summed in subspace
-    /// order. Every kernel returns the same bits. This is the scan without the top-k filter,
-    /// for tests and benchmarks.
+    /// Scores whole blocks of one-byte codes: for slot `s = b·32 + l` (block `b`, lane `l`),
+    /// `out[s] = (bias + slot_bias[s]) + Σ_m table[m·256 + codes[(b·M + m)·32 + l]]`, summed in
+    /// subspace order (`slot_bias` `None` counts as zeros, and is not added). Every kernel
+    /// returns the same bits. This is the scan without the top-k filter, for tests and
+    /// benchmarks.
     ///
     /// # Errors
     /// [`SearchError::InvalidParameter`] when this CPU does not run the kernel or
     /// `n_subspaces` is 0; [`SearchError::DimensionMismatch`] when `table` is not
-    /// `n_subspaces · 256` long, `codes` not a whole number of blocks, or `out` not one score
-    /// per slot.
+    /// `n_subspaces · 256` long, `codes` not a whole number of blocks, or `out` or `slot_bias`
+    /// not one value per slot.
     pub fn score_blocks(
         self,
         table: &[f32],
         n_subspaces: usize,
         bias: f32,
+        slot_bias: Option<&[f32]>,
         codes: &[u8],
         out: &mut [f32],
     ) -> Result<(), SearchError> {
@@ -128,17 +131,24 @@ impl Kernel {
         if out.len() != n_blocks * BLOCK {
             return Err(mismatch("scores", n_blocks * BLOCK, out.len()));
         }
-        for (block, out) in codes
+        if let Some(slot_bias) = slot_bias
+            && slot_bias.len() != n_blocks * BLOCK
+        {
+            return Err(mismatch("slot biases", n_blocks * BLOCK, slot_bias.len()));
+        }
+        for (b, (block, out)) in codes
             .chunks_exact(block_bytes)
             .zip(out.chunks_exact_mut(BLOCK))
+            .enumerate()
         {
             let Some(out) = out.first_chunk_mut::<BLOCK>() else {
                 unreachable!("chunks_exact_mut yields whole blocks")
             };
+            let slot_bias = slot_bias.and_then(|s| s[b * BLOCK..].first_chunk::<BLOCK>());
             match self {
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 => avx2::score_block(table, n_subspaces, bias, block, out),
-                _ => scalar::score_block(table, n_subspaces, bias, block, out),
+                Kernel::Avx2 => avx2::score_block(table, n_subspaces, bias, slot_bias, block, out),
+                _ => scalar::score_block(table, n_subspaces, bias, slot_bias, block, out),
             }
         }
         Ok(())
@@ -191,6 +201,8 @@ pub(crate) struct Scan<'a> {
     pub n_subspaces: usize,
     /// Added to every score of the list.
     pub bias: f32,
+    /// Added to the score of each slot: one value per slot, padding included, or empty for none.
+    pub slot_bias: &'a [f32],
     /// The list's block-transposed codes, `padded_len(ids.len()) · M · code_width` bytes.
     pub codes: &'a [u8],
     /// The list's item ids (padding excluded): slot `s` is offered with id `ids[s]`.
@@ -208,10 +220,21 @@ impl Scan<'_> {
                 "table too short"
             );
         }
+        let slots = crate::padded_len(self.ids.len());
         assert_eq!(
             self.codes.len(),
-            crate::padded_len(self.ids.len()) * self.n_subspaces * width,
+            slots * self.n_subspaces * width,
             "codes must cover the list's blocks"
         );
+        assert!(
+            self.slot_bias.is_empty() || self.slot_bias.len() == slots,
+            "one slot bias per slot, or none"
+        );
+    }
+
+    /// The slot biases of block `b`, if any.
+    #[inline(always)]
+    pub(crate) fn block_bias(&self, b: usize) -> Option<&[f32; BLOCK]> {
+        self.slot_bias.get(b * BLOCK..)?.first_chunk::<BLOCK>()
     }
 }

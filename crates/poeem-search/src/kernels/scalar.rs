@@ -11,7 +11,8 @@ use crate::topk::TopK;
 /// Lanes scored together: eight accumulators stay in registers while the subspaces stream by.
 pub(crate) const GROUP: usize = 8;
 
-/// The scores of one block of one-byte codes (`M · BLOCK` bytes, subspace-major) into `out`.
+/// The scores of one block of one-byte codes (`M · BLOCK` bytes, subspace-major) into `out`:
+/// lane `l` starts from `bias` (plus `slot_bias[l]` when given) and adds its table entries.
 ///
 /// Each group of [`GROUP`] lanes is summed over all subspaces before the next: on the CPUs
 /// measured this beats gathers (Zen 4 gathers are slower than two scalar loads per lookup).
@@ -20,11 +21,17 @@ pub(crate) fn score_block(
     table: &[f32],
     n_subspaces: usize,
     bias: f32,
+    slot_bias: Option<&[f32; BLOCK]>,
     block: &[u8],
     out: &mut [f32; BLOCK],
 ) {
     for (g, out) in out.chunks_exact_mut(GROUP).enumerate() {
         let mut acc = [bias; GROUP];
+        if let Some(slot_bias) = slot_bias {
+            for (a, &b) in acc.iter_mut().zip(&slot_bias[g * GROUP..]) {
+                *a += b;
+            }
+        }
         for (t, codes) in table
             .chunks_exact(TABLE_STRIDE)
             .zip(block[g * GROUP..].chunks(BLOCK))
@@ -44,8 +51,9 @@ pub(crate) fn score_block(
     }
 }
 
-/// Offers the slots of `codes` whose score does not exceed `top`'s threshold to `top`:
-/// `lanes` holds a block's scores, `base` its first slot.
+/// Offers the items of a block whose score does not exceed `top`'s threshold to `top`:
+/// `lanes` holds the block's scores, `base` its first slot, `ids` the list's ids (padding
+/// slots, past `ids`, are skipped).
 #[inline(always)]
 pub(crate) fn offer(top: &mut TopK, ids: &[u64], base: usize, lanes: &[f32; BLOCK]) {
     let valid = (ids.len() - base).min(BLOCK);
@@ -62,7 +70,14 @@ pub(crate) fn offer(top: &mut TopK, ids: &[u64], base: usize, lanes: &[f32; BLOC
 pub(crate) fn scan(s: &Scan<'_>, top: &mut TopK) {
     let mut lanes = [0.0f32; BLOCK];
     for (b, block) in s.codes.chunks_exact(s.n_subspaces * BLOCK).enumerate() {
-        score_block(s.table, s.n_subspaces, s.bias, block, &mut lanes);
+        score_block(
+            s.table,
+            s.n_subspaces,
+            s.bias,
+            s.block_bias(b),
+            block,
+            &mut lanes,
+        );
         offer(top, s.ids, b * BLOCK, &lanes);
     }
 }
@@ -70,6 +85,7 @@ pub(crate) fn scan(s: &Scan<'_>, top: &mut TopK) {
 /// Scans a list of two-byte codes (9 to 16 bits): `s.table` holds `M` rows of `stride`
 /// entries, and each code is masked with `mask` (`2^n_bits − 1 < stride`) before the lookup.
 pub(crate) fn scan_wide(s: &Scan<'_>, stride: usize, mask: u16, top: &mut TopK) {
+    s.check(2);
     assert!(
         usize::from(mask) < stride,
         "the mask must stay inside a table row"
@@ -78,6 +94,11 @@ pub(crate) fn scan_wide(s: &Scan<'_>, stride: usize, mask: u16, top: &mut TopK) 
     let mut lanes = [0.0f32; BLOCK];
     for (b, block) in s.codes.chunks_exact(s.n_subspaces * BLOCK * 2).enumerate() {
         lanes.fill(s.bias);
+        if let Some(slot_bias) = s.block_bias(b) {
+            for (a, &b) in lanes.iter_mut().zip(slot_bias) {
+                *a += b;
+            }
+        }
         for (t, codes) in s
             .table
             .chunks_exact(stride)

@@ -7,6 +7,11 @@ use rayon::prelude::*;
 
 /// Rows per block of [`gemm`] and [`for_row_blocks`].
 pub(crate) const ROW_BLOCK: usize = 64;
+/// Multiply-adds below which a GEMM runs on one thread (handing blocks to other threads costs
+/// more than it saves).
+const PARALLEL_GEMM_WORK: usize = 1 << 21;
+/// Values below which a row loop runs on one thread.
+const PARALLEL_LOOP_LEN: usize = 1 << 15;
 
 /// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`), with `dst` row-major
 /// `lhs.nrows() × rhs.ncols()`. Each block of [`ROW_BLOCK`] rows is one sequential faer GEMM;
@@ -28,6 +33,11 @@ pub(crate) fn gemm(
     if m == 0 || n == 0 {
         return;
     }
+    let par = if m * n * lhs.ncols() < PARALLEL_GEMM_WORK {
+        Par::Seq
+    } else {
+        par
+    };
     let accum = if accumulate {
         Accum::Add
     } else {
@@ -47,7 +57,8 @@ pub(crate) fn gemm(
 }
 
 /// Calls `f(first_row, block)` on consecutive blocks of [`ROW_BLOCK`] rows of the row-major
-/// buffer `data` (rows `row_len` wide), in parallel under `par`.
+/// buffer `data` (rows `row_len` wide), in parallel under `par` when `data` is long enough to
+/// pay for it. The blocks, and so the results, are the same either way.
 pub(crate) fn for_row_blocks<T: Send>(
     data: &mut [T],
     row_len: usize,
@@ -58,6 +69,11 @@ pub(crate) fn for_row_blocks<T: Send>(
         return;
     }
     let chunk = ROW_BLOCK * row_len;
+    let par = if data.len() < PARALLEL_LOOP_LEN {
+        Par::Seq
+    } else {
+        par
+    };
     match par {
         Par::Seq => data
             .chunks_mut(chunk)

@@ -39,6 +39,7 @@ use crate::data::{Dataset, EntityFeatures, Vocab};
 use crate::layer::{IndexingLayer, IndexingLayerConfig, LayerStep};
 use crate::loss::{
     LossReduction, LossScratch, LossValue, SoftmaxLoss, normalize_rows, normalize_rows_backward,
+    smooth_norm,
 };
 use crate::{OptimizerConfig, TrainError};
 
@@ -403,7 +404,13 @@ impl Model {
     /// # Errors
     /// [`TrainError::OutOfRange`] for an index of `n_queries` or more.
     pub fn embed_queries(&self, indices: &[u32], par: Par) -> Result<Vec<f32>, TrainError> {
-        let mut out = self.embed(&self.query_tower, &self.query_features, indices, par)?;
+        let mut out = self.embed(
+            "query",
+            &self.query_tower,
+            &self.query_features,
+            indices,
+            par,
+        )?;
         normalize_in_place(&mut out, self.config.dim);
         Ok(out)
     }
@@ -419,7 +426,7 @@ impl Model {
     /// # Errors
     /// [`TrainError::OutOfRange`] for an index of `n_items` or more.
     pub fn embed_items(&self, indices: &[u32], par: Par) -> Result<Vec<f32>, TrainError> {
-        let mut out = self.embed(&self.item_tower, &self.item_features, indices, par)?;
+        let mut out = self.embed("item", &self.item_tower, &self.item_features, indices, par)?;
         if self.layer.is_none() || self.config.normalize_item_before_layer {
             normalize_in_place(&mut out, self.config.dim);
         }
@@ -428,6 +435,7 @@ impl Model {
 
     fn embed(
         &self,
+        what: &'static str,
         tower: &Tower,
         features: &EntityFeatures,
         indices: &[u32],
@@ -435,11 +443,7 @@ impl Model {
     ) -> Result<Vec<f32>, TrainError> {
         if let Some(&bad) = indices.iter().find(|&&i| i as usize >= features.n_entities) {
             return Err(TrainError::OutOfRange {
-                what: if std::ptr::eq(tower, &self.query_tower) {
-                    "query"
-                } else {
-                    "item"
-                },
+                what,
                 index: u64::from(bad),
                 bound: features.n_entities as u64,
             });
@@ -491,6 +495,10 @@ impl Model {
     /// # Errors
     /// [`TrainError::OutOfRange`] for an index out of range, [`TrainError::DimensionMismatch`]
     /// when there are fewer items than queries, and the layer's errors.
+    ///
+    /// # Panics
+    /// When `scratch` was made for another model.
+    #[track_caller]
     pub fn compute_gradients(
         &mut self,
         queries: &[u32],
@@ -658,11 +666,12 @@ impl Model {
     }
 }
 
-/// Normalises each `dim`-wide row of `data` in place.
+/// Normalises each `dim`-wide row of `data` in place, like [`normalize_rows`].
 fn normalize_in_place(data: &mut [f32], dim: usize) {
-    let mut norms = vec![0.0f32; data.len() / dim];
-    let copy = data.to_vec();
-    normalize_rows(&copy, dim, data, &mut norms);
+    for row in data.chunks_exact_mut(dim) {
+        let inv = 1.0 / smooth_norm(row);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
 }
 
 /// Checks that a side's vocabulary and feature table describe the same entities.
