@@ -56,6 +56,10 @@ pub(crate) struct SearchArgs {
     /// Threads for building the indexes (both sides) and the ground truth.
     #[arg(long, default_value_t = 2)]
     build_threads: usize,
+    /// k-means iterations of both levels in both libraries, run to the end (default: each
+    /// library's own defaults).
+    #[arg(long)]
+    kmeans_iterations: Option<usize>,
     /// Seed of the query split and of both builds.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -186,6 +190,7 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
                 repeats,
                 args.seed as usize,
                 args.build_threads,
+                args.kmeans_iterations.unwrap_or(0),
             ]
             .map(|v| v.to_string()),
         )
@@ -205,6 +210,10 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
     let mut config = BuildConfig::new(args.n_lists, m, 8);
     config.metric = args.metric.poeem();
     config.seed = args.seed;
+    if let Some(iterations) = args.kmeans_iterations {
+        config.kmeans.max_iter = iterations;
+        config.kmeans.tolerance = 0.0;
+    }
     let start = Instant::now();
     let (parts, report) = build_index(
         &base,
@@ -316,8 +325,13 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
     let settings = &faiss["settings"];
     let km = &config.kmeans;
     println!(
-        "build on {} thread(s), one run each, each library's default k-means settings: faiss {} coarse / {} PQ iterations, at most {} / {} points per centroid; poeem at most {} iterations on both levels (stopping when the inertia improves by less than {}), at most {:?} points per centroid",
+        "build on {} thread(s), one run each; k-means ({}): faiss {} coarse / {} PQ iterations, at most {} / {} points per centroid; poeem at most {} iterations on both levels (stopping when the inertia improves by less than {}), at most {:?} points per centroid",
         args.build_threads,
+        if args.kmeans_iterations.is_some() {
+            "--kmeans-iterations"
+        } else {
+            "each library's defaults"
+        },
         settings["coarse_kmeans_iterations"],
         settings["pq_kmeans_iterations"],
         settings["coarse_max_points_per_centroid"],
@@ -365,6 +379,10 @@ fn check_args(args: &SearchArgs) -> Result<()> {
         "--build-threads must be at least 1"
     );
     ensure!(!args.nprobe.is_empty(), "--nprobe needs at least one value");
+    ensure!(
+        args.kmeans_iterations != Some(0),
+        "--kmeans-iterations must be at least 1"
+    );
     if let Some(&bad) = args.nprobe.iter().find(|&&p| p == 0 || p > args.n_lists) {
         bail!(
             "--nprobe {bad} is not between 1 and --n-lists ({})",

@@ -17,8 +17,9 @@ import numpy as np
 import faiss
 
 (base_path, query_path, out_dir, metric_name) = sys.argv[1:5]
-(n_lists, n_subspaces, k, repeats, seed, build_threads) = map(int, sys.argv[5:11])
-nprobes = [int(v) for v in sys.argv[11].split(",")]
+(n_lists, n_subspaces, k, repeats, seed, build_threads, kmeans_iterations) = map(
+    int, sys.argv[5:12])
+nprobes = [int(v) for v in sys.argv[12].split(",")]
 
 base = np.ascontiguousarray(np.load(base_path), dtype=np.float32)
 queries = np.ascontiguousarray(np.load(query_path), dtype=np.float32)
@@ -33,6 +34,9 @@ assert isinstance(index, faiss.IndexIVFPQ) and index.by_residual and index.pq.nb
 index.do_polysemous_training = False
 index.cp.seed = seed
 index.pq.cp.seed = seed + 1
+if kmeans_iterations > 0:  # 0: faiss's defaults
+    index.cp.niter = kmeans_iterations
+    index.pq.cp.niter = kmeans_iterations
 settings = {
     "coarse_kmeans_iterations": index.cp.niter,
     "coarse_max_points_per_centroid": index.cp.max_points_per_centroid,

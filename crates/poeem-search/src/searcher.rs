@@ -38,24 +38,50 @@ const BATCH_ROWS: usize = 64;
 const BATCH_TABLE_BYTES: usize = 2 << 20;
 
 /// How the lists to scan are chosen.
+///
+/// Items are always assigned to the list of their nearest centroid by L2, but for inner
+/// product the lists holding the best items are those whose centroids have large inner products
+/// with the query, not those near it. Measured recall@10 (500 held-out queries, IVF-PQ with
+/// M = 16, 8 bits, nprobe 8 of 1024 lists): on the standardised bio vectors (145k × 74, norms
+/// vary), inner product probing 0.730, L2 probing 0.028; with cosine, 0.435 and 0.439. On
+/// isotropic Gaussian data (100k × 64, all norms alike) L2 probing wins for inner product (0.150
+/// against 0.046), so both stay available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Probe {
-    /// The `nprobe` centroids nearest to the query by L2, whatever the metric. Items are
-    /// assigned to the list of their nearest centroid by L2, so this is the natural choice.
+    /// By the index's metric: [`Probe::InnerProduct`] for inner product, [`Probe::L2`] for L2
+    /// and cosine.
     #[default]
+    Auto,
+    /// The `nprobe` centroids nearest to the query by L2.
     L2,
-    /// The `nprobe` centroids of largest inner product with the query (for inner product and
-    /// cosine indexes; on an L2 index it ranks lists by `⟨q', v_j⟩` just the same).
+    /// The `nprobe` centroids of largest inner product `⟨q', v_j⟩` with the query.
     InnerProduct,
 }
 
 impl Probe {
-    /// The probe's short name (`l2`, `ip`).
+    /// The probe's short name (`auto`, `l2`, `ip`).
     pub fn name(self) -> &'static str {
         match self {
+            Probe::Auto => "auto",
             Probe::L2 => "l2",
             Probe::InnerProduct => "ip",
         }
+    }
+
+    /// The probe [`Probe::Auto`] stands for on an index of `metric`; other probes stay as
+    /// they are.
+    pub fn resolve(self, metric: Metric) -> Probe {
+        match (self, metric) {
+            (Probe::Auto, Metric::InnerProduct) => Probe::InnerProduct,
+            (Probe::Auto, Metric::L2 | Metric::Cosine) => Probe::L2,
+            (probe, _) => probe,
+        }
+    }
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -64,12 +90,13 @@ impl std::str::FromStr for Probe {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "auto" => Ok(Probe::Auto),
             "l2" => Ok(Probe::L2),
             "ip" | "inner_product" => Ok(Probe::InnerProduct),
             _ => Err(SearchError::InvalidParameter {
                 name: "probe",
                 value: s.to_owned(),
-                reason: "expected l2 or ip",
+                reason: "expected auto, l2 or ip",
             }),
         }
     }
@@ -124,9 +151,9 @@ impl SearchParams {
 ///
 /// Derived memory (see [`SearchIndex::derived_bytes`]): copies of the rotation, the coarse
 /// centroids and the codebooks laid out for single-query dot products, the centroids' squared
-/// norms, and for L2 indexes one float per
-/// slot (the item term `e_s`; 4 bytes per item next to its `M` code bytes). Searching takes `&self`: any number of threads may search one
-/// index at once, each with its own [`Searcher`].
+/// norms, and for L2 indexes one float per slot (the item term `e_s`: 4 bytes per item beside
+/// its `M` code bytes). Searching takes `&self`: any number of threads may search one index at
+/// once, each with its own [`Searcher`].
 #[derive(Debug)]
 pub struct SearchIndex<'a> {
     view: IndexView<'a>,
@@ -150,7 +177,8 @@ pub struct SearchIndex<'a> {
 
 impl<'a> SearchIndex<'a> {
     /// Prepares `view` for search with the fastest kernel this CPU runs ([`Kernel::detect`]).
-    /// Builds the derived tables, using the rayon pool for the L2 bias table.
+    /// For L2 indexes this decodes every item once (`n_items × padded_dim` multiply-adds, on
+    /// the rayon pool) to compute its term `e_s`.
     pub fn new(view: IndexView<'a>) -> Self {
         Self::build(view, Kernel::detect())
     }
@@ -222,9 +250,11 @@ impl<'a> SearchIndex<'a> {
 
     /// Searches a batch of queries: `queries` holds `n` rows of `dim` values, and row `i`'s
     /// results go to `ids[i·k..(i+1)·k]` and `scores[i·k..(i+1)·k]`, as
-    /// [`Searcher::search_one`] writes them. Queries are split into `par`'s tasks at multiples
-    /// of a fixed chunk, so the results do not depend on `par`; they equal `search_one`'s up to
-    /// float rounding (the batch computes its dot products with matrix products).
+    /// [`Searcher::search_one`] writes them. Chunks of up to 64 queries are rotated, scored
+    /// against the coarse centroids and given their lookup tables by matrix products, then
+    /// scanned one query at a time. Queries are split into `par`'s tasks at multiples of the
+    /// chunk, so the results do not depend on `par`; they equal `search_one`'s up to float
+    /// rounding (the dot products are summed in another order).
     ///
     /// # Errors
     /// As [`Searcher::search_one`] for any row (nothing is written then), or
@@ -404,11 +434,9 @@ impl<'a> SearchIndex<'a> {
         let nprobe = params.nprobe.min(p.n_lists);
         probes.reset(nprobe);
         let mut threshold = probes.threshold();
+        let by_l2 = params.probe.resolve(p.metric) == Probe::L2;
         for (j, (&dot, &norm)) in dots.iter().zip(&self.centroid_norms).enumerate() {
-            let key = match params.probe {
-                Probe::L2 => norm - 2.0 * dot,
-                Probe::InnerProduct => -dot,
-            };
+            let key = if by_l2 { norm - 2.0 * dot } else { -dot };
             if key <= threshold {
                 probes.push(key, j as u64);
                 threshold = probes.threshold();
@@ -470,7 +498,7 @@ struct ScanScratch {
 }
 
 /// Searches one query at a time, reusing its scratch: after the first queries (whose `k` and
-/// `nprobe` size the result heaps), a search allocates nothing.
+/// `nprobe` size the candidate buffers), a search allocates nothing.
 ///
 /// One per thread: a `Searcher` borrows its [`SearchIndex`] and any number of them may search
 /// it at once.
@@ -496,7 +524,7 @@ impl<'s, 'a> Searcher<'s, 'a> {
             index,
             scaled: vec![0.0; p.padded_dim],
             query: vec![0.0; p.padded_dim],
-            dots: vec![0.0; index.view.params().n_lists],
+            dots: vec![0.0; p.n_lists],
             table: vec![0.0; index.table_len()],
             scan: ScanScratch::default(),
         }

@@ -274,8 +274,12 @@ proptest! {
         let centroid = |j: usize| &view.coarse_centroids()[j * d..(j + 1) * d];
         let l2 = |j: usize| q.iter().zip(centroid(j)).map(|(a, &b)| (a - f64::from(b)).powi(2)).sum::<f64>();
         let ip = |j: usize| q.iter().zip(centroid(j)).map(|(a, &b)| a * f64::from(b)).sum::<f64>();
-        for probe in [Probe::L2, Probe::InnerProduct] {
-            let key = |j: usize| if probe == Probe::L2 { l2(j) } else { -ip(j) };
+        for probe in [Probe::Auto, Probe::L2, Probe::InnerProduct] {
+            let by_l2 = match probe {
+                Probe::Auto => shape.metric != Metric::InnerProduct,
+                _ => probe == Probe::L2,
+            };
+            let key = |j: usize| if by_l2 { l2(j) } else { -ip(j) };
             let mut order: Vec<usize> = (0..shape.n_lists).collect();
             order.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
             // Skip near-ties between the first two lists.
@@ -307,8 +311,12 @@ proptest! {
         let codes: Vec<u8> = (0..n_blocks * n_subspaces * 32).map(|_| rng.random()).collect();
         let slot_bias: Vec<f32> = (0..n_blocks * 32).map(|_| rng.random_range(-50.0f32..50.0)).collect();
         let slot_bias = with_slot_bias.then_some(&slot_bias[..]);
+        let score = |kernel: Kernel, out: &mut [f32]| match slot_bias {
+            None => kernel.score_blocks(&table, n_subspaces, bias, &codes, out),
+            Some(s) => kernel.score_blocks_with_slot_bias(&table, n_subspaces, bias, s, &codes, out),
+        };
         let mut want = vec![0.0f32; n_blocks * 32];
-        Kernel::Scalar.score_blocks(&table, n_subspaces, bias, slot_bias, &codes, &mut want).unwrap();
+        score(Kernel::Scalar, &mut want).unwrap();
         for (b, block) in codes.chunks_exact(n_subspaces * 32).enumerate() {
             for l in 0..32 {
                 let start = slot_bias.map_or(bias, |s| bias + s[b * 32 + l]);
@@ -318,7 +326,7 @@ proptest! {
         }
         for kernel in Kernel::ALL {
             let mut got = vec![0.0f32; n_blocks * 32];
-            let result = kernel.score_blocks(&table, n_subspaces, bias, slot_bias, &codes, &mut got);
+            let result = score(kernel, &mut got);
             if !kernel.is_available() {
                 prop_assert!(result.is_err());
                 continue;
@@ -616,34 +624,30 @@ fn score_blocks_rejects_bad_lengths() {
     let kernel = Kernel::detect();
     assert!(
         kernel
-            .score_blocks(&table, 2, 0.0, None, &codes, &mut out)
+            .score_blocks(&table, 2, 0.0, &codes, &mut out)
             .is_ok()
     );
     assert!(
         kernel
-            .score_blocks(&table[1..], 2, 0.0, None, &codes, &mut out)
+            .score_blocks(&table[1..], 2, 0.0, &codes, &mut out)
             .is_err()
     );
     assert!(
         kernel
-            .score_blocks(&table, 2, 0.0, None, &codes[1..], &mut out)
+            .score_blocks(&table, 2, 0.0, &codes[1..], &mut out)
             .is_err()
     );
     assert!(
         kernel
-            .score_blocks(&table, 2, 0.0, None, &codes, &mut out[1..])
+            .score_blocks(&table, 2, 0.0, &codes, &mut out[1..])
             .is_err()
     );
     assert!(
         kernel
-            .score_blocks(&table, 2, 0.0, Some(&[0.0; 31]), &codes, &mut out)
+            .score_blocks_with_slot_bias(&table, 2, 0.0, &[0.0; 31], &codes, &mut out)
             .is_err()
     );
-    assert!(
-        kernel
-            .score_blocks(&table, 0, 0.0, None, &[], &mut [])
-            .is_err()
-    );
+    assert!(kernel.score_blocks(&table, 0, 0.0, &[], &mut []).is_err());
 }
 
 #[test]
@@ -654,7 +658,16 @@ fn kernel_names_round_trip() {
     assert!("sse9".parse::<Kernel>().is_err());
     assert!(Kernel::detect().is_available());
     assert_eq!("ip".parse::<Probe>().unwrap(), Probe::InnerProduct);
-    assert_eq!(Probe::default(), Probe::L2);
+    assert_eq!(Probe::default(), Probe::Auto);
+    for probe in [Probe::Auto, Probe::L2, Probe::InnerProduct] {
+        assert_eq!(probe.name().parse::<Probe>().unwrap(), probe);
+    }
+    assert_eq!(
+        Probe::Auto.resolve(Metric::InnerProduct),
+        Probe::InnerProduct
+    );
+    assert_eq!(Probe::Auto.resolve(Metric::Cosine), Probe::L2);
+    assert_eq!(Probe::InnerProduct.resolve(Metric::L2), Probe::InnerProduct);
 }
 
 #[test]

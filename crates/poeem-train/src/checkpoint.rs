@@ -72,8 +72,8 @@ fn tag_name(tag: [u8; 4]) -> String {
     String::from_utf8_lossy(&tag).into_owned()
 }
 
-/// Writes the sections into `dir`'s checkpoint file atomically: a temporary file in the same
-/// directory, flushed to disk, renamed over the old checkpoint, then the directory synced.
+/// Writes the sections into `dir`'s checkpoint file atomically (temporary file, fsync, rename,
+/// directory fsync).
 pub(crate) fn write_sections(
     dir: &Path,
     sections: &[([u8; 4], &[u8])],
@@ -95,22 +95,14 @@ pub(crate) fn write_sections(
     let crc = crc32fast::hash(&header);
     header.extend_from_slice(&crc.to_le_bytes());
 
-    let tmp = dir.join(format!(".{CHECKPOINT_FILE}.tmp"));
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e| TrainError::io(p, e)
-    };
-    let mut file = File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(&header).map_err(io(&tmp))?;
-    for (_, payload) in sections {
-        file.write_all(payload).map_err(io(&tmp))?;
-    }
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    poeem_fs::write_atomically(&path, |file| {
+        file.write_all(&header)?;
+        for (_, payload) in sections {
+            file.write_all(payload)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| TrainError::io(e.path, e.source))?;
     Ok(path)
 }
 

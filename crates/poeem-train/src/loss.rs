@@ -91,8 +91,26 @@ pub fn normalize_rows(x: &[f32], dim: usize, out: &mut [f32], norms: &mut [f32])
 
 /// `√(‖x‖² + ε²)`, the denominator of the normalisation.
 pub fn smooth_norm(x: &[f32]) -> f32 {
-    let sq: f32 = x.iter().map(|v| v * v).sum();
-    (sq + NORM_EPSILON * NORM_EPSILON).sqrt()
+    (dot(x, x) + NORM_EPSILON * NORM_EPSILON).sqrt()
+}
+
+/// `⟨a, b⟩`, summed in eight fixed lanes so that the loop vectorises.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((l, &xv), &yv) in lanes.iter_mut().zip(x).zip(y) {
+            *l += xv * yv;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// Backward pass of [`normalize_rows`]: from the normalised rows `x̂`, their `norms` and
@@ -118,10 +136,10 @@ pub fn normalize_rows_backward(
         .zip(grad_in.chunks_exact_mut(dim))
         .zip(norms)
     {
-        let dot: f32 = x.iter().zip(g).map(|(a, b)| a * b).sum();
+        let xg = dot(x, g);
         let inv = 1.0 / s;
         for ((gi, &xv), &gv) in gi.iter_mut().zip(x).zip(g) {
-            *gi = (gv - xv * dot) * inv;
+            *gi = (gv - xv * xg) * inv;
         }
     }
 }

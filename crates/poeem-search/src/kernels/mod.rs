@@ -4,9 +4,9 @@
 //! A list's codes come in blocks of [`BLOCK`] slots; inside a block, subspace `m`'s codes of the
 //! 32 slots are adjacent. With a lookup table `T` of `M` rows of [`TABLE_STRIDE`] floats, slot
 //! `s` scores `(bias + b_s) + Σ_m T[m][code_m(s)]`, summed in subspace order, where `b_s` is an
-//! optional per-slot term (the L2 search's `‖r‖² + 2⟨v, r⟩` of the item's residual `r`). One-byte codes
-//! index a row of 256 entries directly (entries at or above `2^n_bits` are zero, so any byte,
-//! even a corrupt one, stays in bounds). The scalar kernel is the specification; the AVX2
+//! optional per-slot term (the L2 search's `‖r‖² + 2⟨v, r⟩` of the item's residual `r`).
+//! One-byte codes index a row of 256 entries directly (entries at or above `2^n_bits` are zero,
+//! so any byte, even a corrupt one, stays in bounds). The scalar kernel is the specification; the AVX2
 //! kernel (x86-64) compares eight scores with the top-k threshold at once, and returns the same
 //! bits. Lookups are scalar loads in both: two loads per lookup (code byte, table entry) bound
 //! the scan, and the gather instructions of the CPUs measured (Zen 4) are slower than that.
@@ -33,7 +33,7 @@ pub const TABLE_STRIDE: usize = 256;
 pub enum Kernel {
     /// Portable code, the specification of the others.
     Scalar,
-    /// x86-64 AVX2: lookups gathered into 8-lane vectors, 8-lane threshold compares.
+    /// x86-64 AVX2: scalar lookups assembled into 8-lane sums, 8-lane threshold compares.
     Avx2,
 }
 
@@ -78,17 +78,45 @@ impl Kernel {
     }
 
     /// Scores whole blocks of one-byte codes: for slot `s = b·32 + l` (block `b`, lane `l`),
-    /// `out[s] = (bias + slot_bias[s]) + Σ_m table[m·256 + codes[(b·M + m)·32 + l]]`, summed in
-    /// subspace order (`slot_bias` `None` counts as zeros, and is not added). Every kernel
-    /// returns the same bits. This is the scan without the top-k filter, for tests and
-    /// benchmarks.
+    /// `out[s] = bias + Σ_m table[m·256 + codes[(b·M + m)·32 + l]]`, summed in subspace order.
+    /// Every kernel returns the same bits. This is the scan without the top-k filter, for tests
+    /// and benchmarks.
     ///
     /// # Errors
     /// [`SearchError::InvalidParameter`] when this CPU does not run the kernel or
     /// `n_subspaces` is 0; [`SearchError::DimensionMismatch`] when `table` is not
-    /// `n_subspaces · 256` long, `codes` not a whole number of blocks, or `out` or `slot_bias`
-    /// not one value per slot.
+    /// `n_subspaces · 256` long, `codes` not a whole number of blocks, or `out` not one score
+    /// per slot.
     pub fn score_blocks(
+        self,
+        table: &[f32],
+        n_subspaces: usize,
+        bias: f32,
+        codes: &[u8],
+        out: &mut [f32],
+    ) -> Result<(), SearchError> {
+        self.score_blocks_impl(table, n_subspaces, bias, None, codes, out)
+    }
+
+    /// As [`Kernel::score_blocks`], with a term per slot added to the bias first:
+    /// `out[s] = (bias + slot_bias[s]) + Σ_m …` (the form of an L2 scan).
+    ///
+    /// # Errors
+    /// As [`Kernel::score_blocks`], and [`SearchError::DimensionMismatch`] when `slot_bias` is
+    /// not one value per slot.
+    pub fn score_blocks_with_slot_bias(
+        self,
+        table: &[f32],
+        n_subspaces: usize,
+        bias: f32,
+        slot_bias: &[f32],
+        codes: &[u8],
+        out: &mut [f32],
+    ) -> Result<(), SearchError> {
+        self.score_blocks_impl(table, n_subspaces, bias, Some(slot_bias), codes, out)
+    }
+
+    fn score_blocks_impl(
         self,
         table: &[f32],
         n_subspaces: usize,

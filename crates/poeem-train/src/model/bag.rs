@@ -118,8 +118,12 @@ impl EmbeddingTable {
         for_row_blocks(out, stride, par, |first, block| {
             for (row, &entity) in block.chunks_exact_mut(stride).zip(&entities[first..]) {
                 let bag = &mut row[col..col + self.dim];
-                bag.fill(0.0);
                 let tokens = bag_tokens(field, entity);
+                if let [t] = tokens {
+                    bag.copy_from_slice(self.row(*t as usize));
+                    continue;
+                }
+                bag.fill(0.0);
                 if tokens.is_empty() {
                     continue;
                 }
