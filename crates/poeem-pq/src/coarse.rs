@@ -42,6 +42,15 @@ impl CoarseQuantizer {
         Self { centroids }
     }
 
+    /// Copies the centroids of `lists` from `centroids`, the full row-major
+    /// `n_lists × dim` table of new values, in place; see [`Centroids::copy_rows`].
+    ///
+    /// # Errors
+    /// As [`Centroids::copy_rows`]; on error nothing changes.
+    pub fn copy_centroids(&mut self, centroids: &[f32], lists: &[u32]) -> Result<(), PqError> {
+        self.centroids.copy_rows(centroids, lists)
+    }
+
     /// Number of lists.
     pub fn n_lists(&self) -> usize {
         self.centroids.len()
@@ -77,6 +86,24 @@ impl CoarseQuantizer {
             });
         }
         self.centroids.nearest_batch(data, lists, distances, par);
+        Ok(())
+    }
+
+    /// The list of each row of `data`, as [`assign`](Self::assign) gives it, without the
+    /// distances (which saves a squared norm per row).
+    ///
+    /// # Errors
+    /// On a ragged or non-finite input, or `lists` of the wrong length.
+    pub fn assign_lists(&self, data: &[f32], lists: &mut [u32], par: Par) -> Result<(), PqError> {
+        let n = check_rows(data, self.dim(), "vectors to assign")?;
+        if lists.len() != n {
+            return Err(PqError::DimensionMismatch {
+                what: "assignment outputs",
+                expected: n,
+                got: lists.len(),
+            });
+        }
+        self.centroids.nearest_labels(data, lists, par);
         Ok(())
     }
 

@@ -138,8 +138,7 @@ impl IvfPqCodec {
         let pq_input = match (&coarse, config.pq_training) {
             (Some(coarse), PqTraining::Residuals) => {
                 let mut lists = vec![0u32; n];
-                let mut distances = vec![0.0f32; n];
-                coarse.assign(&rotated, &mut lists, &mut distances, par)?;
+                coarse.assign_lists(&rotated, &mut lists, par)?;
                 subtract_centroids(&mut rotated, padded, coarse, &lists);
                 rotated
             }
@@ -281,8 +280,7 @@ impl IvfPqCodec {
         }
         match &self.coarse {
             Some(coarse) => {
-                let mut distances = vec![0.0f32; n];
-                coarse.assign(rotated, lists, &mut distances, par)?;
+                coarse.assign_lists(rotated, lists, par)?;
                 subtract_centroids(rotated, padded, coarse, lists);
             }
             None => lists.fill(0),

@@ -5,8 +5,8 @@ use faer::Par;
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::centroids::Centroids;
-use crate::data::{check_rows, check_training_rows, chunk_rows};
+use crate::centroids::{Centroids, ROWS};
+use crate::data::{check_rows, check_table_rows, check_training_rows, chunk_rows};
 use crate::{KMeans, KMeansConfig, KMeansSettings, PqError, ProgressFn, Stage};
 
 /// Largest supported bits per code.
@@ -237,6 +237,28 @@ impl ProductQuantizer {
             .collect()
     }
 
+    /// Copies the codewords `rows` from `codebooks`, the full subspace-major table of new
+    /// values (`M × K × sub_dim`, as [`codebooks_flat`](Self::codebooks_flat) and
+    /// [`from_codebooks`](Self::from_codebooks) lay it out; row `m·K + k` is codeword `k` of
+    /// subspace `m`), in place. Afterwards the quantizer equals `from_codebooks` of the table
+    /// if every changed row is named, bit for bit, at a cost proportional to the rows copied
+    /// (see [`Centroids::copy_rows`]).
+    ///
+    /// # Errors
+    /// [`PqError::DimensionMismatch`] when `codebooks` is not `M × K × sub_dim` long,
+    /// [`PqError::CodeOutOfRange`] for a row of `M·K` or more, [`PqError::NonFinite`] for a
+    /// non-finite value in a named row. On error nothing changes.
+    pub fn copy_codewords(&mut self, codebooks: &[f32], rows: &[u32]) -> Result<(), PqError> {
+        let (k, sub) = (self.n_codewords(), self.sub_dim);
+        let n_rows = self.n_subspaces() * k;
+        check_table_rows(codebooks, sub, n_rows, rows, "codebooks")?;
+        for &row in rows {
+            let row = row as usize;
+            self.codebooks[row / k].write_row(row % k, &codebooks[row * sub..(row + 1) * sub]);
+        }
+        Ok(())
+    }
+
     fn check_code_width<C: Code>(&self) -> Result<(), PqError> {
         if self.n_bits > C::BITS {
             return Err(PqError::CodeWidth {
@@ -412,21 +434,29 @@ impl<C: Code> WithSimd for EncodeChunk<'_, C> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, _simd: S) {
+    fn with_simd<S: Simd>(self, simd: S) {
         let pq = self.pq;
-        let m = pq.n_subspaces();
-        for (x, codes) in self
-            .data
-            .chunks_exact(pq.dim)
-            .zip(self.codes.chunks_exact_mut(m))
-        {
-            for ((book, sub), code) in pq
-                .codebooks
-                .iter()
-                .zip(x.chunks_exact(pq.sub_dim))
-                .zip(codes.iter_mut())
+        let (m, dim, sub) = (pq.n_subspaces(), pq.dim, pq.sub_dim);
+        let mut weights = vec![0.0f32; ROWS * sub];
+        let mut out = [(0usize, 0.0f32); ROWS];
+        // Subspace by subspace, so that one codebook stays in cache for the whole chunk.
+        for (s, book) in pq.codebooks.iter().enumerate() {
+            let span = s * sub..(s + 1) * sub;
+            let blocks = self.data.chunks_exact(ROWS * dim);
+            let tail = blocks.remainder();
+            for (x, codes) in blocks.zip(self.codes.chunks_exact_mut(ROWS * m)) {
+                let rows = std::array::from_fn(|r| &x[r * dim + span.start..r * dim + span.end]);
+                book.direct_nearest_rows(simd, rows, &mut weights, self.scores, &mut out);
+                for (r, &(index, _)) in out.iter().enumerate() {
+                    codes[r * m + s] = C::from_index(index);
+                }
+            }
+            let done = self.data.len() - tail.len();
+            for (x, codes) in tail
+                .chunks_exact(dim)
+                .zip(self.codes[done / dim * m..].chunks_exact_mut(m))
             {
-                *code = C::from_index(book.direct_nearest(sub, self.scores).0);
+                codes[s] = C::from_index(book.direct_nearest(&x[span.clone()], self.scores).0);
             }
         }
     }

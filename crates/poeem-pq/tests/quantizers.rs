@@ -228,6 +228,105 @@ proptest! {
     }
 }
 
+#[test]
+fn pq_encode_of_a_batch_equals_encoding_each_row_alone() {
+    // A batch is scored several rows at a time; one row alone takes the single-row kernel.
+    // The codes must agree exactly (same scores, ties to the lowest index), and be nearest.
+    let dim = 16;
+    for (n_subspaces, n_bits) in [(2, 8), (4, 4), (8, 3), (1, 5)] {
+        let pq = pq_train(&gaussian(1200, dim, 1.0, 5), dim, n_subspaces, n_bits, 3);
+        let (m, sub, k) = (pq.n_subspaces(), pq.sub_dim(), pq.n_codewords());
+        let mut x = gaussian(203, dim, 1.0, 6);
+        // Rows that sit exactly on a codeword, and rows tied between codewords' values.
+        for (i, row) in x.chunks_exact_mut(dim).take(40).enumerate() {
+            for (s, part) in row.chunks_exact_mut(sub).enumerate() {
+                part.copy_from_slice(pq.codebook(s).get((i * 5 + s) % k));
+            }
+        }
+        for v in &mut x[40 * dim..80 * dim] {
+            *v = (*v * 2.0).round();
+        }
+        for n in [1, 3, 4, 5, 8, 67, 203] {
+            let x = &x[..n * dim];
+            let mut batch = vec![0u16; n * m];
+            pq.encode(x, &mut batch, Par::Seq).unwrap();
+            let mut parallel = vec![0u16; n * m];
+            pq.encode(x, &mut parallel, Par::rayon(2)).unwrap();
+            assert_eq!(batch, parallel);
+            for (row, codes) in x.chunks_exact(dim).zip(batch.chunks_exact(m)) {
+                let mut alone = vec![0u16; m];
+                pq.encode(row, &mut alone, Par::Seq).unwrap();
+                assert_eq!(codes, &alone[..], "M {m}, K {k}, batch of {n}");
+                for (s, (&code, part)) in codes.iter().zip(row.chunks_exact(sub)).enumerate() {
+                    let book = pq.codebook(s);
+                    let chosen = sq_dist(part, book.get(usize::from(code)));
+                    let best = (0..k)
+                        .map(|c| sq_dist(part, book.get(c)))
+                        .fold(f64::INFINITY, f64::min);
+                    assert!(chosen <= best + 1e-4, "code {code}: {chosen} vs {best}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn codewords_and_coarse_centroids_update_in_place_like_a_rebuild() {
+    let (dim, m, bits) = (12, 4, 4);
+    let pq = pq_train(&gaussian(600, dim, 1.0, 8), dim, m, bits, 9);
+    let mut table = pq.codebooks_flat();
+    let sub = dim / m;
+    let rows = [0u32, 17, 63, 17, 40];
+    for (&r, v) in rows
+        .iter()
+        .zip(gaussian(rows.len(), sub, 2.0, 10).chunks_exact(sub))
+    {
+        table[r as usize * sub..(r as usize + 1) * sub].copy_from_slice(v);
+    }
+    let mut updated = pq.clone();
+    updated.copy_codewords(&table, &rows).unwrap();
+    let rebuilt = ProductQuantizer::from_codebooks(dim, m, bits, &table).unwrap();
+    assert_eq!(updated, rebuilt);
+    let x = gaussian(50, dim, 1.0, 12);
+    let (mut a, mut b) = (vec![0u8; 50 * m], vec![0u8; 50 * m]);
+    updated.encode(&x, &mut a, Par::Seq).unwrap();
+    rebuilt.encode(&x, &mut b, Par::Seq).unwrap();
+    assert_eq!(a, b);
+
+    let before = updated.clone();
+    assert!(matches!(
+        updated.copy_codewords(&table, &[64]),
+        Err(PqError::CodeOutOfRange {
+            value: 64,
+            max: 63,
+            ..
+        })
+    ));
+    assert!(matches!(
+        updated.copy_codewords(&table[..table.len() - 1], &[1]),
+        Err(PqError::DimensionMismatch { .. })
+    ));
+    table[2 * sub + 1] = f32::INFINITY;
+    assert!(matches!(
+        updated.copy_codewords(&table, &[1, 2]),
+        Err(PqError::NonFinite { row: 2, col: 1, .. })
+    ));
+    assert_eq!(updated, before);
+
+    let centroids = gaussian(5, dim, 1.0, 13);
+    let mut coarse =
+        CoarseQuantizer::from_centroids(Centroids::new(dim, centroids.clone()).unwrap());
+    let mut table = centroids;
+    table[3 * dim..4 * dim].copy_from_slice(&gaussian(1, dim, 1.0, 14));
+    table[dim..2 * dim].copy_from_slice(&gaussian(1, dim, 1.0, 15));
+    coarse.copy_centroids(&table, &[3, 1]).unwrap();
+    assert_eq!(
+        coarse,
+        CoarseQuantizer::from_centroids(Centroids::new(dim, table.clone()).unwrap())
+    );
+    assert!(coarse.copy_centroids(&table, &[5]).is_err());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. k-means inertia never increases
 // ---------------------------------------------------------------------------------------------
@@ -612,6 +711,33 @@ proptest! {
             scratch[a as usize].total_cmp(&scratch[b as usize]).then(a.cmp(&b))
         });
         prop_assert_eq!(&out[..written], &expected[..written]);
+    }
+}
+
+#[test]
+fn coarse_lists_without_distances_are_the_lists_of_assign() {
+    // The GEMM path (dim > 16) and the direct path, with blocks and a tail of rows.
+    for (dim, n_lists, n) in [(24, 7, 517), (8, 32, 203), (3, 5, 6)] {
+        let coarse = CoarseQuantizer::from_centroids(
+            Centroids::new(dim, gaussian(n_lists, dim, 1.0, 31)).unwrap(),
+        );
+        let mut data = gaussian(n, dim, 1.0, 32);
+        data[..dim].copy_from_slice(coarse.centroids().get(2));
+        let (mut lists, mut distances) = (vec![0u32; n], vec![0.0f32; n]);
+        coarse
+            .assign(&data, &mut lists, &mut distances, Par::Seq)
+            .unwrap();
+        for par in [Par::Seq, Par::rayon(2), Par::rayon(3)] {
+            let mut only = vec![u32::MAX; n];
+            coarse.assign_lists(&data, &mut only, par).unwrap();
+            assert_eq!(only, lists, "dim {dim}");
+        }
+        assert_eq!(lists[0], 2);
+        let mut short = vec![0u32; n - 1];
+        assert!(matches!(
+            coarse.assign_lists(&data, &mut short, Par::Seq),
+            Err(PqError::DimensionMismatch { .. })
+        ));
     }
 }
 

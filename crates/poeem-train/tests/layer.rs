@@ -435,6 +435,181 @@ fn updates_lower_the_regularizer_on_a_fixed_batch() {
     }
 }
 
+/// The coarse centroids and codebooks of `layer`'s codec, concatenated.
+fn parameters(layer: &IndexingLayer) -> Vec<f32> {
+    let codec = layer.codec().unwrap();
+    let mut values = codec
+        .coarse()
+        .map(|c| c.centroids().as_slice().to_vec())
+        .unwrap_or_default();
+    values.extend(codec.pq().codebooks_flat());
+    values
+}
+
+/// A plain scalar reference of the optimiser of one parameter tensor: state per value,
+/// updated only for the rows a batch used (the lazy sparse update), with the rule of
+/// `OptimizerConfig`.
+struct ReferenceOptimizer {
+    config: OptimizerConfig,
+    first: Vec<f32>,
+    second: Vec<f32>,
+    steps: i32,
+}
+
+impl ReferenceOptimizer {
+    fn new(config: OptimizerConfig, len: usize) -> Self {
+        let start = match config {
+            OptimizerConfig::Adagrad {
+                initial_accumulator,
+                ..
+            } => initial_accumulator,
+            _ => 0.0,
+        };
+        Self {
+            config,
+            first: vec![start; len],
+            second: vec![0.0; len],
+            steps: 0,
+        }
+    }
+
+    /// One step on the rows `used` (of width `width`) of `params`, with the dense `grads`.
+    fn step(
+        &mut self,
+        params: &mut [f32],
+        width: usize,
+        used: &[usize],
+        grads: &[f32],
+        lr_scale: f32,
+    ) {
+        self.steps += 1;
+        for &row in used {
+            for i in row * width..(row + 1) * width {
+                let g = grads[i];
+                match self.config {
+                    OptimizerConfig::Adagrad { learning_rate, .. } => {
+                        let lr = learning_rate * lr_scale;
+                        self.first[i] += g * g;
+                        params[i] -= lr * g / self.first[i].sqrt();
+                    }
+                    OptimizerConfig::Adam {
+                        learning_rate,
+                        beta1,
+                        beta2,
+                        epsilon,
+                    } => {
+                        let c1 = 1.0 - f64::from(beta1).powi(self.steps);
+                        let c2 = 1.0 - f64::from(beta2).powi(self.steps);
+                        let lr = (f64::from(learning_rate * lr_scale) * c2.sqrt() / c1) as f32;
+                        self.first[i] = beta1 * self.first[i] + (1.0 - beta1) * g;
+                        self.second[i] = beta2 * self.second[i] + (1.0 - beta2) * g * g;
+                        params[i] -= lr * self.first[i] / (self.second[i].sqrt() + epsilon);
+                    }
+                    _ => unreachable!("no other optimiser"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn updates_are_optimiser_steps_on_exactly_the_rows_the_batch_used() {
+    // Bit for bit against a scalar reference over several steps, so the sparse gradient
+    // sums, the vectorised optimiser and the in-place refresh of the quantizers all agree
+    // with the plain definition.
+    for (dim, n_lists, optimizer) in [
+        (10, 3, OptimizerConfig::adagrad(0.05)), // pads 10 to 12
+        (12, 0, OptimizerConfig::adagrad(0.2)),
+        (12, 4, OptimizerConfig::adam(0.02)),
+    ] {
+        let config = IndexingLayerConfig {
+            n_lists,
+            warmup_steps: 0,
+            centroid_init: CentroidInit::Random,
+            optimizer,
+            ..small_config()
+        };
+        let (m, k) = (config.n_subspaces, config.n_codewords());
+        let mut layer = IndexingLayer::new(dim, config).unwrap();
+        let p = layer.padded_dim();
+        let mut reference = None;
+        for step in 0..6u64 {
+            let x = gaussian(37, dim, 70 + step);
+            layer
+                .forward_train(&x, &mut vec![0.0; x.len()], Par::rayon(2))
+                .unwrap();
+            let (mut params, mut coarse_opt, mut book_opt) =
+                reference.take().unwrap_or_else(|| {
+                    let params = parameters(&layer);
+                    let coarse = ReferenceOptimizer::new(optimizer, n_lists * p);
+                    let books = ReferenceOptimizer::new(optimizer, params.len() - n_lists * p);
+                    (params, coarse, books)
+                });
+            assert_eq!(bits(&params), bits(&parameters(&layer)), "step {step}");
+            let grad = layer.regularizer_gradient().unwrap();
+            let (lists, codes) = layer.pending_codes().unwrap();
+            let mut used_lists: Vec<usize> = lists.iter().map(|&l| l as usize).collect();
+            let mut used_codes: Vec<usize> = codes
+                .chunks_exact(m)
+                .flat_map(|c| c.iter().enumerate().map(|(s, &c)| s * k + usize::from(c)))
+                .collect();
+            for used in [&mut used_lists, &mut used_codes] {
+                used.sort_unstable();
+                used.dedup();
+            }
+            let lr_scale = 1.0 - 0.1 * step as f32;
+            let (coarse, books) = params.split_at_mut(n_lists * p);
+            if n_lists > 0 {
+                coarse_opt.step(coarse, p, &used_lists, &grad.coarse, lr_scale);
+            }
+            book_opt.step(books, p / m, &used_codes, &grad.codebooks, lr_scale);
+            layer.update(lr_scale, Par::rayon(2)).unwrap();
+            assert_eq!(bits(&params), bits(&parameters(&layer)), "step {step}");
+            reference = Some((params, coarse_opt, book_opt));
+        }
+    }
+}
+
+#[test]
+fn the_quantizers_updated_in_place_equal_a_rebuild() {
+    // `update` refreshes only the rows it changed; a layer restored from its saved state
+    // rebuilds everything from the parameters. Both must hold the same codec, bit for bit
+    // (norms and layouts included), and quantize alike.
+    let dim = 10;
+    let mut config = IndexingLayerConfig {
+        n_lists: 5,
+        n_subspaces: 4, // pads 10 to 12
+        warmup_steps: 0,
+        buffer_size: 200,
+        rotation: RotationMode::Givens(PairSelection::Greedy),
+        ..small_config()
+    };
+    config.givens.learning_rate = 0.02;
+    let mut layer = IndexingLayer::new(dim, config).unwrap();
+    let probe = gaussian(90, dim, 1234);
+    for step in 0..25 {
+        let x = gaussian(50, dim, 900 + step);
+        layer
+            .forward_train(&x, &mut vec![0.0; x.len()], Par::Seq)
+            .unwrap();
+        layer.update(1.0, Par::Seq).unwrap();
+        if !layer.is_initialized() {
+            continue;
+        }
+        let rebuilt: IndexingLayer =
+            serde_json::from_str(&serde_json::to_string(&layer).unwrap()).unwrap();
+        assert!(
+            layer.codec().unwrap() == rebuilt.codec().unwrap(),
+            "step {step}"
+        );
+        let (mut a, mut b) = (vec![0.0; probe.len()], vec![0.0; probe.len()]);
+        layer.quantize(&probe, &mut a, Par::Seq).unwrap();
+        rebuilt.quantize(&probe, &mut b, Par::rayon(2)).unwrap();
+        assert_eq!(bits(&a), bits(&b), "step {step}");
+    }
+    assert!(layer.is_initialized() && layer.rotation().is_some());
+}
+
 #[test]
 fn learning_rate_scale_zero_leaves_the_centroids_alone() {
     let dim = 8;

@@ -19,6 +19,7 @@
 
 mod config;
 mod diagnostics;
+mod quantizers;
 mod rotation;
 mod serde_foreign;
 mod warm_start;
@@ -26,7 +27,7 @@ mod warm_start;
 use std::fmt;
 
 use faer::Par;
-use poeem_pq::{Centroids, CoarseQuantizer, IvfPqCodec, ProductQuantizer, padded_dim};
+use poeem_pq::{IvfPqCodec, padded_dim};
 use poeem_rotation::Rotation;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -35,6 +36,7 @@ pub use diagnostics::{CodeDistribution, LayerDiagnostics};
 
 use crate::{OptimizerState, TrainError};
 use diagnostics::Tally;
+use quantizers::Quantizers;
 use rotation::LearnedRotation;
 
 /// Where a training run stands (method §2).
@@ -83,8 +85,8 @@ pub struct RegularizerGradient {
 #[derive(Clone)]
 pub struct IndexingLayer {
     state: State,
-    /// The codec built from `state.params` (None before init).
-    codec: Option<IvfPqCodec>,
+    /// The quantizers of `state.params`, kept in step with them (None before init).
+    quantizers: Option<Quantizers>,
     work: Work,
 }
 
@@ -115,6 +117,13 @@ pub(crate) struct Params {
     rotation: Option<LearnedRotation>,
     /// Givens steps taken (fixes the pair stream of the next one).
     givens_steps: u64,
+}
+
+impl Params {
+    /// The rotation, if the layer has one.
+    fn rotation(&self) -> Option<&Rotation> {
+        self.rotation.as_ref().map(LearnedRotation::rotation)
+    }
 }
 
 /// A joint batch's codes and errors, kept for `update`; its buffers are reused between steps.
@@ -149,13 +158,85 @@ pub(crate) struct Work {
     padded: Vec<f32>,
     z: Vec<f32>,
     back: Vec<f32>,
-    distances: Vec<f32>,
-    grad_coarse: Vec<f32>,
-    grad_codebooks: Vec<f32>,
-    count_coarse: Vec<u32>,
-    count_codebooks: Vec<u32>,
-    rows: Vec<u32>,
+    /// The regularizer's sums for the coarse centroids the batch used.
+    coarse: RowSums,
+    /// The regularizer's sums for the codewords the batch used.
+    codewords: RowSums,
     grads: Vec<f32>,
+}
+
+/// Sums of error rows per row of a parameter table, for the rows a batch used: `rows` in the
+/// order the batch first used them, `sums` packed to match (`rows.len() × width`), each sum
+/// added up in batch order starting from zero (as a dense table of sums would be).
+#[derive(Debug, Clone, Default)]
+struct RowSums {
+    rows: Vec<u32>,
+    sums: Vec<f32>,
+    /// Position in `rows` of each table row (`u32::MAX` when unused).
+    slot: Vec<u32>,
+}
+
+impl RowSums {
+    /// Starts the sums of a batch for a table of `n_rows` rows.
+    fn reset(&mut self, n_rows: usize) {
+        self.rows.clear();
+        self.sums.clear();
+        self.slot.clear();
+        self.slot.resize(n_rows, u32::MAX);
+    }
+
+    /// Marks table row `row` as used (first pass over the batch).
+    #[inline(always)]
+    fn touch(&mut self, row: usize) {
+        if self.slot[row] == u32::MAX {
+            self.slot[row] = self.rows.len() as u32;
+            self.rows.push(row as u32);
+        }
+    }
+
+    /// Zero sums of `width` values for the rows touched.
+    fn start_sums(&mut self, width: usize) {
+        self.sums.resize(self.rows.len() * width, 0.0);
+    }
+
+    /// Adds `e` to the sum of the touched row `row` (second pass, in batch order).
+    #[inline(always)]
+    fn add(&mut self, row: usize, e: &[f32]) {
+        let width = e.len();
+        let slot = self.slot[row] as usize;
+        let sum = &mut self.sums[slot * width..(slot + 1) * width];
+        // In fours, which vectorises for the usual short codeword rows.
+        let mut quads = sum.chunks_exact_mut(4);
+        for (g, v) in (&mut quads).zip(e.chunks_exact(4)) {
+            // Read before writing, so that the four adds become one vector add.
+            let v: [f32; 4] = v.try_into().expect("chunks of 4");
+            let g: &mut [f32; 4] = g.try_into().expect("chunks of 4");
+            for i in 0..4 {
+                g[i] += v[i];
+            }
+        }
+        let done = width / 4 * 4;
+        for (g, &v) in quads.into_remainder().iter_mut().zip(&e[done..]) {
+            *g += v;
+        }
+    }
+
+    /// Multiplies every sum by `scale`.
+    fn scale(&mut self, scale: f32) {
+        for g in &mut self.sums {
+            *g *= scale;
+        }
+    }
+
+    /// The sums as a dense `n_rows × width` table (zero for unused rows).
+    fn dense(&self, n_rows: usize, width: usize) -> Vec<f32> {
+        let mut table = vec![0.0f32; n_rows * width];
+        for (&r, sum) in self.rows.iter().zip(self.sums.chunks_exact(width)) {
+            let r = r as usize;
+            table[r * width..(r + 1) * width].copy_from_slice(sum);
+        }
+        table
+    }
 }
 
 /// Zero-pads `n × dim` rows to `n × padded` into `out`.
@@ -186,7 +267,7 @@ impl IndexingLayer {
                 tally,
                 pending: Batch::default(),
             },
-            codec: None,
+            quantizers: None,
             work: Work::default(),
         })
     }
@@ -318,8 +399,8 @@ impl IndexingLayer {
             CentroidInit::KMeans => warm_start::kmeans_init(&s.buffer, s.dim, &s.config, par)?,
             CentroidInit::Random => warm_start::random_init(x, s.dim, &s.config, &mut self.work)?,
         };
-        let codec = build_codec(s.dim, &s.config, &params)?;
-        self.codec = Some(codec);
+        let quantizers = Quantizers::new(s.dim, &s.config, &params)?;
+        self.quantizers = Some(quantizers);
         self.state.params = Some(params);
         self.state.buffer = Vec::new();
         Ok(())
@@ -333,31 +414,30 @@ impl IndexingLayer {
         out: &mut [f32],
         par: Par,
     ) -> Result<(f32, f32), TrainError> {
-        let codec = self
-            .codec
+        let quantizers = self
+            .quantizers
             .as_ref()
-            .expect("initialised layers have a codec");
+            .expect("initialised layers have quantizers");
         let s = &mut self.state;
-        encode_decode(codec, x, &mut s.pending, &mut self.work, out, par)?;
+        let rotation = s.params.as_ref().and_then(Params::rotation);
+        quantizers.encode_decode(rotation, x, &mut s.pending, &mut self.work, out, par)?;
         let n = s.pending.rows();
-        let squared: f64 = s
+        let p = padded_dim(s.dim, s.config.n_subspaces);
+        // With the identity and no padding, x − τ(x) = −e, and both sums are the same.
+        let same = p == s.dim && quantizers.skips_rotation();
+        let (mut squared, mut distortion_sum) = (0.0f64, 0.0f64);
+        for ((e, a), b) in s
             .pending
             .error
-            .iter()
-            .map(|&e| f64::from(e) * f64::from(e))
-            .sum();
-        let distortion_sum: f64 = x
-            .chunks_exact(s.dim)
+            .chunks_exact(p)
+            .zip(x.chunks_exact(s.dim))
             .zip(out.chunks_exact(s.dim))
-            .map(|(a, b)| {
-                let d: f64 = a
-                    .iter()
-                    .zip(b)
-                    .map(|(&u, &v)| f64::from(u - v) * f64::from(u - v))
-                    .sum();
-                (d / s.dim as f64).sqrt()
-            })
-            .sum();
+        {
+            let e2 = sum_of_squares(e);
+            let d2 = if same { e2 } else { squared_distance(a, b) };
+            squared += e2;
+            distortion_sum += (d2 / s.dim as f64).sqrt();
+        }
         s.tally.record(
             &s.pending.lists,
             &s.pending.codes,
@@ -385,7 +465,10 @@ impl IndexingLayer {
                 got: out_len,
             });
         }
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        // A branch-free pass that vectorises; the position only when something is wrong.
+        if !x.iter().fold(true, |ok, v| ok & v.is_finite())
+            && let Some(i) = x.iter().position(|v| !v.is_finite())
+        {
             return Err(TrainError::NonFinite {
                 what: "x",
                 row: i / dim,
@@ -430,34 +513,28 @@ impl IndexingLayer {
         accumulate_gradient(&s.pending, &s.config, p, w);
         let weight = 2.0 * s.config.regularizer_weight;
         if s.config.n_lists > 0 {
-            gather_rows(
-                &w.grad_coarse,
-                &w.count_coarse,
+            w.coarse.scale(weight);
+            params.coarse_optimizer.step_rows(
+                &mut params.coarse,
                 p,
-                weight,
-                &mut w.rows,
-                &mut w.grads,
+                &w.coarse.rows,
+                &w.coarse.sums,
+                lr_scale,
             );
-            params
-                .coarse_optimizer
-                .step_rows(&mut params.coarse, p, &w.rows, &w.grads, lr_scale);
         }
-        gather_rows(
-            &w.grad_codebooks,
-            &w.count_codebooks,
-            sub,
-            weight,
-            &mut w.rows,
-            &mut w.grads,
-        );
+        w.codewords.scale(weight);
         params.codebook_optimizer.step_rows(
             &mut params.codebooks,
             sub,
-            &w.rows,
-            &w.grads,
+            &w.codewords.rows,
+            &w.codewords.sums,
             lr_scale,
         );
 
+        let quantizers = self
+            .quantizers
+            .as_mut()
+            .expect("initialised layers have quantizers");
         if let (Some(selection), Some(learned)) = (
             s.config.rotation.givens_selection(),
             params.rotation.as_mut(),
@@ -474,10 +551,10 @@ impl IndexingLayer {
                 &w.grads,
                 par,
             )?;
+            quantizers.rotation_changed(learned.rotation());
         }
         s.pending.clear();
-        self.codec = Some(build_codec(s.dim, &s.config, params)?);
-        Ok(())
+        quantizers.refresh(params, &w.coarse.rows, &w.codewords.rows)
     }
 
     /// The dense gradient of `L_reg` with respect to the centroids and codebooks for the batch
@@ -492,16 +569,12 @@ impl IndexingLayer {
         let p = self.padded_dim();
         accumulate_gradient(&s.pending, &s.config, p, &mut work);
         let weight = 2.0 * s.config.regularizer_weight;
-        for g in work
-            .grad_coarse
-            .iter_mut()
-            .chain(work.grad_codebooks.iter_mut())
-        {
-            *g *= weight;
-        }
+        work.coarse.scale(weight);
+        work.codewords.scale(weight);
+        let m = s.config.n_subspaces;
         Some(RegularizerGradient {
-            coarse: work.grad_coarse,
-            codebooks: work.grad_codebooks,
+            coarse: work.coarse.dense(s.config.n_lists, p),
+            codebooks: work.codewords.dense(m * s.config.n_codewords(), p / m),
         })
     }
 
@@ -519,13 +592,13 @@ impl IndexingLayer {
     /// As the input checks of [`IndexingLayer::forward_train`].
     pub fn quantize(&self, x: &[f32], out: &mut [f32], par: Par) -> Result<(), TrainError> {
         self.check_batch(x, out.len())?;
-        match &self.codec {
+        match &self.quantizers {
             None => {
                 out.copy_from_slice(x);
                 Ok(())
             }
-            Some(codec) => encode_decode(
-                codec,
+            Some(quantizers) => quantizers.encode_decode(
+                self.state.params.as_ref().and_then(Params::rotation),
                 x,
                 &mut Batch::default(),
                 &mut Work::default(),
@@ -551,7 +624,9 @@ impl IndexingLayer {
     /// The learned codec (rotation, coarse centroids, PQ codebooks) for export: `None` before
     /// init. Its `decode(encode(x))` is exactly the layer's `τ(x)`.
     pub fn codec(&self) -> Option<IvfPqCodec> {
-        self.codec.clone()
+        let params = self.state.params.as_ref()?;
+        let quantizers = self.quantizers.as_ref()?;
+        Some(quantizers.codec(params.rotation()))
     }
 
     /// Rebuilds a layer from its serialised state after checking that the parts agree.
@@ -580,7 +655,7 @@ impl IndexingLayer {
                 got: state.buffer.len(),
             });
         }
-        let mut codec = None;
+        let mut quantizers = None;
         if let Some(params) = &state.params {
             mismatch("saved coarse centroids", c.n_lists * p, params.coarse.len())?;
             mismatch(
@@ -601,7 +676,7 @@ impl IndexingLayer {
             let rotation_dim = params.rotation.as_ref().map_or(0, |r| r.rotation().dim());
             let expected = if c.rotation.has_rotation() { p } else { 0 };
             mismatch("saved rotation dimension", expected, rotation_dim)?;
-            codec = Some(build_codec(state.dim, c, params)?);
+            quantizers = Some(Quantizers::new(state.dim, c, params)?);
         }
         let b = &state.pending;
         let n = b.rows();
@@ -628,120 +703,32 @@ impl IndexingLayer {
         state.tally.check_shape(&fresh)?;
         Ok(Self {
             state,
-            codec,
+            quantizers,
             work: Work::default(),
         })
     }
 }
 
-/// The codec of the current parameters.
-fn build_codec(
-    dim: usize,
-    config: &IndexingLayerConfig,
-    params: &Params,
-) -> Result<IvfPqCodec, TrainError> {
-    let p = padded_dim(dim, config.n_subspaces);
-    let rotation = params
-        .rotation
-        .as_ref()
-        .map_or_else(|| Rotation::identity(p), |r| r.rotation().clone());
-    let coarse = if config.n_lists > 0 {
-        let centroids = Centroids::new(p, params.coarse.clone())?;
-        Some(CoarseQuantizer::from_centroids(centroids))
-    } else {
-        None
-    };
-    let pq =
-        ProductQuantizer::from_codebooks(p, config.n_subspaces, config.n_bits, &params.codebooks)?;
-    Ok(IvfPqCodec::from_parts(dim, rotation, coarse, pq)?)
-}
-
-/// `τ(x)` into `out` by the codec's kernels, keeping `x'`, the lists, codes and errors
-/// `e = z − x'` in `batch`. The same operations as `codec.decode(codec.encode(x))`.
-fn encode_decode(
-    codec: &IvfPqCodec,
-    x: &[f32],
-    batch: &mut Batch,
-    work: &mut Work,
-    out: &mut [f32],
-    par: Par,
-) -> Result<(), TrainError> {
-    let dim = codec.dim();
-    let p = codec.padded_dim();
-    let n = x.len() / dim;
-    let rotation = codec.rotation();
-    let identity = rotation.is_identity();
-
-    batch.rotated.clear();
-    batch.rotated.resize(n * p, 0.0);
-    let input = if p == dim {
-        x
-    } else {
-        pad_rows(x, dim, p, &mut work.padded);
-        &work.padded[..]
-    };
-    if identity {
-        batch.rotated.copy_from_slice(input);
-    } else {
-        rotation.apply(input, &mut batch.rotated, par);
-    }
-
-    batch.lists.clear();
-    batch.lists.resize(n, 0);
-    batch.error.clear();
-    batch.error.extend_from_slice(&batch.rotated);
-    if let Some(coarse) = codec.coarse() {
-        work.distances.clear();
-        work.distances.resize(n, 0.0);
-        coarse.assign(&batch.rotated, &mut batch.lists, &mut work.distances, par)?;
-        for (row, &list) in batch.error.chunks_exact_mut(p).zip(&batch.lists) {
-            for (v, &c) in row.iter_mut().zip(coarse.centroids().get(list as usize)) {
-                *v -= c;
-            }
-        }
-    }
-    batch.codes.clear();
-    batch.codes.resize(n * codec.pq().n_subspaces(), 0);
-    codec.pq().encode(&batch.error, &mut batch.codes, par)?;
-
-    work.z.clear();
-    work.z.resize(n * p, 0.0);
-    codec.decode_rotated(&batch.lists, &batch.codes, &mut work.z)?;
-    for ((e, &z), &r) in batch.error.iter_mut().zip(&work.z).zip(&batch.rotated) {
-        *e = z - r;
-    }
-
-    let back = if identity {
-        &work.z[..]
-    } else {
-        work.back.clear();
-        work.back.resize(n * p, 0.0);
-        rotation.apply_transpose(&work.z, &mut work.back, par);
-        &work.back[..]
-    };
-    for (o, b) in out.chunks_exact_mut(dim).zip(back.chunks_exact(p)) {
-        o.copy_from_slice(&b[..dim]);
-    }
-    Ok(())
-}
-
-/// Sums the errors of the pending batch per coarse centroid and per codeword (in batch order,
-/// so the result does not depend on threads) into `work.grad_*`, with the number of rows
-/// behind each sum in `work.count_*`. The gradient is `2w` times these sums.
+/// Sums the errors of the pending batch per coarse centroid and per codeword used (in batch
+/// order, so the result does not depend on threads) into `work.coarse` and
+/// `work.codewords`. The gradient is `2w` times these sums.
 fn accumulate_gradient(batch: &Batch, config: &IndexingLayerConfig, p: usize, work: &mut Work) {
     let m = config.n_subspaces;
     let k = config.n_codewords();
     let sub = p / m;
-    let reset = |v: &mut Vec<f32>, len: usize| {
-        v.clear();
-        v.resize(len, 0.0);
-    };
-    reset(&mut work.grad_coarse, config.n_lists * p);
-    reset(&mut work.grad_codebooks, m * k * sub);
-    work.count_coarse.clear();
-    work.count_coarse.resize(config.n_lists, 0);
-    work.count_codebooks.clear();
-    work.count_codebooks.resize(m * k, 0);
+    let (coarse, codewords) = (&mut work.coarse, &mut work.codewords);
+    coarse.reset(config.n_lists);
+    codewords.reset(m * k);
+    for (&list, codes) in batch.lists.iter().zip(batch.codes.chunks_exact(m)) {
+        if config.n_lists > 0 {
+            coarse.touch(list as usize);
+        }
+        for (s, &code) in codes.iter().enumerate() {
+            codewords.touch(s * k + usize::from(code));
+        }
+    }
+    coarse.start_sums(p);
+    codewords.start_sums(sub);
     for ((e, &list), codes) in batch
         .error
         .chunks_exact(p)
@@ -749,44 +736,52 @@ fn accumulate_gradient(batch: &Batch, config: &IndexingLayerConfig, p: usize, wo
         .zip(batch.codes.chunks_exact(m))
     {
         if config.n_lists > 0 {
-            let j = list as usize;
-            work.count_coarse[j] += 1;
-            for (g, &v) in work.grad_coarse[j * p..(j + 1) * p].iter_mut().zip(e) {
-                *g += v;
-            }
+            coarse.add(list as usize, e);
         }
-        for (s, (&code, e_s)) in codes.iter().zip(e.chunks_exact(sub)).enumerate() {
-            let row = s * k + usize::from(code);
-            work.count_codebooks[row] += 1;
-            for (g, &v) in work.grad_codebooks[row * sub..(row + 1) * sub]
-                .iter_mut()
-                .zip(e_s)
-            {
-                *g += v;
-            }
+        for (s, (&code, e)) in codes.iter().zip(e.chunks_exact(sub)).enumerate() {
+            codewords.add(s * k + usize::from(code), e);
         }
     }
 }
 
-/// The rows of a `width`-wide table with a non-zero count, in ascending order, and their sums
-/// times `scale`, packed for [`OptimizerState::step_rows`].
-fn gather_rows(
-    sums: &[f32],
-    counts: &[u32],
-    width: usize,
-    scale: f32,
-    rows: &mut Vec<u32>,
-    grads: &mut Vec<f32>,
-) {
-    rows.clear();
-    grads.clear();
-    for (r, (&count, sum)) in counts.iter().zip(sums.chunks_exact(width)).enumerate() {
-        if count > 0 {
-            rows.push(r as u32);
-            grads.extend(sum.iter().map(|&g| g * scale));
+/// `Σ e_i²` in f64, in [`PARTIAL_SUMS`] interleaved partial sums added in a fixed order
+/// (deterministic, and it vectorises).
+fn sum_of_squares(e: &[f32]) -> f64 {
+    let mut acc = [0.0f64; PARTIAL_SUMS];
+    let chunks = e.chunks_exact(PARTIAL_SUMS);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f64::from(v) * f64::from(v);
         }
     }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += f64::from(v) * f64::from(v);
+    }
+    acc.iter().sum()
 }
+
+/// `Σ (a_i − b_i)²` in f64, summed like [`sum_of_squares`] (so it equals
+/// `sum_of_squares(b − a)` exactly).
+fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f64; PARTIAL_SUMS];
+    let chunks = a
+        .chunks_exact(PARTIAL_SUMS)
+        .zip(b.chunks_exact(PARTIAL_SUMS));
+    let tail = a.len() / PARTIAL_SUMS * PARTIAL_SUMS;
+    for (a, b) in chunks {
+        for ((acc, &u), &v) in acc.iter_mut().zip(a).zip(b) {
+            *acc += f64::from(u - v) * f64::from(u - v);
+        }
+    }
+    for ((acc, &u), &v) in acc.iter_mut().zip(&a[tail..]).zip(&b[tail..]) {
+        *acc += f64::from(u - v) * f64::from(u - v);
+    }
+    acc.iter().sum()
+}
+
+/// Partial sums of [`sum_of_squares`].
+const PARTIAL_SUMS: usize = 4;
 
 impl fmt::Debug for IndexingLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
