@@ -6,9 +6,9 @@
 //! for both, against exact neighbours found by brute force.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -163,48 +163,29 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
     poeem::io::write_npy(&base_path, &base, padded_dim)?;
     poeem::io::write_npy(&query_path, &queries, padded_dim)?;
 
-    // faiss first, then poeem, on the same files.
+    // faiss builds first, then poeem; then each timed search runs on faiss and at once on poeem,
+    // so that both meet the same machine load.
     let script = dir.join("faiss_search.py");
     std::fs::write(&script, include_str!("faiss_search.py"))?;
-    let nprobe_list = args
-        .nprobe
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    // The OpenBLAS overrides of these machines select a slower kernel for numpy: removed, as in
-    // `bench-faiss quantizers`, so that the peer runs at its best.
-    let output = Command::new(&python)
-        .env_remove("OPENBLAS_CORETYPE")
-        .env_remove("OPENBLAS_L2_SIZE")
-        .arg(&script)
-        .arg(&base_path)
-        .arg(&query_path)
-        .arg(&dir)
-        .arg(args.metric.name())
-        .args(
-            [
-                args.n_lists,
-                m,
-                k,
-                repeats,
-                args.seed as usize,
-                args.build_threads,
-                args.kmeans_iterations.unwrap_or(0),
-            ]
-            .map(|v| v.to_string()),
-        )
-        .arg(&nprobe_list)
-        .output()
-        .context("running the faiss script")?;
-    if !output.status.success() {
-        bail!(
-            "the faiss script failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let faiss: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("reading the faiss script's JSON")?;
+    let mut peer = FaissProcess::spawn(
+        &python,
+        &script,
+        &[
+            base_path.as_os_str(),
+            query_path.as_os_str(),
+            dir.as_os_str(),
+            args.metric.name().as_ref(),
+        ],
+        &[
+            args.n_lists,
+            m,
+            k,
+            args.seed as usize,
+            args.build_threads,
+            args.kmeans_iterations.unwrap_or(0),
+        ],
+    )?;
+    let faiss = peer.receive()?;
 
     // poeem: build, write the index file, and search it through the mmap, as a server would.
     let mut config = BuildConfig::new(args.n_lists, m, 8);
@@ -237,13 +218,19 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
             let params = SearchParams::new(k, nprobe);
             let mut ids = vec![-1i64; nq * k];
             let mut scores = vec![0.0f32; nq * k];
-            let mut times = Vec::with_capacity(repeats);
+            let mut searcher = Searcher::new(&search_index);
+            let (mut faiss_times, mut times) = (Vec::new(), Vec::new());
             for _ in 0..repeats {
+                let answer = peer.request(&format!("{mode} {nprobe}"))?;
+                faiss_times.push(
+                    answer["seconds"]
+                        .as_f64()
+                        .context("the faiss script answered without seconds")?,
+                );
                 ids.fill(-1);
                 let start = Instant::now();
                 match mode {
                     "one" => {
-                        let mut searcher = Searcher::new(&search_index);
                         for ((q, i), s) in queries
                             .chunks_exact(padded_dim)
                             .zip(ids.chunks_exact_mut(k))
@@ -270,7 +257,6 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
                 times.push(start.elapsed().as_secs_f64());
             }
             let faiss_ids = read_ids(&dir.join(format!("faiss_ids_{mode}_{nprobe}.npy")), nq, k)?;
-            let faiss_times = number_list(&faiss["search_seconds"][format!("{mode}_{nprobe}")]);
             let (faiss_qps, poeem_qps) =
                 (nq as f64 / median(&faiss_times), nq as f64 / median(&times));
             rows.push(vec![
@@ -284,6 +270,7 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
             ]);
         }
     }
+    peer.finish()?;
 
     println!(
         "faiss {} ({}); recall@{k} = mean over queries of |returned k ∩ true k| / k (missing results count as misses); QPS = queries / median of {repeats} timed runs",
@@ -551,12 +538,71 @@ fn read_ids(path: &Path, n: usize, k: usize) -> Result<Vec<i64>> {
         .with_context(|| format!("{}: expected int64 ids", path.display()))
 }
 
-/// The numbers of a JSON array (empty when it is not one).
-fn number_list(value: &serde_json::Value) -> Vec<f64> {
-    value
-        .as_array()
-        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
-        .unwrap_or_default()
+/// The faiss script, running: it answers each request line with one JSON line.
+struct FaissProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl FaissProcess {
+    /// Starts `script` with the OpenBLAS overrides of these machines removed (they select a
+    /// slower kernel), as `bench-faiss quantizers` does, so that the peer runs at its best. Its
+    /// stderr goes to ours.
+    fn spawn(
+        python: &Path,
+        script: &Path,
+        paths: &[&std::ffi::OsStr],
+        numbers: &[usize],
+    ) -> Result<Self> {
+        let mut child = Command::new(python)
+            .env_remove("OPENBLAS_CORETYPE")
+            .env_remove("OPENBLAS_L2_SIZE")
+            .arg(script)
+            .args(paths)
+            .args(numbers.iter().map(ToString::to_string))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the faiss script")?;
+        let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+        Ok(Self {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout.context("the faiss script's stdout")?),
+        })
+    }
+
+    /// Reads the script's next JSON line.
+    fn receive(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            let status = self.child.wait()?;
+            bail!("the faiss script ended early ({status}); its errors are printed above");
+        }
+        serde_json::from_str(&line)
+            .with_context(|| format!("reading the faiss script's JSON: {line}"))
+    }
+
+    /// Sends one request line and reads the answer.
+    fn request(&mut self, line: &str) -> Result<serde_json::Value> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the faiss script's stdin is closed")?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .context("writing to the faiss script")?;
+        self.receive()
+    }
+
+    /// Closes the script's input and waits for it to end.
+    fn finish(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        let status = self.child.wait()?;
+        ensure!(status.success(), "the faiss script failed ({status})");
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 """faiss side of `cargo xtask bench-faiss search`: builds IVF{n_lists},PQ{M} and times its search.
 
-Reads the base and query vectors written by xtask, writes the returned ids of every
-(mode, nprobe) as int64 `.npy` files into the output folder (recall is computed by xtask, the same
-way for both libraries) and prints one JSON object with the timings on stdout.
+Reads the base and query vectors written by xtask and builds the index, then prints one JSON line
+(version, settings, build times). It then serves timing requests so that xtask can interleave
+faiss's runs with poeem's: each line `MODE NPROBE` on stdin runs one timed search and answers a
+JSON line `{"seconds": ...}`, after writing the returned ids as an int64 `.npy`
+(`faiss_ids_MODE_NPROBE.npy` in the output folder; recall is computed by xtask, the same way for
+both libraries). End of input ends the script.
 
 Modes: `one` (one thread, one query per call: a Python loop calling the SWIG `search_c` on
 pre-made pointers, so no per-call numpy allocation; the loop's own cost is reported as
@@ -17,9 +20,7 @@ import numpy as np
 import faiss
 
 (base_path, query_path, out_dir, metric_name) = sys.argv[1:5]
-(n_lists, n_subspaces, k, repeats, seed, build_threads, kmeans_iterations) = map(
-    int, sys.argv[5:12])
-nprobes = [int(v) for v in sys.argv[12].split(",")]
+(n_lists, n_subspaces, k, seed, build_threads, kmeans_iterations) = map(int, sys.argv[5:11])
 
 base = np.ascontiguousarray(np.load(base_path), dtype=np.float32)
 queries = np.ascontiguousarray(np.load(query_path), dtype=np.float32)
@@ -77,20 +78,7 @@ def batched():
 
 faiss.omp_set_num_threads(1)
 empty = faiss.IndexFlat(d, metric)
-call_overhead = min(one_at_a_time(empty) for _ in range(repeats)) / nq
-
-modes = [("one", 1, lambda: one_at_a_time(index)), ("batch1", 1, batched), ("batch2", 2, batched)]
-seconds = {}
-for mode, threads, run in modes:
-    faiss.omp_set_num_threads(threads)
-    for nprobe in nprobes:
-        index.nprobe = nprobe
-        times = []
-        for _ in range(repeats):
-            labels.fill(-1)
-            times.append(run())
-        np.save(f"{out_dir}/faiss_ids_{mode}_{nprobe}.npy", labels)
-        seconds[f"{mode}_{nprobe}"] = times
+call_overhead = min(one_at_a_time(empty) for _ in range(3)) / nq
 
 print(json.dumps({
     "faiss_version": faiss.__version__,
@@ -99,5 +87,15 @@ print(json.dumps({
     "add_seconds": add_seconds,
     "index_bytes": index_bytes,
     "call_overhead_seconds": call_overhead,
-    "search_seconds": seconds,
-}))
+}), flush=True)
+
+modes = {"one": (1, lambda: one_at_a_time(index)), "batch1": (1, batched), "batch2": (2, batched)}
+for line in sys.stdin:
+    mode, nprobe = line.split()
+    threads, run = modes[mode]
+    faiss.omp_set_num_threads(threads)
+    index.nprobe = int(nprobe)
+    labels.fill(-1)
+    seconds = run()
+    np.save(f"{out_dir}/faiss_ids_{mode}_{nprobe}.npy", labels)
+    print(json.dumps({"seconds": seconds}), flush=True)

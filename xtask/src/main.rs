@@ -5,6 +5,7 @@
 //! - `cargo xtask bench-faiss quantizers`: k-means and PQ encoding, poeem against faiss.
 //! - `cargo xtask bench-faiss search --vectors FILE`: IVF-PQ recall and queries per second,
 //!   poeem against faiss, on real vectors.
+//! - `cargo xtask bench-train`: training throughput with and without the indexing layer.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_faiss;
 mod bench_faiss_search;
+mod bench_train;
 mod reproduce_rotation;
 mod table;
 
@@ -35,6 +37,9 @@ enum Command {
         #[command(subcommand)]
         target: BenchTarget,
     },
+    /// Training throughput (examples/s) on the synthetic tutorial, with and without the
+    /// indexing layer, at several batch sizes and thread counts.
+    BenchTrain(bench_train::BenchTrainArgs),
 }
 
 #[derive(Subcommand)]
@@ -64,6 +69,7 @@ fn main() -> Result<()> {
         Command::BenchFaiss {
             target: BenchTarget::Search(args),
         } => bench_faiss_search::search(&args),
+        Command::BenchTrain(args) => bench_train::run(&args),
     }
 }
 

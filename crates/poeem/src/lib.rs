@@ -7,8 +7,12 @@
 //! - [`pq`] (`poeem-pq`): k-means, the coarse quantizer, product quantization, OPQ, the IVF-PQ
 //!   codec;
 //! - [`search`] (`poeem-search`): the versioned, mmap-backed index file and IVF-PQ search;
+//! - [`train`] (`poeem-train`): the two-tower model with the indexing layer, data loading,
+//!   training with exact-resume checkpoints, ranking metrics;
 //!
-//! plus [`io`] for vector files (`.npy`, `.fvecs`) and [`synthetic`] for seeded test data.
+//! plus [`pipeline`], the glue between a trained model and its index (export, evaluation through
+//! an index, the synthetic tutorial experiment), [`io`] for vector files (`.npy`, `.fvecs`) and
+//! [`synthetic`] for seeded test data.
 //!
 //! ```
 //! use poeem::pq::{IvfPqConfig, OpqConfig, Par, train_opq};
@@ -27,6 +31,8 @@
 pub use poeem_pq as pq;
 pub use poeem_rotation as rotation;
 pub use poeem_search as search;
+pub use poeem_train as train;
 
 pub mod io;
+pub mod pipeline;
 pub mod synthetic;

@@ -1,0 +1,263 @@
+//! Entity ids between a model (string tokens, dense indices) and an index (`u64` ids), and token
+//! list files.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::PipelineError;
+use crate::search::PADDING_ID;
+use crate::train::Vocab;
+
+/// Which `u64` ids an index gives a model's items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemIds {
+    /// The item's token read as a number: used when every token is a canonical decimal integer
+    /// (digits only, no leading zero, below `u64::MAX`), so search results are the data's own ids.
+    Tokens,
+    /// The item's dense index (its position in the model's item vocabulary); the token list is
+    /// written beside the index to translate them.
+    Dense,
+}
+
+impl ItemIds {
+    /// [`Tokens`](Self::Tokens) when every token of `items` is a canonical integer,
+    /// [`Dense`](Self::Dense) otherwise.
+    pub fn for_vocab(items: &Vocab) -> Self {
+        if items.tokens().iter().all(|t| canonical_id(t).is_some()) {
+            Self::Tokens
+        } else {
+            Self::Dense
+        }
+    }
+
+    /// The id of every item, in index order.
+    ///
+    /// # Errors
+    /// [`PipelineError::Mismatch`] for [`Tokens`](Self::Tokens) when a token is not a
+    /// canonical integer.
+    pub fn ids(self, items: &Vocab) -> Result<Vec<u64>, PipelineError> {
+        match self {
+            Self::Dense => Ok((0..items.len() as u64).collect()),
+            Self::Tokens => items
+                .tokens()
+                .iter()
+                .map(|t| {
+                    canonical_id(t).ok_or_else(|| PipelineError::Mismatch {
+                        reason: format!("item id {t:?} is not an integer id"),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The name stored in index metadata: `"tokens"` or `"dense"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tokens => "tokens",
+            Self::Dense => "dense",
+        }
+    }
+}
+
+impl std::str::FromStr for ItemIds {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tokens" => Ok(Self::Tokens),
+            "dense" => Ok(Self::Dense),
+            _ => Err(format!("expected tokens or dense, got {s:?}")),
+        }
+    }
+}
+
+/// `token` as an id when it is the canonical decimal form of a `u64` other than the padding id.
+fn canonical_id(token: &str) -> Option<u64> {
+    let id: u64 = token.parse().ok()?;
+    (id != PADDING_ID && id.to_string() == token).then_some(id)
+}
+
+/// Translates an index's result ids back to a model's item indices.
+#[derive(Debug, Clone)]
+pub struct IdMap {
+    kind: ItemIds,
+    n_items: usize,
+    tokens: HashMap<u64, u32>,
+}
+
+impl IdMap {
+    /// The map for an index whose ids are `kind` over the items `items`.
+    pub fn new(kind: ItemIds, items: &Vocab) -> Self {
+        let tokens = match kind {
+            ItemIds::Dense => HashMap::new(),
+            ItemIds::Tokens => items
+                .tokens()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| canonical_id(t).map(|id| (id, i as u32)))
+                .collect(),
+        };
+        Self {
+            kind,
+            n_items: items.len(),
+            tokens,
+        }
+    }
+
+    /// Which ids the map reads.
+    pub fn kind(&self) -> ItemIds {
+        self.kind
+    }
+
+    /// The item index of result id `id`; `u32::MAX` for an empty result slot (a negative id).
+    ///
+    /// # Errors
+    /// [`PipelineError::Mismatch`] when no item of the model has that id (the index belongs to
+    /// another model, or holds ids of another kind).
+    pub fn index_of(&self, id: i64) -> Result<u32, PipelineError> {
+        let Ok(id) = u64::try_from(id) else {
+            return Ok(u32::MAX);
+        };
+        let found = match self.kind {
+            ItemIds::Dense => (id < self.n_items as u64).then_some(id as u32),
+            ItemIds::Tokens => self.tokens.get(&id).copied(),
+        };
+        found.ok_or_else(|| PipelineError::Mismatch {
+            reason: format!(
+                "the index returned id {id}, which is no item of the model ({} ids over {} items)",
+                self.kind.name(),
+                self.n_items
+            ),
+        })
+    }
+}
+
+/// Writes `tokens` to `path`, one per line, atomically.
+///
+/// # Errors
+/// [`PipelineError::Mismatch`] when a token holds a line break (the list could not be read
+/// back), [`PipelineError::Io`] when the file cannot be written.
+pub fn write_token_list(path: &Path, tokens: &[String]) -> Result<(), PipelineError> {
+    if let Some(bad) = tokens.iter().find(|t| t.contains(['\n', '\r'])) {
+        return Err(PipelineError::Mismatch {
+            reason: format!("id {bad:?} holds a line break and cannot be listed one per line"),
+        });
+    }
+    poeem_fs::write_atomically(path, |w| {
+        for token in tokens {
+            w.write_all(token.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+    .map_err(|e| PipelineError::io(e.path, e.source))
+}
+
+/// Reads ids from `path`, one per line (surrounding whitespace trimmed, blank lines skipped),
+/// and returns their indices in `vocab`, in file order.
+///
+/// # Errors
+/// [`PipelineError::Io`] when the file cannot be read, [`PipelineError::BadFile`] when it is
+/// not UTF-8 or lists no id, [`PipelineError::UnknownId`] naming the first id `vocab` does not
+/// hold and its line.
+pub fn read_token_indices(
+    path: &Path,
+    vocab: &Vocab,
+    side: &'static str,
+) -> Result<Vec<u32>, PipelineError> {
+    let bytes = std::fs::read(path).map_err(|e| PipelineError::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| PipelineError::BadFile {
+        path: path.to_path_buf(),
+        reason: format!("not UTF-8 text: {e}"),
+    })?;
+    let mut indices = Vec::new();
+    for (line, token) in text.lines().enumerate() {
+        let token = token.trim();
+        if token.is_empty() {
+            continue;
+        }
+        let index = vocab.get(token).ok_or_else(|| PipelineError::UnknownId {
+            side,
+            token: token.to_owned(),
+            location: Some(format!("{}:{}", path.display(), line + 1)),
+        })?;
+        indices.push(index);
+    }
+    if indices.is_empty() {
+        return Err(PipelineError::BadFile {
+            path: path.to_path_buf(),
+            reason: "lists no id".to_owned(),
+        });
+    }
+    Ok(indices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab(tokens: &[&str]) -> Vocab {
+        Vocab::from_tokens(tokens.iter().map(|t| t.to_string()).collect()).unwrap()
+    }
+
+    #[test]
+    fn integer_tokens_become_ids_and_others_dense_indices() {
+        let numbers = vocab(&["7", "0", "18446744073709551614"]);
+        assert_eq!(ItemIds::for_vocab(&numbers), ItemIds::Tokens);
+        assert_eq!(ItemIds::Tokens.ids(&numbers).unwrap(), [7, 0, u64::MAX - 1]);
+        for odd in [
+            &["1", "01"][..],
+            &["1", "x"],
+            &["-3"],
+            &["18446744073709551615"],
+        ] {
+            let v = vocab(odd);
+            assert_eq!(ItemIds::for_vocab(&v), ItemIds::Dense, "{odd:?}");
+            assert_eq!(
+                ItemIds::Dense.ids(&v).unwrap(),
+                (0..odd.len() as u64).collect::<Vec<_>>()
+            );
+        }
+        assert!(ItemIds::Tokens.ids(&vocab(&["a"])).is_err());
+    }
+
+    #[test]
+    fn result_ids_map_back_to_item_indices() {
+        let items = vocab(&["30", "10", "20"]);
+        let tokens = IdMap::new(ItemIds::Tokens, &items);
+        assert_eq!(tokens.index_of(20).unwrap(), 2);
+        assert_eq!(tokens.index_of(-1).unwrap(), u32::MAX);
+        assert!(tokens.index_of(2).unwrap_err().to_string().contains("id 2"));
+        let dense = IdMap::new(ItemIds::Dense, &items);
+        assert_eq!(dense.index_of(2).unwrap(), 2);
+        assert!(dense.index_of(3).is_err());
+    }
+
+    #[test]
+    fn token_lists_round_trip_and_unknown_ids_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let items = vocab(&["a b", "c", "d"]);
+        let path = dir.path().join("ids.txt");
+        write_token_list(&path, items.tokens()).unwrap();
+        assert_eq!(
+            read_token_indices(&path, &items, "item").unwrap(),
+            [0, 1, 2]
+        );
+        std::fs::write(&path, "d\n\n  c \nzz\n").unwrap();
+        let err = read_token_indices(&path, &items, "item")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown item id \"zz\"") && err.contains(":4"),
+            "{err}"
+        );
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_token_indices(&path, &items, "item").is_err());
+        let bad = ["x\ny".to_owned()];
+        assert!(write_token_list(&path, &bad).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! `cargo xtask bench-train`: training throughput of the tutorial model with and without the
+//! indexing layer.
+//!
+//! Each measurement trains the tutorial model ([`TrainConfig::tutorial`], 64-d id embeddings)
+//! on the synthetic tutorial pairs. With the layer ([`TrainConfig::tutorial_poeem`], J = 8,
+//! K = 256, D = 8, no rotation), its warm-up is cut to 8 steps and the run is first taken past the
+//! k-means init, untimed, so that every timed step is a joint step (quantize, regularizer and
+//! centroid updates included). The timed runs then continue the same training.
+
+use anyhow::{Result, bail};
+use poeem::train::synthetic::tutorial_dataset;
+use poeem::train::{Dataset, TrainConfig, Trainer};
+
+use crate::table::{markdown, median};
+
+/// Arguments of `bench-train`.
+#[derive(clap::Args)]
+pub(crate) struct BenchTrainArgs {
+    /// Synthetic tutorial pairs to train on.
+    #[arg(long, default_value_t = 200_000)]
+    pairs: usize,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128,1024")]
+    batch_sizes: Vec<usize>,
+    /// Thread counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Training examples per timed run (rounded up to whole batches).
+    #[arg(long, default_value_t = 300_000)]
+    examples: usize,
+    /// Timed runs per configuration; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+/// Median examples per second of `repeats` timed runs of `steps` steps each, after `warm_steps`
+/// untimed ones.
+fn throughput(
+    config: TrainConfig,
+    dataset: &Dataset,
+    warm_steps: u64,
+    steps: u64,
+    repeats: usize,
+) -> Result<f64> {
+    let mut trainer = Trainer::new(config, dataset)?;
+    trainer.train_steps(warm_steps, &mut |_| {})?;
+    if let Some(layer) = trainer.model().layer()
+        && !layer.is_initialized()
+    {
+        bail!("the indexing layer is not initialised after {warm_steps} warm steps");
+    }
+    let mut rates = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let report = trainer.train_steps(steps, &mut |_| {})?;
+        if report.steps_run != steps {
+            bail!("the run ended early; raise --pairs");
+        }
+        rates.push(report.examples_per_second);
+    }
+    Ok(median(&rates))
+}
+
+pub(crate) fn run(args: &BenchTrainArgs) -> Result<()> {
+    if args.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let dataset = tutorial_dataset(args.pairs, 0);
+    println!(
+        "Training throughput on the synthetic tutorial ({} pairs, 64-d id embeddings, in-batch \
+         softmax, Adagrad); layer J=8, K=256, D=8, joint phase. Examples/s, median of {} runs \
+         of {} examples each.\n",
+        args.pairs, args.repeats, args.examples
+    );
+    let mut rows = Vec::new();
+    for &batch in &args.batch_sizes {
+        for &threads in &args.threads {
+            let steps = args.examples.div_ceil(batch) as u64;
+            let base = TrainConfig {
+                batch_size: batch,
+                epochs: 10_000,
+                threads,
+                log_every_steps: 0,
+                checkpoint_every_steps: 0,
+                ..TrainConfig::tutorial()
+            };
+            let plain = throughput(base.clone(), &dataset, 8, steps, args.repeats)?;
+            let mut layered = TrainConfig {
+                index: TrainConfig::tutorial_poeem().index,
+                ..base
+            };
+            let layer = layered
+                .index
+                .as_mut()
+                .expect("the Poeem preset has a layer");
+            layer.warmup_steps = 8;
+            let warm = 8 + layer.buffer_size.div_ceil(batch) as u64 + 8;
+            let with_layer = throughput(layered, &dataset, warm, steps, args.repeats)?;
+            rows.push(vec![
+                batch.to_string(),
+                threads.to_string(),
+                format!("{plain:.0}"),
+                format!("{with_layer:.0}"),
+                format!("{:+.1}%", (plain / with_layer - 1.0) * 100.0),
+            ]);
+            eprintln!("batch {batch}, {threads} thread(s): done");
+        }
+    }
+    print!(
+        "{}",
+        markdown(
+            &[
+                "batch",
+                "threads",
+                "plain examples/s",
+                "with layer examples/s",
+                "layer time overhead",
+            ],
+            &rows,
+        )
+    );
+    Ok(())
+}
