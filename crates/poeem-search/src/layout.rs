@@ -147,7 +147,10 @@ impl IndexParams {
         if self.n_subspaces == 0 {
             return bad("n_subspaces", self.n_subspaces, "must be at least 1");
         }
-        let padded = self.dim.div_ceil(self.n_subspaces).checked_mul(self.n_subspaces);
+        let padded = self
+            .dim
+            .div_ceil(self.n_subspaces)
+            .checked_mul(self.n_subspaces);
         if padded != Some(self.padded_dim) {
             return bad(
                 "padded_dim",

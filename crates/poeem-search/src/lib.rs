@@ -24,15 +24,15 @@ mod searcher;
 mod storage;
 mod topk;
 
+pub use build::{BuildConfig, BuildReport, build_index, index_from_codec};
 pub use error::SearchError;
-pub use layout::{
-    BLOCK, IndexParams, IndexParts, IndexView, ListView, Metric, PADDING_ID, padded_len,
-};
 pub use format::{encode_index, write_index};
 pub use index::{Index, IndexInfo, SectionInfo};
 pub use kernels::{Kernel, TABLE_STRIDE};
-pub use searcher::{Probe, SearchIndex, SearchParams, Searcher};
-pub use build::{BuildConfig, BuildReport, build_index, index_from_codec};
+pub use layout::{
+    BLOCK, IndexParams, IndexParts, IndexView, ListView, Metric, PADDING_ID, padded_len,
+};
 pub use reference::{
     ReferenceFile, ReferenceImport, encode_reference, import_reference, parse_reference,
 };
+pub use searcher::{Probe, SearchIndex, SearchParams, Searcher};
