@@ -60,7 +60,7 @@ pub(crate) fn find_faiss_python(explicit: Option<&Path>) -> Option<PathBuf> {
 
 /// A Python command with the OpenBLAS overrides of these machines removed, so that the peer runs
 /// at its best (they select a slower kernel for numpy).
-fn python_command(python: &Path) -> Command {
+pub(crate) fn python_command(python: &Path) -> Command {
     let mut cmd = Command::new(python);
     cmd.env_remove("OPENBLAS_CORETYPE")
         .env_remove("OPENBLAS_L2_SIZE");

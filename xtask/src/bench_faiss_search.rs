@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -555,9 +555,7 @@ impl FaissProcess {
         paths: &[&std::ffi::OsStr],
         numbers: &[usize],
     ) -> Result<Self> {
-        let mut child = Command::new(python)
-            .env_remove("OPENBLAS_CORETYPE")
-            .env_remove("OPENBLAS_L2_SIZE")
+        let mut child = crate::bench_faiss::python_command(python)
             .arg(script)
             .args(paths)
             .args(numbers.iter().map(ToString::to_string))

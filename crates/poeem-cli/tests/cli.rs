@@ -2,41 +2,12 @@
 //! errors a user sees for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+use common::{assert_ok, path_str, poeem, read_npy, stderr};
 
 use poeem::io::{write_npy, write_npy_i64};
 use poeem::search::{Index, ReferenceFile, encode_reference};
-
-fn poeem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_poeem"))
-        .args(args)
-        .output()
-        .expect("the poeem binary runs")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn assert_ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "poeem failed: {}\n{}",
-        stderr(output),
-        String::from_utf8_lossy(&output.stdout)
-    );
-}
-
-fn read_i64_matrix(path: &Path) -> (Vec<i64>, Vec<u64>) {
-    let bytes = std::fs::read(path).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().to_vec();
-    (npy.into_vec::<i64>().unwrap(), shape)
-}
 
 const N: usize = 3_000;
 const DIM: usize = 12;
@@ -112,7 +83,7 @@ fn build_info_verify_search_round_trip() {
         path_str(&scores_out),
     ]);
     assert_ok(&search);
-    let (found, shape) = read_i64_matrix(&ids_out);
+    let (found, shape) = read_npy::<i64>(&ids_out);
     assert_eq!(shape, vec![20, 5]);
     // Each query is a copy of an indexed vector: with every list probed, its own id ranks near
     // the top (PQ is lossy, so allow it anywhere in the top 5 for most queries).

@@ -2,41 +2,16 @@
 //! resuming after a kill, the demo, and the errors a user sees for bad data or arguments.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{assert_ok, path_str, poeem, read_npy, stderr, stdout};
 
 use poeem::pq::Par;
 use poeem::search::Index;
 use poeem::train::Model;
 use poeem::train::checkpoint::checkpoint_path;
-
-fn poeem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_poeem"))
-        .args(args)
-        .output()
-        .expect("the poeem binary runs")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn assert_ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "poeem failed: {}\n{}",
-        stderr(output),
-        stdout(output)
-    );
-}
 
 /// Runs `poeem args` and returns its error message (the command must fail).
 fn error_of(args: &[&str]) -> String {
@@ -47,21 +22,6 @@ fn error_of(args: &[&str]) -> String {
         stdout(&out)
     );
     stderr(&out)
-}
-
-fn read_f32_matrix(path: &Path) -> (Vec<f32>, Vec<u64>) {
-    let bytes = std::fs::read(path).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().to_vec();
-    (npy.into_vec::<f32>().unwrap(), shape)
-}
-
-fn read_i64_matrix(path: &Path) -> Vec<i64> {
-    let bytes = std::fs::read(path).unwrap();
-    npyz::NpyFile::new(&bytes[..])
-        .unwrap()
-        .into_vec::<i64>()
-        .unwrap()
 }
 
 /// `train` arguments of a small synthetic run with the indexing layer (4 lists, 4 subspaces of 4
@@ -348,7 +308,7 @@ fn export_search_and_evaluate_round_trip() {
         std::fs::read_to_string(dir.join("q.ids.txt")).unwrap(),
         "u5\nu17\nu0\n"
     );
-    let (q, shape) = read_f32_matrix(&queries);
+    let (q, shape) = read_npy::<f32>(&queries);
     assert_eq!(shape, [3, 8]);
     let (found, scores) = (dir.join("found.npy"), dir.join("scores.npy"));
     assert_ok(&poeem(&[
@@ -366,7 +326,7 @@ fn export_search_and_evaluate_round_trip() {
         "--scores",
         path_str(&scores),
     ]));
-    let (found, (scores, _)) = (read_i64_matrix(&found), read_f32_matrix(&scores));
+    let (found, (scores, _)) = (read_npy::<i64>(&found).0, read_npy::<f32>(&scores));
     let all: Vec<u32> = (0..40).collect();
     let x = model.embed_items(&all, Par::Seq).unwrap();
     let mut tau = vec![0.0f32; x.len()];

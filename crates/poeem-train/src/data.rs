@@ -355,22 +355,12 @@ impl Dataset {
         train: Vec<(u32, u32)>,
         test: Vec<(u32, u32)>,
     ) -> Result<Self, TrainError> {
-        for &(q, i) in train.iter().chain(&test) {
-            if q as usize >= n_queries {
-                return Err(TrainError::OutOfRange {
-                    what: "query",
-                    index: u64::from(q),
-                    bound: n_queries as u64,
-                });
-            }
-            if i as usize >= n_items {
-                return Err(TrainError::OutOfRange {
-                    what: "item",
-                    index: u64::from(i),
-                    bound: n_items as u64,
-                });
-            }
-        }
+        check_pairs(
+            train.iter().chain(&test),
+            n_queries,
+            n_items,
+            ["query", "item"],
+        )?;
         let item_counts = count_items(&train, n_items);
         Ok(Self {
             queries: Vocab::numbered(n_queries)?,
@@ -392,6 +382,28 @@ impl Dataset {
     pub fn n_items(&self) -> usize {
         self.items.len()
     }
+}
+
+/// Checks that every pair's query is below `n_queries` and its item below `n_items`; `what`
+/// names the two sides in the error.
+pub(crate) fn check_pairs<'a>(
+    pairs: impl IntoIterator<Item = &'a (u32, u32)>,
+    n_queries: usize,
+    n_items: usize,
+    what: [&'static str; 2],
+) -> Result<(), TrainError> {
+    for &(q, i) in pairs {
+        for (index, bound, what) in [(q, n_queries, what[0]), (i, n_items, what[1])] {
+            if index as usize >= bound {
+                return Err(TrainError::OutOfRange {
+                    what,
+                    index: u64::from(index),
+                    bound: bound as u64,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Occurrences of each of `n_items` items in `pairs`.

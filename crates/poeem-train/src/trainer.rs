@@ -691,23 +691,12 @@ fn check_pairs(dataset: &Dataset) -> Result<(), TrainError> {
             reason: "at most 2^32 − 1 training pairs are supported",
         });
     }
-    let (nq, ni) = (dataset.n_queries(), dataset.n_items());
-    for &(q, i) in &dataset.train {
-        if q as usize >= nq {
-            return Err(TrainError::OutOfRange {
-                what: "training query",
-                index: u64::from(q),
-                bound: nq as u64,
-            });
-        }
-        if i as usize >= ni {
-            return Err(TrainError::OutOfRange {
-                what: "training item",
-                index: u64::from(i),
-                bound: ni as u64,
-            });
-        }
-    }
+    crate::data::check_pairs(
+        &dataset.train,
+        dataset.n_queries(),
+        dataset.n_items(),
+        ["training query", "training item"],
+    )?;
     Ok(())
 }
 
