@@ -84,7 +84,7 @@ impl IndexMode {
 }
 
 /// The settings `--resume` takes from the model directory instead of the command line.
-const RUN_SETTINGS: [&str; 30] = [
+const RUN_SETTINGS: [&str; 31] = [
     "interactions",
     "synthetic",
     "synthetic_pairs",
@@ -108,6 +108,7 @@ const RUN_SETTINGS: [&str; 30] = [
     "batch_size",
     "dim",
     "learning_rate",
+    "layer_learning_rate",
     "temperature",
     "embedding_dim",
     "hidden",
@@ -201,6 +202,9 @@ pub struct TrainArgs {
     /// Learning rate of the towers and the layer.
     #[arg(long)]
     learning_rate: Option<f32>,
+    /// Learning rate of the layer's centroids and codewords (default: --learning-rate).
+    #[arg(long)]
+    layer_learning_rate: Option<f32>,
     /// Softmax temperature (the score is cosine / temperature).
     #[arg(long)]
     temperature: Option<f32>,
@@ -305,6 +309,7 @@ impl TrainArgs {
             ("--warmup-steps", self.warmup_steps.is_some()),
             ("--buffer-size", self.buffer_size.is_some()),
             ("--regularizer-weight", self.regularizer_weight.is_some()),
+            ("--layer-learning-rate", self.layer_learning_rate.is_some()),
         ];
         if rotation.is_none()
             && let Some((flag, _)) = layer_only.iter().find(|(_, given)| *given)
@@ -331,6 +336,9 @@ impl TrainArgs {
             if let Some(layer) = &mut config.index {
                 layer.optimizer = with_learning_rate(layer.optimizer, lr)?;
             }
+        }
+        if let (Some(lr), Some(layer)) = (self.layer_learning_rate, &mut config.index) {
+            layer.optimizer = with_learning_rate(layer.optimizer, lr)?;
         }
         let seed = self.seed.unwrap_or(0);
         config.seed = seed;

@@ -19,6 +19,6 @@ pub use layer::{
     RotationMode,
 };
 pub use loss::LossReduction;
-pub use model::{Fields, Model, ModelConfig, TowerConfig};
+pub use model::{Fields, Model, ModelConfig, TowerConfig, WarmStartItems};
 pub use optim::{OptimizerConfig, OptimizerState};
 pub use trainer::{LrSchedule, TrainConfig, TrainProgress, TrainReport, Trainer};

@@ -14,7 +14,7 @@ use poeem_train::loss::{
     LossReduction, LossScratch, NORM_EPSILON, SoftmaxLoss, normalize_rows, normalize_rows_backward,
 };
 use poeem_train::model::{EmbeddingTable, Fields, Mlp, MlpCache, SparseGrad, Tower, TowerCache};
-use poeem_train::{Model, ModelConfig, TowerConfig};
+use poeem_train::{IndexingLayerConfig, Model, ModelConfig, Phase, TowerConfig, WarmStartItems};
 use proptest::prelude::{ProptestConfig, any, prop_assert, proptest};
 use proptest::test_runner::{RngSeed, TestCaseError};
 use rand::{Rng, SeedableRng};
@@ -297,6 +297,7 @@ proptest! {
             log_q_correction: true,
             reduction: LossReduction::Sum,
             mask_duplicates: false,
+            warm_start_items: WarmStartItems::Catalogue,
             seed,
         };
         let mut model = Model::new(config, None, &dataset).unwrap();
@@ -591,4 +592,90 @@ fn model_loss_uses_its_embeddings_and_log_q() {
         (value.sum - expected.sum).abs() < 1e-4 * expected.sum.abs(),
         "{value:?} vs {expected:?}"
     );
+}
+
+/// A model whose layer leaves its warm-up after one step and needs `buffer_size` rows, on 50
+/// items.
+fn model_with_layer(warm_start_items: WarmStartItems, buffer_size: usize) -> Model {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let train: Vec<(u32, u32)> = (0..200)
+        .map(|_| (rng.random_range(0..30), rng.random_range(0..50)))
+        .collect();
+    let dataset = Dataset::from_pairs(30, 50, train, Vec::new()).unwrap();
+    let config = ModelConfig {
+        dim: 4,
+        warm_start_items,
+        ..ModelConfig::tutorial()
+    };
+    let layer = IndexingLayerConfig {
+        n_lists: 2,
+        n_subspaces: 2,
+        n_bits: 2,
+        warmup_steps: 1,
+        buffer_size,
+        ..IndexingLayerConfig::tutorial()
+    };
+    Model::new(config, Some(layer), &dataset).unwrap()
+}
+
+/// The layer sees each distinct item of a batch once: in its buffer and in its joint steps
+/// (whose codes are those of the distinct rows), and every row of a repeated item gets the
+/// same output.
+#[test]
+fn the_layer_sees_each_distinct_item_of_a_batch_once() {
+    let mut model = model_with_layer(WarmStartItems::Batches, 8);
+    let mut scratch = model.new_scratch();
+    let queries = [0, 1, 2, 3, 4, 5];
+    let step = |model: &mut Model, scratch: &mut _, items: &[u32]| {
+        model
+            .compute_gradients(&queries, items, scratch, Par::Seq)
+            .unwrap()
+    };
+    step(&mut model, &mut scratch, &[0, 1, 2, 3, 4, 5]);
+    assert_eq!(model.layer().unwrap().phase(), Phase::Buffering);
+    step(&mut model, &mut scratch, &[7, 7, 8, 8, 8, 9]);
+    assert_eq!(model.layer().unwrap().buffered_rows(), 3);
+    step(&mut model, &mut scratch, &[10, 11, 11, 12, 13, 14, 15, 16]);
+    assert_eq!(model.layer().unwrap().buffered_rows(), 8);
+    let stats = step(&mut model, &mut scratch, &[20, 21, 20, 22, 21, 20]);
+    assert!(stats.layer.unwrap().initialized);
+    let (lists, codes) = model.layer().unwrap().pending_codes().unwrap();
+    assert_eq!((lists.len(), codes.len()), (3, 6));
+}
+
+/// With `WarmStartItems::Catalogue`, buffering steps fill the buffer with the whole catalogue
+/// while it is smaller than the room left, then with a uniform sample of distinct items,
+/// whatever the batches hold.
+#[test]
+fn the_warm_start_buffer_samples_the_catalogue() {
+    for (buffer_size, expected) in [(20, vec![20]), (120, vec![50, 100, 120])] {
+        let mut model = model_with_layer(WarmStartItems::Catalogue, buffer_size);
+        let mut scratch = model.new_scratch();
+        let (queries, items) = ([0, 1, 2], [3, 3, 3]);
+        model
+            .compute_gradients(&queries, &items, &mut scratch, Par::Seq)
+            .unwrap();
+        for rows in expected {
+            assert_eq!(model.layer().unwrap().phase(), Phase::Buffering);
+            model
+                .compute_gradients(&queries, &items, &mut scratch, Par::Seq)
+                .unwrap();
+            assert_eq!(model.layer().unwrap().buffered_rows(), rows);
+        }
+        let stats = model
+            .compute_gradients(&queries, &items, &mut scratch, Par::Seq)
+            .unwrap();
+        assert!(stats.layer.unwrap().initialized);
+        // The batches hold one item, too few for k-means; the catalogue's 50 fill both lists.
+        let all: Vec<u32> = (0..50).collect();
+        let x = model.embed_items(&all, Par::Seq).unwrap();
+        let codec = model.item_codec().unwrap();
+        let mut lists = vec![0u32; 50];
+        codec
+            .coarse()
+            .unwrap()
+            .assign_lists(&x, &mut lists, Par::Seq)
+            .unwrap();
+        assert!(lists.contains(&0) && lists.contains(&1));
+    }
 }

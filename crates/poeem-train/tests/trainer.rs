@@ -2,7 +2,7 @@
 //! and without the indexing layer, mid-epoch, in the layer's buffering phase, across thread
 //! counts), refusal of corrupt checkpoints, other datasets and bad settings.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use faer::Par;
 use poeem_train::checkpoint::{CHECKPOINT_FILE, checkpoint_path};
@@ -11,7 +11,7 @@ use poeem_train::metrics::top_k_inner_product;
 use poeem_train::synthetic::{tutorial_dataset, tutorial_is_relevant};
 use poeem_train::{
     Dataset, Fields, IndexingLayerConfig, LrSchedule, Model, ModelConfig, OptimizerConfig,
-    TowerConfig, TrainConfig, TrainError, TrainProgress, Trainer,
+    TowerConfig, TrainConfig, TrainError, TrainProgress, Trainer, WarmStartItems,
 };
 
 fn quiet() -> impl FnMut(&TrainProgress) {
@@ -182,26 +182,35 @@ fn resume_is_exact_without_the_layer() {
 #[test]
 fn resume_is_exact_with_the_layer() {
     let dataset = tutorial_dataset(3_000, 3);
-    let config = TrainConfig {
-        index: Some(small_layer()),
-        ..small_config(2)
-    };
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let whole = uninterrupted(config.clone(), &dataset, &a);
-    // Step 22: buffering (warm-up ends after 20 steps, the buffer fills at 24); step 30: the
-    // joint phase, mid-epoch; 60: the second epoch.
-    let mut probe = Trainer::new(config.clone(), &dataset).unwrap();
-    probe.train_steps(22, &mut quiet()).unwrap();
-    assert_eq!(probe.model().layer().unwrap().phase(), Phase::Buffering);
-    probe.train_steps(8, &mut quiet()).unwrap();
-    assert_eq!(probe.model().layer().unwrap().phase(), Phase::Joint);
+    // Batches: the warm-up ends after 20 steps, the buffer fills at 24; step 22 stops while
+    // buffering. Catalogue: step 20 fills the buffer at once, step 21 initialises. Then 30:
+    // the joint phase, mid-epoch; 60: the second epoch.
+    let mut a = PathBuf::new();
+    for (items, buffering_at, stops) in [
+        (WarmStartItems::Batches, 22, [22, 30, 60]),
+        (WarmStartItems::Catalogue, 20, [21, 30, 60]),
+    ] {
+        let mut config = TrainConfig {
+            index: Some(small_layer()),
+            ..small_config(2)
+        };
+        config.model.warm_start_items = items;
+        a = tmp.path().join(format!("{items:?}-a"));
+        let b = tmp.path().join(format!("{items:?}-b"));
+        let whole = uninterrupted(config.clone(), &dataset, &a);
+        let mut probe = Trainer::new(config.clone(), &dataset).unwrap();
+        probe.train_steps(buffering_at, &mut quiet()).unwrap();
+        assert_eq!(probe.model().layer().unwrap().phase(), Phase::Buffering);
+        probe.train_steps(30 - buffering_at, &mut quiet()).unwrap();
+        assert_eq!(probe.model().layer().unwrap().phase(), Phase::Joint);
 
-    let pieces = interrupted(config, &dataset, &b, &[22, 30, 60]);
-    assert!(
-        whole == pieces,
-        "resumed run differs from the uninterrupted one"
-    );
+        let pieces = interrupted(config, &dataset, &b, &stops);
+        assert!(
+            whole == pieces,
+            "{items:?}: resumed run differs from the uninterrupted one"
+        );
+    }
 
     let model = Model::load(&a).unwrap();
     let codec = model.item_codec().expect("the layer has been initialised");

@@ -36,12 +36,15 @@ pub use tower::{
 
 use crate::checkpoint::f32_bytes;
 use crate::data::{Dataset, EntityFeatures, Vocab};
-use crate::layer::{IndexingLayer, IndexingLayerConfig, LayerStep};
+use crate::layer::{IndexingLayer, IndexingLayerConfig, LayerStep, Phase};
 use crate::loss::{
     LossReduction, LossScratch, LossValue, SoftmaxLoss, normalize_rows, normalize_rows_backward,
     smooth_norm,
 };
 use crate::{OptimizerConfig, TrainError};
+
+/// Mixed into the layer's seed for the catalogue sample of the warm start.
+const CATALOGUE_SALT: u64 = 0x3C6E_F372_FE94_F82B;
 
 /// Rows per block when embedding many entities for inference.
 const EMBED_BLOCK: usize = 4096;
@@ -73,8 +76,25 @@ pub struct ModelConfig {
     /// Drop from a query's candidates the other copies of its positive item (off in the
     /// reference: duplicates then count as negatives).
     pub mask_duplicates: bool,
+    /// Which items fill the indexing layer's warm-start buffer.
+    #[serde(default)]
+    pub warm_start_items: WarmStartItems,
     /// Seed of the parameter initialisation.
     pub seed: u64,
+}
+
+/// Which items' embeddings the indexing layer's warm-start k-means runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmStartItems {
+    /// The batches' items, as in the reference: each item weighs as much as its share of the
+    /// interactions, so on popularity-skewed data the centroids crowd onto popular items.
+    Batches,
+    /// A uniform sample of the catalogue (every item when it holds fewer than the buffer's
+    /// room), embedded by the current item tower at each buffering step: the centroids cover
+    /// the items that are searched, as an index built after training does.
+    #[default]
+    Catalogue,
 }
 
 impl ModelConfig {
@@ -91,6 +111,7 @@ impl ModelConfig {
             log_q_correction: false,
             reduction: LossReduction::Sum,
             mask_duplicates: false,
+            warm_start_items: WarmStartItems::Catalogue,
             seed: 0,
         }
     }
@@ -109,6 +130,7 @@ impl ModelConfig {
             log_q_correction: true,
             reduction: LossReduction::Mean,
             mask_duplicates: true,
+            warm_start_items: WarmStartItems::Catalogue,
             seed: 0,
         }
     }
@@ -196,6 +218,55 @@ pub struct StepScratch {
     grad_y_hat: Vec<f32>,
     grad_y: Vec<f32>,
     grad_v: Vec<f32>,
+    distinct: DistinctRows,
+}
+
+/// The distinct items of a batch, so that the indexing layer sees each item once per batch:
+/// its regularizer then weighs items, not interactions, and popular items do not crowd the
+/// centroids and codewords (nor the warm-start buffer) onto themselves.
+#[derive(Debug, Clone, Default)]
+struct DistinctRows {
+    /// Slot of each item in the current batch (`u32::MAX`: absent); reset after each batch.
+    slot_of_item: Vec<u32>,
+    /// Slot of each batch row.
+    row_slot: Vec<u32>,
+    /// Rows of the distinct items, in order of first appearance, and the layer's output.
+    x: Vec<f32>,
+    y: Vec<f32>,
+}
+
+impl DistinctRows {
+    /// Gathers the rows of the distinct `items` of `x` (`items.len() × dim`) into `self.x`;
+    /// returns false (and gathers nothing) when every item is distinct.
+    fn gather(&mut self, items: &[u32], n_items: usize, x: &[f32], dim: usize) -> bool {
+        if self.slot_of_item.len() < n_items {
+            self.slot_of_item.resize(n_items, u32::MAX);
+        }
+        self.row_slot.clear();
+        self.x.clear();
+        let mut n_distinct = 0u32;
+        for (&item, row) in items.iter().zip(x.chunks_exact(dim)) {
+            let slot = &mut self.slot_of_item[item as usize];
+            if *slot == u32::MAX {
+                *slot = n_distinct;
+                n_distinct += 1;
+                self.x.extend_from_slice(row);
+            }
+            self.row_slot.push(*slot);
+        }
+        for &item in items {
+            self.slot_of_item[item as usize] = u32::MAX;
+        }
+        n_distinct as usize != items.len()
+    }
+
+    /// Copies the layer's output for the distinct rows (`self.y`) back to every batch row.
+    fn scatter(&self, dim: usize, out: &mut [f32]) {
+        for (&slot, row) in self.row_slot.iter().zip(out.chunks_exact_mut(dim)) {
+            let slot = slot as usize;
+            row.copy_from_slice(&self.y[slot * dim..(slot + 1) * dim]);
+        }
+    }
 }
 
 impl StepScratch {
@@ -460,6 +531,35 @@ impl Model {
         Ok(out)
     }
 
+    /// With [`WarmStartItems::Catalogue`] and a layer in its buffering phase, the layer inputs
+    /// of a uniform sample of the catalogue (seeded by the layer's seed and step) that fills
+    /// the rest of its buffer, or the whole catalogue when that is smaller.
+    fn catalogue_buffer_rows(&self, par: Par) -> Result<Option<Vec<f32>>, TrainError> {
+        let Some(layer) = &self.layer else {
+            return Ok(None);
+        };
+        if self.config.warm_start_items != WarmStartItems::Catalogue
+            || layer.phase() != Phase::Buffering
+        {
+            return Ok(None);
+        }
+        let room = layer.config().buffer_size - layer.buffered_rows();
+        let n_items = self.n_items();
+        let sample: Vec<u32> = if n_items <= room {
+            (0..n_items as u32).collect()
+        } else {
+            let mut rng = ChaCha8Rng::seed_from_u64(layer.config().seed ^ CATALOGUE_SALT);
+            rng.set_stream(layer.steps());
+            let mut picked: Vec<u32> = rand::seq::index::sample(&mut rng, n_items, room)
+                .into_iter()
+                .map(|i| i as u32)
+                .collect();
+            picked.sort_unstable();
+            picked
+        };
+        self.embed_items(&sample, par).map(Some)
+    }
+
     /// Buffers for [`compute_gradients`](Self::compute_gradients).
     pub fn new_scratch(&self) -> StepScratch {
         StepScratch {
@@ -483,6 +583,7 @@ impl Model {
             grad_y_hat: Vec::new(),
             grad_y: Vec::new(),
             grad_v: Vec::new(),
+            distinct: DistinctRows::default(),
         }
     }
 
@@ -567,10 +668,28 @@ impl Model {
             normalize_rows(&s.v_raw, dim, &mut s.v_hat, &mut s.v_norms);
         }
         let x: &[f32] = if normalize_before { &s.v_hat } else { &s.v_raw };
+        // The layer sees each distinct item of the batch once (see `DistinctRows`); the output
+        // of a repeated item is the same for each of its rows.
+        let n_items = self.item_features.n_entities;
+        let catalogue_rows = self.catalogue_buffer_rows(par)?;
         let layer_step = match &mut self.layer {
             Some(layer) => {
                 linalg::resize(&mut s.y, c * dim);
-                Some(layer.forward_train(x, &mut s.y, par)?)
+                let d = &mut s.distinct;
+                if let Some(rows) = catalogue_rows {
+                    // Buffering: the layer is the identity; its buffer gets the sample instead.
+                    let mut identity = vec![0.0f32; rows.len()];
+                    let step = layer.forward_train(&rows, &mut identity, par)?;
+                    s.y.copy_from_slice(x);
+                    Some(step)
+                } else if d.gather(items, n_items, x, dim) {
+                    linalg::resize(&mut d.y, d.x.len());
+                    let step = layer.forward_train(&d.x, &mut d.y, par)?;
+                    d.scatter(dim, &mut s.y);
+                    Some(step)
+                } else {
+                    Some(layer.forward_train(x, &mut s.y, par)?)
+                }
             }
             None => None,
         };
