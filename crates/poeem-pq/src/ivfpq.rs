@@ -261,12 +261,42 @@ impl IvfPqCodec {
         self.encode_rotated(&mut rotated, lists, codes, par)
     }
 
+    /// Encodes like [`encode`](Self::encode) and writes each row's squared quantization error
+    /// `‖x − decode(list, code)‖²` into `errors` (`n` values), from the PQ encode's own scores
+    /// ([`ProductQuantizer::encode_with_errors`]): no decode is run.
+    ///
+    /// # Errors
+    /// As [`encode`](Self::encode), and `errors` of the wrong length.
+    pub fn encode_with_errors<C: Code>(
+        &self,
+        data: &[f32],
+        lists: &mut [u32],
+        codes: &mut [C],
+        errors: &mut [f32],
+        par: Par,
+    ) -> Result<(), PqError> {
+        let mut rotated = self.rotate(data, par)?;
+        self.assign_residuals(&mut rotated, lists, par)?;
+        self.pq.encode_with_errors(&rotated, codes, errors, par)
+    }
+
     /// Encodes already padded and rotated vectors, overwriting them with their residuals.
     pub(crate) fn encode_rotated<C: Code>(
         &self,
         rotated: &mut [f32],
         lists: &mut [u32],
         codes: &mut [C],
+        par: Par,
+    ) -> Result<(), PqError> {
+        self.assign_residuals(rotated, lists, par)?;
+        self.pq.encode(rotated, codes, par)
+    }
+
+    /// Assigns padded, rotated vectors to their lists and replaces them by their residuals.
+    fn assign_residuals(
+        &self,
+        rotated: &mut [f32],
+        lists: &mut [u32],
         par: Par,
     ) -> Result<(), PqError> {
         let padded = self.padded_dim();
@@ -285,7 +315,7 @@ impl IvfPqCodec {
             }
             None => lists.fill(0),
         }
-        self.pq.encode(rotated, codes, par)
+        Ok(())
     }
 
     /// Reconstructions in the rotated, padded space: `v_j + decode(codes)`.

@@ -275,6 +275,41 @@ impl ProductQuantizer {
     /// On a ragged or non-finite input, codes too narrow for `n_bits`, or `codes` of the wrong
     /// length.
     pub fn encode<C: Code>(&self, data: &[f32], codes: &mut [C], par: Par) -> Result<(), PqError> {
+        self.encode_rows(data, codes, None, par)
+    }
+
+    /// Encodes like [`encode`](Self::encode) and writes each row's squared quantization error
+    /// `‖x − decode(code)‖²` into `errors` (`n` values), from the encode's own scores: the sum
+    /// over subspaces of `‖x_s‖² + min_c (‖c‖² − 2⟨x_s, c⟩)`, clamped at zero (so a row far from
+    /// the origin with a tiny error has the rounding error of `‖x_s‖²`). No decode is run.
+    ///
+    /// # Errors
+    /// As [`encode`](Self::encode), and `errors` of the wrong length.
+    pub fn encode_with_errors<C: Code>(
+        &self,
+        data: &[f32],
+        codes: &mut [C],
+        errors: &mut [f32],
+        par: Par,
+    ) -> Result<(), PqError> {
+        let n = check_rows(data, self.dim, "vectors to encode")?;
+        if errors.len() != n {
+            return Err(PqError::DimensionMismatch {
+                what: "encode errors",
+                expected: n,
+                got: errors.len(),
+            });
+        }
+        self.encode_rows(data, codes, Some(errors), par)
+    }
+
+    fn encode_rows<C: Code>(
+        &self,
+        data: &[f32],
+        codes: &mut [C],
+        errors: Option<&mut [f32]>,
+        par: Par,
+    ) -> Result<(), PqError> {
         self.check_code_width::<C>()?;
         let n = check_rows(data, self.dim, "vectors to encode")?;
         let m = self.n_subspaces();
@@ -289,16 +324,22 @@ impl ProductQuantizer {
             return Ok(());
         }
         let rows = chunk_rows(n, par, 64);
-        let run = |(data, codes): (&[f32], &mut [C])| {
+        let run = |((data, codes), errors): (RowChunk<'_, C>, Option<&mut [f32]>)| {
             let mut scores = vec![0.0f32; self.n_codewords()];
             Arch::new().dispatch(EncodeChunk {
                 pq: self,
                 data,
                 codes,
+                errors,
                 scores: &mut scores,
             });
         };
         let chunks = data.chunks(rows * self.dim).zip(codes.chunks_mut(rows * m));
+        let error_chunks: Box<dyn Iterator<Item = Option<&mut [f32]>> + Send> = match errors {
+            Some(errors) => Box::new(errors.chunks_mut(rows).map(Some)),
+            None => Box::new(std::iter::repeat_with(|| None)),
+        };
+        let chunks = chunks.zip(error_chunks);
         match par {
             Par::Seq => chunks.for_each(run),
             Par::Rayon(_) => chunks.collect::<Vec<_>>().into_par_iter().for_each(run),
@@ -423,11 +464,23 @@ impl WithSimd for TableOne<'_> {
     }
 }
 
+/// Rows of vectors and their codes.
+type RowChunk<'a, C> = (&'a [f32], &'a mut [C]);
+
 struct EncodeChunk<'a, C> {
     pq: &'a ProductQuantizer,
     data: &'a [f32],
     codes: &'a mut [C],
+    /// Each row's squared error, when asked for.
+    errors: Option<&'a mut [f32]>,
     scores: &'a mut [f32],
+}
+
+/// `‖x‖² + score`, the squared distance from `x` to the codeword a `‖c‖² − 2⟨x, c⟩` score
+/// belongs to, clamped at zero against cancellation.
+#[inline(always)]
+fn squared_error(x: &[f32], score: f32) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() + score).max(0.0)
 }
 
 impl<C: Code> WithSimd for EncodeChunk<'_, C> {
@@ -439,24 +492,42 @@ impl<C: Code> WithSimd for EncodeChunk<'_, C> {
         let (m, dim, sub) = (pq.n_subspaces(), pq.dim, pq.sub_dim);
         let mut weights = vec![0.0f32; ROWS * sub];
         let mut out = [(0usize, 0.0f32); ROWS];
+        let mut errors = self.errors;
+        if let Some(errors) = errors.as_deref_mut() {
+            errors.fill(0.0);
+        }
         // Subspace by subspace, so that one codebook stays in cache for the whole chunk.
         for (s, book) in pq.codebooks.iter().enumerate() {
             let span = s * sub..(s + 1) * sub;
             let blocks = self.data.chunks_exact(ROWS * dim);
             let tail = blocks.remainder();
-            for (x, codes) in blocks.zip(self.codes.chunks_exact_mut(ROWS * m)) {
+            for (block, (x, codes)) in blocks
+                .zip(self.codes.chunks_exact_mut(ROWS * m))
+                .enumerate()
+            {
                 let rows = std::array::from_fn(|r| &x[r * dim + span.start..r * dim + span.end]);
                 book.direct_nearest_rows(simd, rows, &mut weights, self.scores, &mut out);
                 for (r, &(index, _)) in out.iter().enumerate() {
                     codes[r * m + s] = C::from_index(index);
                 }
+                if let Some(errors) = errors.as_deref_mut() {
+                    for (r, &(_, score)) in out.iter().enumerate() {
+                        errors[block * ROWS + r] += squared_error(rows[r], score);
+                    }
+                }
             }
             let done = self.data.len() - tail.len();
-            for (x, codes) in tail
+            for (i, (x, codes)) in tail
                 .chunks_exact(dim)
                 .zip(self.codes[done / dim * m..].chunks_exact_mut(m))
+                .enumerate()
             {
-                codes[s] = C::from_index(book.direct_nearest(&x[span.clone()], self.scores).0);
+                let part = &x[span.clone()];
+                let (index, score) = book.direct_nearest(part, self.scores);
+                codes[s] = C::from_index(index);
+                if let Some(errors) = errors.as_deref_mut() {
+                    errors[done / dim + i] += squared_error(part, score);
+                }
             }
         }
     }

@@ -1406,3 +1406,67 @@ fn ivfpq_progress_goes_coarse_then_each_subspace() {
     with_rounds.extend(expected);
     assert_eq!(stage_runs(&events), with_rounds);
 }
+
+#[test]
+fn encode_with_errors_reports_each_rows_squared_error() {
+    // The errors come from the encode's scores, not a decode: they must match the decoded
+    // reconstructions' errors (to f32 rounding), with the same codes as `encode`, for every
+    // block/tail split of the multi-row kernel, threads, a rotation and padding.
+    let dim = 14;
+    let data = gaussian(1500, dim, 1.0, 21);
+    let config = ivfpq_config(8, 4, 5);
+    let mut codecs = vec![ivfpq_train(&data, dim, &config)];
+    let opq = OpqConfig {
+        n_rounds: 2,
+        ..OpqConfig::default()
+    };
+    codecs.push(
+        train_opq(&data, dim, &config, &opq, Par::Seq, &mut |_| {})
+            .unwrap()
+            .0,
+    );
+    for codec in &codecs {
+        let m = codec.pq().n_subspaces();
+        for n in [1, 5, 67, 300] {
+            let x = &data[..n * dim];
+            let (lists, codes, decoded, _) = round_trip(codec, x);
+            for par in [Par::Seq, Par::rayon(2)] {
+                let mut got_lists = vec![0u32; n];
+                let mut got_codes = vec![0u16; n * m];
+                let mut errors = vec![f32::NAN; n];
+                codec
+                    .encode_with_errors(x, &mut got_lists, &mut got_codes, &mut errors, par)
+                    .unwrap();
+                assert_eq!((&got_lists, &got_codes), (&lists, &codes));
+                for (i, &e) in errors.iter().enumerate() {
+                    let exact =
+                        sq_dist(&x[i * dim..(i + 1) * dim], &decoded[i * dim..(i + 1) * dim]);
+                    assert!(
+                        (f64::from(e) - exact).abs() <= 1e-4 * (1.0 + exact),
+                        "row {i}: {e} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+    let mut errors = vec![0.0f32; 2];
+    let err = codecs[0]
+        .encode_with_errors(
+            &data[..dim],
+            &mut [0],
+            &mut [0u16; 4],
+            &mut errors,
+            Par::Seq,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PqError::DimensionMismatch {
+                what: "encode errors",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

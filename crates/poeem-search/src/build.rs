@@ -18,6 +18,7 @@ use poeem_pq::{
     Code, IvfPqCodec, IvfPqConfig, KMeansInit, KMeansSettings, MAX_BITS, OpqConfig, PqTraining,
     ProgressFn, mean_squared_norm, train_opq,
 };
+use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 
 use crate::{IndexParams, IndexParts, Metric, PADDING_ID, SearchError};
@@ -315,14 +316,14 @@ fn encode_items(
     par: Par,
 ) -> Result<Encoded, SearchError> {
     let start = Instant::now();
-    let (parts, squared_error) = if codec.pq().n_bits() <= 8 {
+    let (parts, sums) = if codec.pq().n_bits() <= 8 {
         encode_parts::<u8>(codec, data, ids, metric, par)?
     } else {
         encode_parts::<u16>(codec, data, ids, metric, par)?
     };
-    let n = ids.len();
-    let distortion = squared_error / n as f64;
-    let scale = mean_squared_norm(data, codec.dim());
+    let n = ids.len() as f64;
+    let distortion = sums.squared_error / n;
+    let scale = sums.squared_norm / n;
     Ok(Encoded {
         parts,
         distortion,
@@ -331,36 +332,60 @@ fn encode_items(
     })
 }
 
-/// Encodes into `C` codes in chunks, summing `‖x R − x̂'‖²` over the rows (the decode is cheap
-/// next to the encode), and assembles the parts.
+/// Rows of vectors with their lists, codes and squared errors to write.
+type RowChunk<'a, C> = (&'a [f32], (&'a mut [u32], (&'a mut [C], &'a mut [f32])));
+
+/// Sums over the encoded rows, in row order (so the same for any thread count).
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodeSums {
+    /// `Σ ‖x R − x̂'‖²`, as the encode reports it.
+    squared_error: f64,
+    /// `Σ ‖x‖²`.
+    squared_norm: f64,
+}
+
+/// Encodes into `C` codes and assembles the parts. Rows go in chunks, in parallel under
+/// `par`, each through the whole encode (rotation, list, residual, PQ) on one thread: this
+/// keeps the rotated copies small and leaves no serial step between the parallel ones.
 fn encode_parts<C: Code + Into<u32>>(
     codec: &IvfPqCodec,
     data: &[f32],
     ids: &[u64],
     metric: Metric,
     par: Par,
-) -> Result<(IndexParts, f64), SearchError> {
+) -> Result<(IndexParts, EncodeSums), SearchError> {
     let (dim, padded, m_count) = (codec.dim(), codec.padded_dim(), codec.pq().n_subspaces());
     let n = ids.len();
     let mut lists = vec![0u32; n];
     let mut codes = vec![C::default(); n * m_count];
-    let mut squared_error = 0.0f64;
-    let mut decoded = Vec::new();
-    for (chunk, (chunk_lists, chunk_codes)) in data.chunks(ENCODE_CHUNK_ROWS * dim).zip(
-        lists
-            .chunks_mut(ENCODE_CHUNK_ROWS)
-            .zip(codes.chunks_mut(ENCODE_CHUNK_ROWS * m_count)),
-    ) {
-        codec.encode(chunk, chunk_lists, chunk_codes, par)?;
-        let rotated = codec.rotate(chunk, par)?;
-        decoded.resize(rotated.len(), 0.0);
-        codec.decode_rotated(chunk_lists, chunk_codes, &mut decoded)?;
-        squared_error += rotated
-            .iter()
-            .zip(&decoded)
-            .map(|(&x, &z)| f64::from(x - z) * f64::from(x - z))
-            .sum::<f64>();
+    let mut errors = vec![0.0f32; n];
+    let threads = match par {
+        Par::Seq => 1,
+        Par::Rayon(t) => t.get(),
+    };
+    let rows = n.div_ceil(threads).clamp(1, ENCODE_CHUNK_ROWS);
+    let chunks = data.chunks(rows * dim).zip(
+        lists.chunks_mut(rows).zip(
+            codes
+                .chunks_mut(rows * m_count)
+                .zip(errors.chunks_mut(rows)),
+        ),
+    );
+    let encode_chunk = |chunk: RowChunk<'_, C>| {
+        let (data, (lists, (codes, errors))) = chunk;
+        codec.encode_with_errors(data, lists, codes, errors, Par::Seq)
+    };
+    match par {
+        Par::Seq => chunks.into_iter().try_for_each(encode_chunk)?,
+        Par::Rayon(_) => chunks
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .try_for_each(encode_chunk)?,
     }
+    let sums = EncodeSums {
+        squared_error: errors.iter().map(|&e| f64::from(e)).sum(),
+        squared_norm: mean_squared_norm(data, dim) * n as f64,
+    };
 
     let pq = codec.pq();
     let params = IndexParams {
@@ -387,7 +412,7 @@ fn encode_parts<C: Code + Into<u32>>(
         ids,
         Value::Null,
     )?;
-    Ok((parts, squared_error))
+    Ok((parts, sums))
 }
 
 /// Checks row-major vectors of width `dim`; returns the number of rows.
@@ -405,7 +430,10 @@ fn check_vectors(vectors: &[f32], dim: usize) -> Result<usize, SearchError> {
     if vectors.is_empty() {
         return Err(SearchError::Empty { what: "vectors" });
     }
-    if let Some(k) = vectors.iter().position(|v| !v.is_finite()) {
+    // A branch-free pass that vectorises; the position only when something is wrong.
+    if !vectors.iter().fold(true, |ok, v| ok & v.is_finite())
+        && let Some(k) = vectors.iter().position(|v| !v.is_finite())
+    {
         return Err(SearchError::NonFinite {
             what: "vectors",
             row: k / dim,

@@ -502,13 +502,14 @@ impl IndexParts {
         }
         let mut list_sizes = vec![0u64; params.n_lists];
         for &list in lists {
-            let slot = list_sizes
-                .get_mut(list as usize)
-                .ok_or(SearchError::InvalidParameter {
-                    name: "list",
-                    value: list.to_string(),
-                    reason: "is not below n_lists",
-                })?;
+            let slot =
+                list_sizes
+                    .get_mut(list as usize)
+                    .ok_or_else(|| SearchError::InvalidParameter {
+                        name: "list",
+                        value: list.to_string(),
+                        reason: "is not below n_lists",
+                    })?;
             *slot += 1;
         }
         let mut list_offsets = Vec::with_capacity(params.n_lists + 1);
