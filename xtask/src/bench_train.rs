@@ -9,7 +9,7 @@
 
 use anyhow::{Result, bail};
 use poeem::train::synthetic::tutorial_dataset;
-use poeem::train::{Dataset, TrainConfig, Trainer};
+use poeem::train::{Dataset, TowerConfig, TrainConfig, Trainer};
 
 use crate::table::{markdown, median};
 
@@ -31,6 +31,10 @@ pub(crate) struct BenchTrainArgs {
     /// Timed runs per configuration; medians are reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Hidden widths of an MLP on both towers, comma-separated, over 32-d id embeddings (the
+    /// movielens preset's tower shape); none: the tutorial's 64-d id embeddings.
+    #[arg(long, value_delimiter = ',')]
+    hidden: Vec<usize>,
 }
 
 /// Median examples per second of `repeats` timed runs of `steps` steps each, after `warm_steps`
@@ -65,8 +69,16 @@ pub(crate) fn run(args: &BenchTrainArgs) -> Result<()> {
         bail!("--repeats must be at least 1");
     }
     let dataset = tutorial_dataset(args.pairs, 0);
+    let mut model = TrainConfig::tutorial().model;
+    let towers = if args.hidden.is_empty() {
+        "64-d id embeddings".to_owned()
+    } else {
+        model.query = TowerConfig::all_fields(32, args.hidden.clone());
+        model.item = model.query.clone();
+        format!("32-d id embeddings → MLP {:?} → 64-d", args.hidden)
+    };
     println!(
-        "Training throughput on the synthetic tutorial ({} pairs, 64-d id embeddings, in-batch \
+        "Training throughput on the synthetic tutorial ({} pairs, towers: {towers}, in-batch \
          softmax, Adagrad); layer J=8, K=256, D=8, joint phase. Examples/s, median of {} runs \
          of {} examples each.\n",
         args.pairs, args.repeats, args.examples
@@ -81,6 +93,7 @@ pub(crate) fn run(args: &BenchTrainArgs) -> Result<()> {
                 threads,
                 log_every_steps: 0,
                 checkpoint_every_steps: 0,
+                model: model.clone(),
                 ..TrainConfig::tutorial()
             };
             let plain = throughput(base.clone(), &dataset, 8, steps, args.repeats)?;
