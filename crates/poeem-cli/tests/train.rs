@@ -547,6 +547,25 @@ fn bad_arguments_get_a_clear_error() {
         err.contains("--n-lists") && err.contains("--index off"),
         "{err}"
     );
+    let err = error_of(&[
+        "train",
+        "--synthetic",
+        "--index",
+        "off",
+        "--layer-learning-rate",
+        "0.01",
+        "--out",
+        out,
+    ]);
+    assert!(err.contains("--layer-learning-rate"), "{err}");
+    let err = error_of(&[
+        "train",
+        "--synthetic",
+        "--layer-learning-rate=-1",
+        "--out",
+        out,
+    ]);
+    assert!(err.contains("learning_rate = -1"), "{err}");
     let err = error_of(&["train", "--synthetic", "--epochs", "0", "--out", out]);
     assert!(err.contains("epochs"), "{err}");
     let err = error_of(&["evaluate", "--model", out]);
