@@ -565,7 +565,7 @@ fn bad_arguments_get_a_clear_error() {
         "--out",
         out,
     ]);
-    assert!(err.contains("learning_rate = -1"), "{err}");
+    assert!(err.contains("layer optimizer learning_rate = -1"), "{err}");
     let err = error_of(&["train", "--synthetic", "--epochs", "0", "--out", out]);
     assert!(err.contains("epochs"), "{err}");
     let err = error_of(&["evaluate", "--model", out]);

@@ -1023,7 +1023,7 @@ fn bad_settings_are_refused() {
             optimizer: OptimizerConfig::adagrad(-0.1),
             ..c.clone()
         },
-        "learning_rate",
+        "layer optimizer learning_rate",
     );
     let mut centroids = c.clone();
     centroids.kmeans.init = KMeansInit::Centroids(vec![0.0; 64]);

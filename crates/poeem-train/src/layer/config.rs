@@ -216,6 +216,29 @@ impl IndexingLayerConfig {
                 );
             }
         }
-        self.optimizer.validate()
+        self.optimizer.validate().map_err(|error| match error {
+            TrainError::InvalidConfig {
+                name,
+                value,
+                reason,
+            } => TrainError::InvalidConfig {
+                name: layer_optimizer_setting(name),
+                value,
+                reason,
+            },
+            other => other,
+        })
+    }
+}
+
+/// The name of an optimiser setting of the layer, told apart from the towers' setting.
+fn layer_optimizer_setting(name: &'static str) -> &'static str {
+    match name {
+        "learning_rate" => "layer optimizer learning_rate",
+        "initial_accumulator" => "layer optimizer initial_accumulator",
+        "beta1" => "layer optimizer beta1",
+        "beta2" => "layer optimizer beta2",
+        "epsilon" => "layer optimizer epsilon",
+        other => other,
     }
 }
