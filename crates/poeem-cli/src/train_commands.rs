@@ -22,7 +22,7 @@ use poeem::rotation::PairSelection;
 use poeem::search::{Index, Probe, SearchIndex, SearchParams, write_index};
 use poeem::train::checkpoint::checkpoint_path;
 use poeem::train::data::{FeatureSource, InteractionsSource, SplitConfig};
-use poeem::train::layer::Phase;
+use poeem::train::layer::{LayerDiagnostics, Phase};
 use poeem::train::metrics::RankingMetrics;
 use poeem::train::{
     DataConfig, Model, OptimizerConfig, RotationMode, TrainConfig, TrainProgress, Trainer,
@@ -358,6 +358,26 @@ fn set<T>(target: &mut T, value: Option<T>) {
     }
 }
 
+/// How evenly the layer's codes were used over the last interval: lists and codewords used,
+/// and the KL divergence of their histograms to uniform (0: even; dead or crowded centroids
+/// raise it).
+fn code_use(diagnostics: Option<&LayerDiagnostics>) -> String {
+    let Some(d) = diagnostics else {
+        return String::new();
+    };
+    let lists = d.coarse.map_or_else(String::new, |c| {
+        format!(
+            ", lists used {}/{} (KL {:.3})",
+            c.used, c.codewords, c.kl_to_uniform
+        )
+    });
+    let codewords = d.pq.first().map_or(0, |c| c.codewords);
+    format!(
+        "{lists}, codewords used {:.1}/{codewords} (KL mean {:.3}, max {:.3})",
+        d.pq_used_mean, d.pq_kl_mean, d.pq_kl_max
+    )
+}
+
 /// `config` with learning rate `lr`.
 fn with_learning_rate(config: OptimizerConfig, lr: f32) -> Result<OptimizerConfig> {
     Ok(match config {
@@ -424,7 +444,12 @@ impl TrainBar {
         self.bar.set_position(p.step);
         let layer = match (p.layer_phase, p.distortion) {
             (None, _) => String::new(),
-            (Some(Phase::Joint), Some(d)) => format!(", layer joint, distortion {d:.4}"),
+            (Some(Phase::Joint), Some(d)) => {
+                format!(
+                    ", layer joint, distortion {d:.4}{}",
+                    code_use(p.layer.as_ref())
+                )
+            }
             (Some(phase), _) => format!(", layer {}", phase_name(phase)),
         };
         let msg = format!(

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, MODEL_TAG, TRAINER_TAG};
 use crate::data::Dataset;
-use crate::layer::{IndexingLayerConfig, Phase};
+use crate::layer::{IndexingLayer, IndexingLayerConfig, LayerDiagnostics, Phase};
 use crate::model::{Model, ModelConfig, ModelOptimizer, StepScratch, StepStats};
 use crate::{OptimizerConfig, TrainError};
 
@@ -214,6 +214,11 @@ pub struct TrainProgress {
     pub layer_phase: Option<Phase>,
     /// Mean distortion (RMS of `x − τ(x)`) of the layer's joint steps since the last report.
     pub distortion: Option<f32>,
+    /// The layer's diagnostics (code use per level, distortion, orthogonality error) over the
+    /// joint rows since the last interval report: the layer's counters restart at every
+    /// report made on a multiple of `log_every_steps`, so they do not depend on how the run
+    /// was split into calls. `None` without a layer or before its joint phase.
+    pub layer: Option<LayerDiagnostics>,
 }
 
 /// What a call to [`Trainer::train`] or [`Trainer::train_steps`] did.
@@ -511,6 +516,7 @@ impl Trainer {
             let step = self.state.step;
             if cfg.log_every_steps > 0 && step.is_multiple_of(cfg.log_every_steps) {
                 progress(&window.report(self, total, last_lr));
+                self.model.reset_layer_diagnostics();
                 window = Window::new();
             }
             if cfg.checkpoint_every_steps > 0
@@ -674,6 +680,11 @@ impl Window {
             layer_phase: self.phase,
             distortion: (self.joint_steps > 0)
                 .then(|| (self.distortion / self.joint_steps as f64) as f32),
+            layer: trainer
+                .model
+                .layer()
+                .map(IndexingLayer::diagnostics)
+                .filter(|d| d.rows > 0),
         }
     }
 }

@@ -191,8 +191,11 @@ fn resume_is_exact_with_the_layer() {
         (WarmStartItems::Batches, 22, [22, 30, 60]),
         (WarmStartItems::Catalogue, 20, [21, 30, 60]),
     ] {
+        // Reports every 10 steps restart the layer's diagnostics counters (part of its state);
+        // the reports that end each call do not, so the stops change nothing.
         let mut config = TrainConfig {
             index: Some(small_layer()),
+            log_every_steps: 10,
             ..small_config(2)
         };
         config.model.warm_start_items = items;
@@ -239,10 +242,31 @@ fn progress_reports_the_layer() {
         .unwrap();
     assert_eq!(reports[0].layer_phase, Some(Phase::WarmUp));
     assert_eq!(reports[0].distortion, None);
+    assert_eq!(reports[0].layer, None);
     let last = reports.last().unwrap();
     assert_eq!(last.layer_phase, Some(Phase::Joint));
     assert!(last.distortion.is_some_and(|d| d.is_finite() && d > 0.0));
     assert_eq!(last.step, 47);
+    // Diagnostics per interval: the report at step 40 restarted the counters, so the last one
+    // counts the distinct items (64 positives and 5 negatives a batch) of steps 41 to 47 only.
+    let interval = |p: &TrainProgress| p.layer.clone().expect("joint reports have diagnostics");
+    let (at_40, at_47) = (interval(&reports[3]), interval(last));
+    assert_eq!(reports[3].step, 40);
+    assert!(
+        at_40.rows > 0 && at_40.rows <= 10 * (64 + 5),
+        "{}",
+        at_40.rows
+    );
+    assert!(
+        at_47.rows > 0 && at_47.rows <= 7 * (64 + 5),
+        "{}",
+        at_47.rows
+    );
+    let coarse = at_47.coarse.expect("the layer has lists");
+    assert_eq!((coarse.codewords, at_47.pq.len()), (4, 4));
+    assert!(coarse.used >= 1 && coarse.used <= 4);
+    assert!(at_47.pq.iter().all(|c| c.codewords == 16 && c.used <= 16));
+    assert!((at_47.mean_distortion - f64::from(last.distortion.unwrap())).abs() < 1e-3);
 }
 
 #[test]

@@ -7,6 +7,8 @@ use crate::TrainError;
 /// How one level's codes spread over its codewords, from a cumulative histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CodeDistribution {
+    /// Codewords of the level (`K`, or the number of lists).
+    pub codewords: usize,
     /// Codewords used at least once.
     pub used: usize,
     /// `KL(p ‖ uniform) = Σ_k p_k ln(K p_k)`: 0 for uniform use, `ln K` when one code takes
@@ -23,6 +25,7 @@ impl CodeDistribution {
         let total: u64 = counts.iter().sum();
         if total == 0 || counts.is_empty() {
             return Self {
+                codewords: counts.len(),
                 used: 0,
                 kl_to_uniform: 0.0,
                 tv_to_uniform: 0.0,
@@ -39,6 +42,7 @@ impl CodeDistribution {
             tv += (p - 1.0 / k).abs();
         }
         Self {
+            codewords: counts.len(),
             used: counts.iter().filter(|&&c| c > 0).count(),
             kl_to_uniform: kl.max(0.0),
             tv_to_uniform: tv / 2.0,

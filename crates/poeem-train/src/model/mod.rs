@@ -462,6 +462,14 @@ impl Model {
         self.layer.as_ref()
     }
 
+    /// Starts a new logging interval of the indexing layer's diagnostics (nothing without a
+    /// layer).
+    pub fn reset_layer_diagnostics(&mut self) {
+        if let Some(layer) = &mut self.layer {
+            layer.reset_diagnostics();
+        }
+    }
+
     /// The codec the indexing layer has learned (rotation, coarse centroids, PQ codebooks), to
     /// encode [`embed_items`](Self::embed_items) for export; `None` without a layer or before
     /// its warm start has initialised it.
