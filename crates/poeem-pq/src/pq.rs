@@ -292,14 +292,6 @@ impl ProductQuantizer {
         errors: &mut [f32],
         par: Par,
     ) -> Result<(), PqError> {
-        let n = check_rows(data, self.dim, "vectors to encode")?;
-        if errors.len() != n {
-            return Err(PqError::DimensionMismatch {
-                what: "encode errors",
-                expected: n,
-                got: errors.len(),
-            });
-        }
         self.encode_rows(data, codes, Some(errors), par)
     }
 
@@ -318,6 +310,15 @@ impl ProductQuantizer {
                 what: "codes",
                 expected: n * m,
                 got: codes.len(),
+            });
+        }
+        if let Some(errors) = &errors
+            && errors.len() != n
+        {
+            return Err(PqError::DimensionMismatch {
+                what: "encode errors",
+                expected: n,
+                got: errors.len(),
             });
         }
         if n == 0 {

@@ -12,8 +12,10 @@
 //! y = τ(x)      (IndexingLayer::forward_train; the identity before its warm start ends)
 //! ```
 //!
-//! The backward pass through the layer is straight-through (`∂L/∂x = ∂L/∂y`); the layer then
-//! updates its own centroids from its regularizer ([`IndexingLayer::update`]). Without a layer
+//! The layer sees each distinct item of a batch once, and by default its warm-start buffer is
+//! a uniform sample of the catalogue ([`WarmStartItems`]), so that it weighs items rather than
+//! interactions. The backward pass through the layer is straight-through (`∂L/∂x = ∂L/∂y`);
+//! the layer then updates its own centroids from its regularizer ([`IndexingLayer::update`]). Without a layer
 //! `y = x` and the model is the plain two-tower baseline; with one tower reading only the id
 //! field and no MLP it is exactly the reference tutorial's model.
 
