@@ -336,10 +336,12 @@ impl ProductQuantizer {
             });
         };
         let chunks = data.chunks(rows * self.dim).zip(codes.chunks_mut(rows * m));
-        let error_chunks: Box<dyn Iterator<Item = Option<&mut [f32]>> + Send> = match errors {
-            Some(errors) => Box::new(errors.chunks_mut(rows).map(Some)),
-            None => Box::new(std::iter::repeat_with(|| None)),
-        };
+        // Each chunk's errors, or None for every chunk when they are not asked for.
+        let error_chunks = errors
+            .into_iter()
+            .flat_map(|errors| errors.chunks_mut(rows))
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None));
         let chunks = chunks.zip(error_chunks);
         match par {
             Par::Seq => chunks.for_each(run),

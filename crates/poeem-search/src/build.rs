@@ -316,14 +316,13 @@ fn encode_items(
     par: Par,
 ) -> Result<Encoded, SearchError> {
     let start = Instant::now();
-    let (parts, sums) = if codec.pq().n_bits() <= 8 {
+    let (parts, squared_error) = if codec.pq().n_bits() <= 8 {
         encode_parts::<u8>(codec, data, ids, metric, par)?
     } else {
         encode_parts::<u16>(codec, data, ids, metric, par)?
     };
-    let n = ids.len() as f64;
-    let distortion = sums.squared_error / n;
-    let scale = sums.squared_norm / n;
+    let distortion = squared_error / ids.len() as f64;
+    let scale = mean_squared_norm(data, codec.dim());
     Ok(Encoded {
         parts,
         distortion,
@@ -335,25 +334,18 @@ fn encode_items(
 /// Rows of vectors with their lists, codes and squared errors to write.
 type RowChunk<'a, C> = (&'a [f32], (&'a mut [u32], (&'a mut [C], &'a mut [f32])));
 
-/// Sums over the encoded rows, in row order (so the same for any thread count).
-#[derive(Debug, Clone, Copy, Default)]
-struct EncodeSums {
-    /// `Σ ‖x R − x̂'‖²`, as the encode reports it.
-    squared_error: f64,
-    /// `Σ ‖x‖²`.
-    squared_norm: f64,
-}
-
-/// Encodes into `C` codes and assembles the parts. Rows go in chunks, in parallel under
-/// `par`, each through the whole encode (rotation, list, residual, PQ) on one thread: this
-/// keeps the rotated copies small and leaves no serial step between the parallel ones.
+/// Encodes into `C` codes and assembles the parts; returns them with `Σ ‖x R − x̂'‖²` as the
+/// encode reports it, summed in row order (so the same for any thread count). Rows go in
+/// chunks, in parallel under `par`, each through the whole encode (rotation, list, residual,
+/// PQ) on one thread: this keeps the rotated copies small and leaves no serial step between
+/// the parallel ones.
 fn encode_parts<C: Code + Into<u32>>(
     codec: &IvfPqCodec,
     data: &[f32],
     ids: &[u64],
     metric: Metric,
     par: Par,
-) -> Result<(IndexParts, EncodeSums), SearchError> {
+) -> Result<(IndexParts, f64), SearchError> {
     let (dim, padded, m_count) = (codec.dim(), codec.padded_dim(), codec.pq().n_subspaces());
     let n = ids.len();
     let mut lists = vec![0u32; n];
@@ -364,7 +356,7 @@ fn encode_parts<C: Code + Into<u32>>(
         Par::Rayon(t) => t.get(),
     };
     let rows = n.div_ceil(threads).clamp(1, ENCODE_CHUNK_ROWS);
-    let chunks = data.chunks(rows * dim).zip(
+    let mut chunks = data.chunks(rows * dim).zip(
         lists.chunks_mut(rows).zip(
             codes
                 .chunks_mut(rows * m_count)
@@ -376,16 +368,13 @@ fn encode_parts<C: Code + Into<u32>>(
         codec.encode_with_errors(data, lists, codes, errors, Par::Seq)
     };
     match par {
-        Par::Seq => chunks.into_iter().try_for_each(encode_chunk)?,
+        Par::Seq => chunks.try_for_each(encode_chunk)?,
         Par::Rayon(_) => chunks
             .collect::<Vec<_>>()
             .into_par_iter()
             .try_for_each(encode_chunk)?,
     }
-    let sums = EncodeSums {
-        squared_error: errors.iter().map(|&e| f64::from(e)).sum(),
-        squared_norm: mean_squared_norm(data, dim) * n as f64,
-    };
+    let squared_error = errors.iter().map(|&e| f64::from(e)).sum();
 
     let pq = codec.pq();
     let params = IndexParams {
@@ -412,7 +401,7 @@ fn encode_parts<C: Code + Into<u32>>(
         ids,
         Value::Null,
     )?;
-    Ok((parts, sums))
+    Ok((parts, squared_error))
 }
 
 /// Checks row-major vectors of width `dim`; returns the number of rows.
