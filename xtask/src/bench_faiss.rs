@@ -10,7 +10,7 @@ use poeem::pq::{
     KMeans, KMeansConfig, KMeansInit, KMeansSettings, Par, PqConfig, ProductQuantizer,
 };
 
-use crate::table::{markdown, median};
+use poeem::pipeline::{markdown_table as markdown, median};
 
 /// Arguments of `bench-faiss quantizers`.
 #[derive(clap::Args)]

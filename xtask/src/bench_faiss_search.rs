@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::bench_faiss::{find_faiss_python, rayon_pool};
-use crate::table::{markdown, median};
+use poeem::pipeline::{markdown_table as markdown, median};
 
 /// Arguments of `bench-faiss search`.
 #[derive(clap::Args)]
@@ -380,7 +380,7 @@ fn check_args(args: &SearchArgs) -> Result<()> {
 }
 
 /// Scales every column to mean 0 and standard deviation 1 (a constant column becomes 0).
-fn standardise_columns(data: &mut [f32], dim: usize) -> Result<()> {
+pub(crate) fn standardise_columns(data: &mut [f32], dim: usize) -> Result<()> {
     if let Some(at) = data.iter().position(|v| !v.is_finite()) {
         bail!(
             "the vectors hold a non-finite value at row {}, column {}",
@@ -524,7 +524,7 @@ fn recall(found: &[i64], truth: &[i64], k: usize) -> f64 {
 }
 
 /// Reads an `n × k` int64 `.npy` of result ids written by the faiss script.
-fn read_ids(path: &Path, n: usize, k: usize) -> Result<Vec<i64>> {
+pub(crate) fn read_ids(path: &Path, n: usize, k: usize) -> Result<Vec<i64>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let npy = npyz::NpyFile::new(BufReader::new(file))
         .with_context(|| format!("{}: not a .npy file", path.display()))?;

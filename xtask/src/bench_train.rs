@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use poeem::train::synthetic::tutorial_dataset;
 use poeem::train::{Dataset, TowerConfig, TrainConfig, Trainer};
 
-use crate::table::{markdown, median};
+use poeem::pipeline::{markdown_table as markdown, median};
 
 /// Arguments of `bench-train`.
 #[derive(clap::Args)]

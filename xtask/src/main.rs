@@ -1,7 +1,8 @@
 //! `cargo xtask`: reproduction runs and side-by-side benchmarks.
 //!
-//! - `cargo xtask reproduce rotation [--quick] [--vectors FILE]`: the Givens paper's
-//!   fixed-embedding experiment (distortion over steps; time per rotation update).
+//! - `cargo xtask reproduce <synthetic|movielens|ablation|rotation|all> [--quick] [--seeds N]
+//!   [--data DIR] [--out DIR] [--faiss]`: the papers' experiments, each writing `results.json`,
+//!   `report.md` and plots under `target/reproduce/<experiment>/` (see `docs/reproduce.md`).
 //! - `cargo xtask bench-faiss quantizers`: k-means and PQ encoding, poeem against faiss.
 //! - `cargo xtask bench-faiss search --vectors FILE`: IVF-PQ recall and queries per second,
 //!   poeem against faiss, on real vectors.
@@ -15,8 +16,7 @@ use clap::{Parser, Subcommand};
 mod bench_faiss;
 mod bench_faiss_search;
 mod bench_train;
-mod reproduce_rotation;
-mod table;
+mod reproduce;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "poeem project automation")]
@@ -27,11 +27,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Rerun an experiment of the papers and print its tables.
-    Reproduce {
-        #[command(subcommand)]
-        experiment: Experiment,
-    },
+    /// Rerun an experiment of the papers: tables, numbers and plots under
+    /// target/reproduce/<experiment>/.
+    Reproduce(reproduce::Args),
     /// Benchmark poeem against faiss side by side (needs Python with faiss; skipped otherwise).
     BenchFaiss {
         #[command(subcommand)]
@@ -40,13 +38,6 @@ enum Command {
     /// Training throughput (examples/s) on the synthetic tutorial, with and without the
     /// indexing layer, at several batch sizes and thread counts.
     BenchTrain(bench_train::BenchTrainArgs),
-}
-
-#[derive(Subcommand)]
-enum Experiment {
-    /// Learning the rotation of a PQ index on fixed embeddings: plain PQ, OPQ (SVD) and Givens
-    /// (random, greedy, steepest); and the time of one rotation update against the dimension.
-    Rotation(reproduce_rotation::Args),
 }
 
 #[derive(Subcommand)]
@@ -60,9 +51,7 @@ enum BenchTarget {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Reproduce {
-            experiment: Experiment::Rotation(args),
-        } => reproduce_rotation::run(&args),
+        Command::Reproduce(args) => reproduce::run(&args),
         Command::BenchFaiss {
             target: BenchTarget::Quantizers(args),
         } => bench_faiss::quantizers(&args),

@@ -10,6 +10,8 @@
 //!   learned: an index file's parts without any k-means or OPQ;
 //! - [`EvalSet`]: the queries and relevance judgements of an evaluation (a dataset's held-out
 //!   pairs, or the tutorial's rule), scored brute force or through a [`SearchIndex`];
+//! - [`train_model`], [`build_post_hoc`], [`export_timed`], [`EvalSet::through_index_at`]: the
+//!   timed steps of an index comparison (the tutorial's and the reproduction runs');
 //! - [`run_tutorial`]: the tutorial experiment of `method.md` §6 (plain and Poeem models, post-hoc
 //!   IVF-PQ and OPQ+IVF-PQ indexes, the exported Poeem index) as one call returning a
 //!   [`TutorialReport`].
@@ -18,6 +20,7 @@
 
 mod data;
 mod evaluate;
+mod experiment;
 mod export;
 mod ids;
 mod tutorial;
@@ -28,6 +31,7 @@ use thiserror::Error;
 
 pub use data::{DATA_FILE, DataSource};
 pub use evaluate::{EvalSet, index_rankings};
+pub use experiment::{TimedIndex, build_post_hoc, export_timed, median, train_model};
 pub use export::{ExportReport, MODEL_METADATA_KEY, export_index, exported_item_ids};
 pub use ids::{IdMap, ItemIds, read_token_indices, write_token_list};
 pub use tutorial::{

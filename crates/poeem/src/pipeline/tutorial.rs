@@ -2,13 +2,13 @@
 //! IVF-PQ and OPQ+IVF-PQ indexes against the Poeem model, whose index is exported from training.
 
 use std::fmt;
-use std::time::Instant;
 
-use super::{EvalSet, IdMap, ItemIds, PipelineError, export_index, markdown_table};
+use super::experiment::{TimedIndex, build_post_hoc, export_timed, train_model};
+use super::{EvalSet, IdMap, ItemIds, PipelineError, markdown_table};
 use crate::pq::{OpqConfig, Par, Progress};
-use crate::search::{BuildConfig, IndexParts, Probe, SearchIndex, SearchParams, build_index};
+use crate::search::{BuildConfig, Probe};
 use crate::train::synthetic::{TUTORIAL_PAIRS, tutorial_dataset};
-use crate::train::{Dataset, Model, TrainConfig, TrainProgress, TrainReport, Trainer};
+use crate::train::{TrainConfig, TrainProgress, TrainReport};
 
 /// Settings of [`run_tutorial`].
 #[derive(Debug, Clone, PartialEq)]
@@ -203,7 +203,13 @@ pub fn run_tutorial(
     progress(TutorialEvent::Stage("generating the tutorial pairs"));
     let dataset = tutorial_dataset(config.n_pairs, config.data_seed);
 
-    let (plain_model, plain_training) = train("plain", &config.plain, &dataset, progress)?;
+    progress(TutorialEvent::Stage("training the plain model"));
+    let (plain_model, plain_training) = train_model(&config.plain, &dataset, &mut |p| {
+        progress(TutorialEvent::Training {
+            model: "plain",
+            progress: p,
+        })
+    })?;
     progress(TutorialEvent::Stage(
         "evaluating the plain model (brute force)",
     ));
@@ -230,56 +236,50 @@ pub fn run_tutorial(
             opq,
             ..config.build.clone()
         };
-        let mut seconds = Vec::new();
-        let mut built = None;
-        for run in 0..config.timing_runs.max(1) {
-            let start = Instant::now();
-            let result = build_index(&plain_items, dim, None, &build, par, &mut |p| {
-                if run == 0 {
-                    progress(TutorialEvent::Building {
-                        index: name,
-                        progress: p,
-                    });
-                }
-            })?;
-            seconds.push(start.elapsed().as_secs_f64());
-            built = Some(result);
-        }
-        let (parts, report) = built.expect("at least one build");
-        let index_seconds = median(&mut seconds);
-        let precision = index_precision(&eval, &parts, &plain_queries, &ids, config, par)?;
+        let index = build_post_hoc(
+            &plain_items,
+            dim,
+            &build,
+            config.timing_runs,
+            par,
+            &mut |p| {
+                progress(TutorialEvent::Building {
+                    index: name,
+                    progress: p,
+                })
+            },
+        )?;
         Ok::<_, PipelineError>(IndexResult {
             name,
-            precision,
-            index_seconds,
-            relative_distortion: report.relative_distortion,
+            precision: index_precision(&eval, &index, &plain_queries, &ids, config, par)?,
+            index_seconds: index.median_seconds(),
+            relative_distortion: index.relative_distortion,
         })
     };
     let ivf_pq = post_hoc("post-hoc IVF-PQ", None)?;
     let opq_ivf_pq = post_hoc("post-hoc OPQ+IVF-PQ", Some(config.opq.clone()))?;
 
-    let (poeem_model, poeem_training) = train("Poeem", &config.poeem, &dataset, progress)?;
+    progress(TutorialEvent::Stage("training the Poeem model"));
+    let (poeem_model, poeem_training) = train_model(&config.poeem, &dataset, &mut |p| {
+        progress(TutorialEvent::Training {
+            model: "Poeem",
+            progress: p,
+        })
+    })?;
     progress(TutorialEvent::Stage("exporting the Poeem index"));
-    let mut seconds = Vec::new();
-    let mut exported = None;
-    for _ in 0..export_timing_runs(config) {
-        let result = export_index(&poeem_model, par)?;
-        seconds.push(result.1.encode_seconds);
-        exported = Some(result);
-    }
-    let (parts, export) = exported.expect("at least one export");
+    let (exported, poeem_ids, export_embed_seconds) =
+        export_timed(&poeem_model, export_timing_runs(config), par)?;
     let poeem_queries = poeem_model.embed_queries(eval.queries(), par)?;
     let poeem = ModelResult {
         name: "Poeem",
         training: poeem_training,
         brute_force_precision: precision(&eval.brute_force_model(&poeem_model, &ks, par)?),
     };
-    let poeem_ids = IdMap::new(export.item_ids, poeem_model.items());
     let poeem_index = IndexResult {
         name: "Poeem (exported)",
-        precision: index_precision(&eval, &parts, &poeem_queries, &poeem_ids, config, par)?,
-        index_seconds: median(&mut seconds),
-        relative_distortion: export.relative_distortion,
+        precision: index_precision(&eval, &exported, &poeem_queries, &poeem_ids, config, par)?,
+        index_seconds: exported.median_seconds(),
+        relative_distortion: exported.relative_distortion,
     };
     Ok(TutorialReport {
         config: config.clone(),
@@ -288,60 +288,35 @@ pub fn run_tutorial(
         ivf_pq,
         opq_ivf_pq,
         poeem_index,
-        export_embed_seconds: export.embed_seconds,
+        export_embed_seconds,
     })
 }
 
-/// Trains one model of the experiment, forwarding its progress.
-fn train(
-    name: &'static str,
-    config: &TrainConfig,
-    dataset: &Dataset,
-    progress: &mut dyn FnMut(TutorialEvent<'_>),
-) -> Result<(Model, TrainReport), PipelineError> {
-    progress(TutorialEvent::Stage(match name {
-        "plain" => "training the plain model",
-        _ => "training the Poeem model",
-    }));
-    let mut trainer = Trainer::new(config.clone(), dataset)?;
-    let report = trainer.train(&mut |p| {
-        progress(TutorialEvent::Training {
-            model: name,
-            progress: p,
-        })
-    })?;
-    Ok((trainer.into_model(), report))
-}
-
-/// Precision@k through the index `parts`.
+/// Precision@k through `index` at the experiment's nprobe.
 fn index_precision(
     eval: &EvalSet,
-    parts: &IndexParts,
+    index: &TimedIndex,
     queries: &[f32],
     ids: &IdMap,
     config: &TutorialConfig,
     par: Par,
 ) -> Result<f64, PipelineError> {
-    let index = SearchIndex::new(parts.view()?);
-    let params = SearchParams::new(config.k, config.nprobe).with_probe(config.probe);
-    let metrics = eval.through_index(&index, queries, ids, &[config.k], params, par)?;
-    Ok(precision(&metrics))
+    let metrics = eval.through_index_at(
+        &index.parts,
+        queries,
+        ids,
+        &[config.k],
+        &[config.nprobe],
+        config.probe,
+        par,
+    )?;
+    Ok(metrics.first().map_or(f64::NAN, |m| precision(m)))
 }
 
 /// Runs of the export whose median is reported: it takes milliseconds, so a few runs more than
 /// the builds keep one slow run from setting its time.
 fn export_timing_runs(config: &TutorialConfig) -> usize {
     config.timing_runs.max(1) * 5
-}
-
-/// The median of `values` (sorted in place; NaN for none).
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => 0.5 * (values[n / 2 - 1] + values[n / 2]),
-    }
 }
 
 fn precision(metrics: &[crate::train::metrics::RankingMetrics]) -> f64 {

@@ -9,14 +9,14 @@
 //! - OPQ (SVD): `R ← argmin ‖X_b R − Z_b‖` by Procrustes on the batch;
 //! - Givens (random, greedy, steepest): one block Givens step on the batch distortion.
 //!
-//! The table reports the mean squared distortion of all vectors after 0, 10, 100 and 1000 steps.
+//! The table reports the mean squared distortion of all vectors after 0, 10, 100 and 1000 steps
+//! (the plot more points in between).
 //! A second table times one rotation update (given the d×d gradient) against the dimension.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::Result;
+use poeem::pipeline::{markdown_table, median};
 use poeem::pq::{KMeansSettings, Par, PqConfig, ProductQuantizer, mean_squared_norm};
 use poeem::rotation::faer;
 use poeem::rotation::{
@@ -25,32 +25,18 @@ use poeem::rotation::{
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
 
-use crate::table::{markdown, median};
-
-/// Arguments of `reproduce rotation`.
-#[derive(clap::Args)]
-pub(crate) struct Args {
-    /// Smaller data and fewer timing repeats: finishes in well under a minute.
-    #[arg(long)]
-    quick: bool,
-    /// Also run on these vectors (`.npy` f32/f64 C order, or `.fvecs`); columns are
-    /// standardised first.
-    #[arg(long)]
-    vectors: Option<PathBuf>,
-    /// Seed of the data, the batches and the pair selection.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Givens step size, relative to the data's mean squared norm.
-    #[arg(long, default_value_t = 8.0)]
-    givens_lr: f32,
-    /// Where to write report.md.
-    #[arg(long)]
-    out: Option<PathBuf>,
-}
+use super::meta::DataHash;
+use super::plot::{LineChart, Series};
+use super::{Args, DataInfo, Experiment, Outcome, Progress};
+use crate::bench_faiss_search::standardise_columns;
 
 /// Checkpoints of the distortion table.
 const CHECKPOINTS: [usize; 4] = [0, 10, 100, 1000];
+
+/// Steps at which the distortion is plotted (log scale).
+const PLOTTED: [usize; 7] = [10, 20, 50, 100, 200, 500, 1000];
 
 #[derive(Clone, Copy)]
 enum Method {
@@ -60,6 +46,14 @@ enum Method {
 }
 
 impl Method {
+    const ALL: [Method; 5] = [
+        Method::Plain,
+        Method::OpqSvd,
+        Method::Givens(PairSelection::Random),
+        Method::Givens(PairSelection::Greedy),
+        Method::Givens(PairSelection::Steepest),
+    ];
+
     fn name(self) -> String {
         match self {
             Method::Plain => "plain PQ (R = I)".into(),
@@ -69,92 +63,126 @@ impl Method {
     }
 }
 
+/// The experiment's settings.
 struct Setup {
     n_subspaces: usize,
     n_bits: u32,
     batch: usize,
+    seed: u64,
+    givens_lr: f32,
 }
 
-pub(crate) fn run(args: &Args) -> Result<()> {
-    let started = Instant::now();
+/// The dimensions at which one rotation update is timed.
+fn timed_dims(quick: bool) -> &'static [usize] {
+    if quick {
+        &[64, 128, 256, 512]
+    } else {
+        &[64, 128, 256, 512, 1024]
+    }
+}
+
+pub(crate) fn run(args: &Args, progress: &Progress) -> Result<Outcome> {
     let (n, dim) = if args.quick {
         (8_000, 32)
     } else {
         (50_000, 64)
     };
+    let seed = args.seed_list(Experiment::Rotation)[0];
     let setup = Setup {
         n_subspaces: 8,
         n_bits: if args.quick { 6 } else { 8 },
         batch: if args.quick { 512 } else { 1024 },
+        seed,
+        givens_lr: args.givens_lr,
     };
-    let mut report = String::from("# Rotation learning on fixed embeddings\n\n");
-    report += &format!(
-        "Mean squared distortion (all vectors) after t mini-batch steps; PQ{}x{}, batch {}, Givens lr {} (relative to the mean squared norm), max angle 0.1 rad.\n\n",
-        setup.n_subspaces, setup.n_bits, setup.batch, args.givens_lr
+    let n_sets = 1 + usize::from(args.vectors.is_some());
+    progress.jobs(n_sets * Method::ALL.len() + timed_dims(args.quick).len());
+    let mut report = format!(
+        "Mean squared distortion (all vectors) after t mini-batch steps; PQ{}x{}, batch {}, \
+         Givens lr {} (relative to the mean squared norm), max angle 0.1 rad.\n\n",
+        setup.n_subspaces, setup.n_bits, setup.batch, setup.givens_lr
     );
-
-    let synthetic = poeem::synthetic::anisotropic_gaussian(n, dim, 30.0, args.seed);
-    let title = format!(
-        "synthetic anisotropic Gaussian, {n} × {dim} (std decaying 1 → 1/30, randomly rotated)"
+    let mut hash = DataHash::default();
+    let synthetic = poeem::synthetic::anisotropic_gaussian(n, dim, 30.0, seed);
+    hash.floats(&synthetic);
+    let mut description = format!(
+        "synthetic anisotropic Gaussian, {n} × {dim} (std decaying 1 → 1/30, randomly rotated; \
+         seed {seed})"
     );
-    report += &distortion_section(&title, &synthetic, dim, &setup, args)?;
+    let mut sets = vec![distortion_section(
+        "synthetic",
+        &description,
+        &synthetic,
+        dim,
+        &setup,
+        progress,
+    )?];
     if let Some(path) = &args.vectors {
+        hash.file(path)?;
         let vectors = poeem::io::read_vectors(path)?;
         let mut data = vectors.data;
-        standardize(&mut data, vectors.dim);
+        standardise_columns(&mut data, vectors.dim)?;
         let title = format!(
             "{} ({} × {}, standardised)",
             path.display(),
             data.len() / vectors.dim,
             vectors.dim
         );
-        report += &distortion_section(&title, &data, vectors.dim, &setup, args)?;
+        description += &format!(", and {title}");
+        sets.push(distortion_section(
+            "vectors",
+            &title,
+            &data,
+            vectors.dim,
+            &setup,
+            progress,
+        )?);
     }
-    report += &timing_section(args.quick)?;
-    report += &format!("\nTotal time {:.1} s.\n", started.elapsed().as_secs_f64());
-    println!("\n{report}");
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| crate::target_dir().join("reproduce/rotation"));
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("report.md"), &report).context("writing report.md")?;
-    println!("written to {}", out.join("report.md").display());
-    Ok(())
+    let (timing_report, timing) = timing_section(args.quick, progress)?;
+    let mut results = json!({ "checkpoints": CHECKPOINTS, "timing": timing });
+    let mut plots = Vec::new();
+    for set in sets {
+        report += &set.report;
+        results[set.key] = set.results;
+        plots.push((format!("distortion_{}", set.key), set.chart));
+    }
+    report += &timing_report;
+    Ok(Outcome {
+        title: "Rotation learning on fixed embeddings".to_owned(),
+        seeds: vec![seed],
+        data: DataInfo {
+            description,
+            sha256: hash.hex(),
+        },
+        settings: json!({
+            "n_subspaces": setup.n_subspaces,
+            "n_bits": setup.n_bits,
+            "batch": setup.batch,
+            "givens_lr": setup.givens_lr,
+            "max_angle": 0.1,
+        }),
+        results,
+        report,
+        plots,
+    })
 }
 
-/// Subtracts each column's mean and divides by its standard deviation (constant columns become 0).
-fn standardize(data: &mut [f32], dim: usize) {
-    let n = (data.len() / dim).max(1) as f64;
-    for c in 0..dim {
-        let mean = data
-            .iter()
-            .skip(c)
-            .step_by(dim)
-            .map(|&v| f64::from(v))
-            .sum::<f64>()
-            / n;
-        let var = data
-            .iter()
-            .skip(c)
-            .step_by(dim)
-            .map(|&v| (f64::from(v) - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        let scale = if var > 0.0 { 1.0 / var.sqrt() } else { 0.0 };
-        for v in data.iter_mut().skip(c).step_by(dim) {
-            *v = ((f64::from(*v) - mean) * scale) as f32;
-        }
-    }
+/// One data set's table, numbers and plot.
+struct DistortionSet {
+    key: &'static str,
+    report: String,
+    results: Value,
+    chart: LineChart,
 }
 
 fn distortion_section(
+    key: &'static str,
     title: &str,
     data: &[f32],
     dim: usize,
     setup: &Setup,
-    args: &Args,
-) -> Result<String> {
+    progress: &Progress,
+) -> Result<DistortionSet> {
     // PQ needs whole subspaces: zero-pad (the rotation may then move energy into the padding).
     let padded = poeem::pq::padded_dim(dim, setup.n_subspaces);
     let padded_data: Vec<f32>;
@@ -176,50 +204,78 @@ fn distortion_section(
         n_subspaces: setup.n_subspaces,
         n_bits: setup.n_bits,
         kmeans: KMeansSettings::default(),
-        seed: args.seed,
+        seed: setup.seed,
     };
     let initial = ProductQuantizer::train(data, dim, &config, Par::Seq, &mut |_| {})?;
 
-    let methods = [
-        Method::Plain,
-        Method::OpqSvd,
-        Method::Givens(PairSelection::Random),
-        Method::Givens(PairSelection::Greedy),
-        Method::Givens(PairSelection::Steepest),
-    ];
     let steps = *CHECKPOINTS.last().unwrap_or(&0);
-    let bar = ProgressBar::new((methods.len() * steps) as u64).with_style(
-        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} steps ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
     let mut rows = Vec::new();
-    for method in methods {
-        bar.set_message(method.name());
-        let mut run = Run::new(data, dim, &initial, method, setup, args, mean_sq_norm)?;
+    let mut series = Vec::new();
+    let mut methods = Vec::new();
+    for method in Method::ALL {
+        progress.job(format!("{key}: {}", method.name()));
+        let mut run = Run::new(data, dim, &initial, method, setup, mean_sq_norm)?;
         let mut row = vec![method.name()];
+        let mut curve = Vec::new();
+        let mut at_checkpoints = Vec::new();
         for step in 0..=steps {
-            if CHECKPOINTS.contains(&step) {
-                row.push(format!("{:.4}", run.distortion()? / mean_sq_norm));
+            let table = CHECKPOINTS.contains(&step);
+            if table || PLOTTED.contains(&step) {
+                let relative = run.distortion()? / mean_sq_norm;
+                if table {
+                    row.push(format!("{relative:.4}"));
+                    at_checkpoints.push(relative);
+                }
+                if PLOTTED.contains(&step) {
+                    curve.push((step as f64, relative));
+                }
             }
             if step < steps {
                 run.step()?;
-                bar.inc(1);
             }
         }
+        let update_ms = run.update_seconds * 1e3 / steps as f64;
         row.push(format!("{:.2e}", run.rotation.orthogonality_error()));
-        row.push(format!("{:.2}", run.update_seconds * 1e3 / steps as f64));
+        row.push(format!("{update_ms:.2}"));
         rows.push(row);
+        methods.push(json!({
+            "method": method.name(),
+            "relative_distortion": at_checkpoints,
+            "curve": curve,
+            "orthogonality_error": run.rotation.orthogonality_error(),
+            "update_ms_per_step": update_ms,
+        }));
+        series.push(Series {
+            name: method.name(),
+            points: curve,
+            spread: None,
+        });
+        progress.job_done();
     }
-    bar.finish_and_clear();
     let mut header: Vec<String> = CHECKPOINTS.iter().map(|t| format!("t = {t}")).collect();
     header.insert(0, "method".into());
     header.push("‖RᵀR − I‖max".into());
     header.push("rotation update (ms/step)".into());
-    let header: Vec<&str> = header.iter().map(String::as_str).collect();
-    Ok(format!(
+    let report = format!(
         "## {title}\n\nDistortion relative to the mean squared norm ({mean_sq_norm:.3}):\n\n{}\n",
-        markdown(&header, &rows)
-    ))
+        markdown_table(&header, &rows)
+    );
+    Ok(DistortionSet {
+        key,
+        report,
+        results: json!({
+            "title": title,
+            "mean_squared_norm": mean_sq_norm,
+            "methods": methods,
+        }),
+        chart: LineChart {
+            title: format!("Rotation learning: {title}"),
+            x_label: "mini-batch steps".to_owned(),
+            y_label: "distortion / mean squared norm".to_owned(),
+            log2_x: true,
+            series,
+        },
+    })
 }
 
 /// One method's mini-batch run.
@@ -243,7 +299,6 @@ impl<'a> Run<'a> {
         initial: &ProductQuantizer,
         method: Method,
         setup: &'a Setup,
-        args: &Args,
         mean_sq_norm: f64,
     ) -> Result<Self> {
         let selection = match method {
@@ -251,11 +306,11 @@ impl<'a> Run<'a> {
             _ => PairSelection::Random,
         };
         let givens = GivensOptimizer::new(GivensConfig {
-            learning_rate: (f64::from(args.givens_lr) / mean_sq_norm) as f32,
+            learning_rate: (f64::from(setup.givens_lr) / mean_sq_norm) as f32,
             max_angle: 0.1,
             selection,
             reorthonormalize_every: 1000,
-            seed: args.seed,
+            seed: setup.seed,
         });
         Ok(Self {
             data,
@@ -266,7 +321,7 @@ impl<'a> Run<'a> {
             codebooks: initial.codebooks_flat(),
             counts: vec![0.0; setup.n_subspaces << setup.n_bits],
             givens,
-            rng: ChaCha8Rng::seed_from_u64(args.seed ^ 0xBA7C4),
+            rng: ChaCha8Rng::seed_from_u64(setup.seed ^ 0xBA7C4),
             update_seconds: 0.0,
         })
     }
@@ -346,16 +401,13 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Median time of one rotation update given the d×d gradient information, per dimension.
-fn timing_section(quick: bool) -> Result<String> {
-    let dims: &[usize] = if quick {
-        &[64, 128, 256, 512]
-    } else {
-        &[64, 128, 256, 512, 1024]
-    };
+/// Median time of one rotation update given the d×d gradient information, per dimension: the
+/// report's table and the numbers.
+fn timing_section(quick: bool, progress: &Progress) -> Result<(String, Value)> {
     let mut rows = Vec::new();
-    let bar = ProgressBar::new(dims.len() as u64).with_message("timing updates");
-    for &d in dims {
+    let mut numbers = Vec::new();
+    for &d in timed_dims(quick) {
+        progress.job(format!("timing rotation updates at d = {d}"));
         let mut rng = ChaCha8Rng::seed_from_u64(d as u64);
         let raw: Vec<f64> = (0..d * d).map(|_| rng.random::<f64>() - 0.5).collect();
         let skew: Vec<f64> = (0..d * d)
@@ -376,6 +428,7 @@ fn timing_section(quick: bool) -> Result<String> {
             let _ = procrustes_from_cross(cross.as_ref());
         });
         let mut cells = vec![d.to_string(), format!("{:.3}", svd * 1e3)];
+        let mut givens = serde_json::Map::new();
         for selection in PairSelection::ALL {
             if selection == PairSelection::Steepest && d > if quick { 256 } else { 512 } {
                 cells.push("—".into());
@@ -392,14 +445,15 @@ fn timing_section(quick: bool) -> Result<String> {
                 let _ = opt.step_with_skew(&mut rotation, &skew, Par::Seq);
             });
             cells.push(format!("{:.3} ({:.0}×)", t * 1e3, svd / t));
+            givens.insert(selection.to_string(), json!(t * 1e3));
         }
         rows.push(cells);
-        bar.inc(1);
+        numbers.push(json!({"dim": d, "svd_ms": svd * 1e3, "givens_ms": givens}));
+        progress.job_done();
     }
-    bar.finish_and_clear();
-    Ok(format!(
+    let table = format!(
         "## Time of one rotation update\n\nMedian ms per update from a d×d gradient (one thread); in brackets the speed-up over the SVD.\n\n{}",
-        markdown(
+        markdown_table(
             &[
                 "d",
                 "SVD Procrustes (ms)",
@@ -409,7 +463,8 @@ fn timing_section(quick: bool) -> Result<String> {
             ],
             &rows
         )
-    ))
+    );
+    Ok((table, Value::Array(numbers)))
 }
 
 fn faer_cross(raw: &[f64], d: usize) -> faer::Mat<f64> {
@@ -430,13 +485,8 @@ mod tests {
             n_subspaces: 4,
             n_bits: 4,
             batch: 256,
-        };
-        let args = Args {
-            quick: true,
-            vectors: None,
             seed: 4,
             givens_lr: 8.0,
-            out: None,
         };
         let mean_sq_norm = mean_squared_norm(&data, dim);
         let config = PqConfig {
@@ -447,8 +497,7 @@ mod tests {
         };
         let initial = ProductQuantizer::train(&data, dim, &config, Par::Seq, &mut |_| {}).unwrap();
         let final_distortion = |method| {
-            let mut run =
-                Run::new(&data, dim, &initial, method, &setup, &args, mean_sq_norm).unwrap();
+            let mut run = Run::new(&data, dim, &initial, method, &setup, mean_sq_norm).unwrap();
             for _ in 0..200 {
                 run.step().unwrap();
             }

@@ -1,0 +1,628 @@
+//! `cargo xtask reproduce <experiment>`: the papers' claims rerun end to end.
+//!
+//! Each experiment returns an [`Outcome`]; [`run`] writes it under `<out>/<experiment>/`:
+//! `results.json` (every number, with the machine, the date, the git revision, the seeds and a
+//! hash of the input data), `report.md` (the tables) and the plots (SVG).
+//!
+//! - `synthetic`: the tutorial over several seeds, post-hoc indexes against Poeem's variants;
+//! - `movielens`: the same comparison on RecBole-layout MovieLens files;
+//! - `ablation`: warm start, PQ init, regularizer weight and Givens step size on the tutorial;
+//! - `rotation`: rotation learning on fixed embeddings;
+//! - `all`: each in turn.
+
+mod ablation;
+pub(crate) mod faiss;
+mod meta;
+mod movielens;
+pub(crate) mod plot;
+pub(crate) mod rotation;
+mod synthetic;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use poeem::pipeline::train_model;
+use poeem::pq::Par;
+use poeem::train::{Dataset, Model, TrainConfig, TrainProgress, TrainReport};
+use serde_json::{Value, json};
+
+use plot::LineChart;
+
+/// Arguments of `cargo xtask reproduce`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct Args {
+    /// The experiment to run (`all`: each in turn).
+    #[arg(value_enum)]
+    pub(crate) experiment: Experiment,
+    /// Shorter runs (fewer epochs, less data): every experiment together in under 3 minutes.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Seeds 1..=N: every randomised experiment runs once per seed and reports the mean and
+    /// spread (the rotation experiment uses the first) [default: 3; with --quick, 3 for
+    /// synthetic and 1 for the others].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub(crate) seeds: Option<u64>,
+    /// Directory of RecBole-layout MovieLens files (`<name>.inter`, and `<name>.user`,
+    /// `<name>.item` when present), such as ml-100k. Without it, `movielens` runs on a
+    /// generated stand-in in the same layout and says so.
+    #[arg(long)]
+    pub(crate) data: Option<PathBuf>,
+    /// Output root; each experiment writes to `<out>/<experiment>/` [default: target/reproduce].
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Also build faiss's post-hoc `IVF,PQ` and `OPQ,IVF,PQ` on the same embeddings (needs a
+    /// Python that can `import faiss`; skipped with a note otherwise).
+    #[arg(long)]
+    pub(crate) faiss: bool,
+    /// The Python interpreter for `--faiss` (default: $POEEM_PYTHON,
+    /// /tmp/faiss-venv/bin/python, python3).
+    #[arg(long)]
+    pub(crate) python: Option<PathBuf>,
+    /// Worker threads for training, building and search (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+    /// `rotation` only: also run on these vectors (`.npy` f32/f64 C order, or `.fvecs`;
+    /// columns are standardised first).
+    #[arg(long)]
+    pub(crate) vectors: Option<PathBuf>,
+    /// `rotation` only: Givens step size, relative to the data's mean squared norm.
+    #[arg(long, default_value_t = 8.0)]
+    pub(crate) givens_lr: f32,
+}
+
+/// The experiments.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Experiment {
+    /// The tutorial over several seeds: brute force, post-hoc IVF-PQ and OPQ+IVF-PQ, Poeem
+    /// without rotation, with OPQ at warm start, with Givens (random, greedy, steepest).
+    Synthetic,
+    /// The same comparison on RecBole-layout MovieLens files, with user and item features.
+    Movielens,
+    /// Warm start, PQ init, regularizer weight and Givens step size, on the tutorial.
+    Ablation,
+    /// Rotation learning on fixed embeddings: plain PQ, OPQ, Givens.
+    Rotation,
+    /// Every experiment in turn.
+    All,
+}
+
+impl Experiment {
+    /// Every single experiment, in the order `all` runs them.
+    const EACH: [Experiment; 4] = [
+        Experiment::Synthetic,
+        Experiment::Movielens,
+        Experiment::Ablation,
+        Experiment::Rotation,
+    ];
+
+    /// The name on the command line and of the output folder.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Experiment::Synthetic => "synthetic",
+            Experiment::Movielens => "movielens",
+            Experiment::Ablation => "ablation",
+            Experiment::Rotation => "rotation",
+            Experiment::All => "all",
+        }
+    }
+}
+
+impl Args {
+    /// The seeds 1..=N of `experiment`.
+    pub(crate) fn seed_list(&self, experiment: Experiment) -> Vec<u64> {
+        let default = if self.quick && experiment != Experiment::Synthetic {
+            1
+        } else {
+            3
+        };
+        (1..=self.seeds.unwrap_or(default)).collect()
+    }
+
+    /// The worker threads' parallelism.
+    pub(crate) fn par(&self) -> Par {
+        match self.threads {
+            0 => Par::rayon(std::thread::available_parallelism().map_or(1, usize::from)),
+            1 => Par::Seq,
+            n => Par::rayon(n),
+        }
+    }
+
+    /// The thread count handed to training configurations (0: rayon's global pool).
+    pub(crate) fn train_threads(&self) -> usize {
+        self.threads
+    }
+
+    fn out_root(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| crate::target_dir().join("reproduce"))
+    }
+
+    /// The command line that reruns `experiment` with these settings.
+    fn command(&self, experiment: Experiment) -> String {
+        let mut cmd = format!("cargo xtask reproduce {}", experiment.name());
+        if self.quick {
+            cmd += " --quick";
+        }
+        if let Some(seeds) = self.seeds {
+            cmd += &format!(" --seeds {seeds}");
+        }
+        if let Some(data) = &self.data {
+            cmd += &format!(" --data {}", data.display());
+        }
+        if self.faiss {
+            cmd += " --faiss";
+        }
+        if self.threads != 0 {
+            cmd += &format!(" --threads {}", self.threads);
+        }
+        cmd
+    }
+}
+
+/// Where the input data of an experiment came from.
+pub(crate) struct DataInfo {
+    /// What it is, in words.
+    pub(crate) description: String,
+    /// SHA-256 of the data as the experiment read it.
+    pub(crate) sha256: String,
+}
+
+/// What an experiment found.
+pub(crate) struct Outcome {
+    /// The report's title.
+    pub(crate) title: String,
+    /// The seeds it ran with.
+    pub(crate) seeds: Vec<u64>,
+    /// Its input data.
+    pub(crate) data: DataInfo,
+    /// Its settings (shapes, epochs, nprobes, …).
+    pub(crate) settings: Value,
+    /// Every number it measured.
+    pub(crate) results: Value,
+    /// The report's body: Markdown tables and notes.
+    pub(crate) report: String,
+    /// Plots, by file stem.
+    pub(crate) plots: Vec<(String, LineChart)>,
+}
+
+/// Runs `args.experiment` (or each in turn for `all`) and writes their outputs.
+///
+/// # Errors
+/// An experiment's errors (bad data, a failed write, …).
+pub(crate) fn run(args: &Args) -> Result<()> {
+    let experiments: Vec<Experiment> = match args.experiment {
+        Experiment::All => Experiment::EACH.to_vec(),
+        one => vec![one],
+    };
+    let progress = Progress::new(&experiments);
+    let started = Instant::now();
+    let mut written = Vec::new();
+    for &experiment in &experiments {
+        progress.start(experiment);
+        let dir = run_one(experiment, args, &progress)?;
+        progress.finish_experiment(&format!(
+            "{} done: {}",
+            experiment.name(),
+            dir.join("report.md").display()
+        ));
+        written.push(dir);
+    }
+    progress.clear();
+    if experiments.len() > 1 {
+        println!(
+            "all experiments done in {:.0} s:",
+            started.elapsed().as_secs_f64()
+        );
+        for dir in written {
+            println!("  {}", dir.join("report.md").display());
+        }
+    }
+    Ok(())
+}
+
+/// Runs one experiment, prints its report and writes its outputs; returns its folder.
+fn run_one(experiment: Experiment, args: &Args, progress: &Progress) -> Result<PathBuf> {
+    let started = Instant::now();
+    let outcome = match experiment {
+        Experiment::Synthetic => synthetic::run(args, progress)?,
+        Experiment::Movielens => movielens::run(args, progress)?,
+        Experiment::Ablation => ablation::run(args, progress)?,
+        Experiment::Rotation => rotation::run(args, progress)?,
+        Experiment::All => bail!("`all` is not a single experiment"),
+    };
+    let dir = args.out_root().join(experiment.name());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let workspace = crate::target_dir()
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned);
+    let machine = meta::machine();
+    let date = meta::utc_now();
+    let revision = meta::git_revision(&workspace);
+    let command = args.command(experiment);
+
+    let mut plot_files = Vec::new();
+    for (stem, chart) in &outcome.plots {
+        let file = format!("{stem}.svg");
+        plot::write_svg(chart, &dir.join(&file))?;
+        plot_files.push((file, chart.title.clone()));
+    }
+    let results = json!({
+        "experiment": experiment.name(),
+        "command": command,
+        "quick": args.quick,
+        "date": date,
+        "git_revision": revision,
+        "machine": machine,
+        "threads": args.threads,
+        "seeds": outcome.seeds,
+        "data": {
+            "description": outcome.data.description,
+            "sha256": outcome.data.sha256,
+        },
+        "elapsed_seconds": elapsed,
+        "settings": outcome.settings,
+        "results": outcome.results,
+        "plots": plot_files.iter().map(|(f, _)| f).collect::<Vec<_>>(),
+    });
+    let mut report = format!(
+        "# {}\n\nRun `{command}` on {date}: {}; git {revision}; seeds {:?}; {:.0} s.\n\nData: {} \
+         (SHA-256 `{}`).\n\n",
+        outcome.title,
+        meta::machine_line(&machine),
+        outcome.seeds,
+        elapsed,
+        outcome.data.description,
+        outcome.data.sha256,
+    );
+    report += &outcome.report;
+    for (file, title) in &plot_files {
+        report += &format!("\n![{title}]({file})\n");
+    }
+    write_file(
+        &dir.join("results.json"),
+        &(serde_json::to_string_pretty(&results)? + "\n"),
+    )?;
+    write_file(&dir.join("report.md"), &report)?;
+    progress.println(&report);
+    Ok(dir)
+}
+
+/// Writes `text` to `path` atomically.
+pub(crate) fn write_file(path: &Path, text: &str) -> Result<()> {
+    poeem_fs::write_atomically(path, |out| {
+        use std::io::Write;
+        out.write_all(text.as_bytes())
+    })
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The progress display: one bar over the experiments of `all`, one over the current
+/// experiment's jobs (models trained, indexes built), and one over the current training's steps.
+pub(crate) struct Progress {
+    multi: MultiProgress,
+    experiments: Option<ProgressBar>,
+    jobs: ProgressBar,
+}
+
+impl Progress {
+    fn new(experiments: &[Experiment]) -> Self {
+        let multi = MultiProgress::new();
+        let experiments = (experiments.len() > 1).then(|| {
+            multi.add(
+                ProgressBar::new(experiments.len() as u64)
+                    .with_style(style("experiments {pos}/{len} [{bar:20}] {elapsed} {msg}")),
+            )
+        });
+        let jobs = multi.add(ProgressBar::new(0).with_style(style(
+            "{prefix:>10} {pos}/{len} jobs [{bar:30}] ({eta}) {msg}",
+        )));
+        Self {
+            multi,
+            experiments,
+            jobs,
+        }
+    }
+
+    fn start(&self, experiment: Experiment) {
+        if let Some(bar) = &self.experiments {
+            bar.set_message(experiment.name());
+        }
+        self.jobs.set_prefix(experiment.name());
+        self.jobs.set_position(0);
+        self.jobs.set_length(0);
+        self.jobs.reset_eta();
+    }
+
+    fn finish_experiment(&self, line: &str) {
+        if let Some(bar) = &self.experiments {
+            bar.inc(1);
+        }
+        self.println(line);
+    }
+
+    fn clear(&self) {
+        if let Some(bar) = &self.experiments {
+            bar.finish_and_clear();
+        }
+        self.jobs.finish_and_clear();
+    }
+
+    /// Sets how many jobs the current experiment has.
+    pub(crate) fn jobs(&self, total: usize) {
+        self.jobs.set_length(total as u64);
+    }
+
+    /// A job starts: `what` describes it (shown beside the bar, and logged when stderr is not
+    /// a terminal).
+    pub(crate) fn job(&self, what: impl Into<Cow<'static, str>>) {
+        let what = what.into();
+        if self.multi.is_hidden() {
+            eprintln!("[{}] {what}", self.jobs.prefix());
+        }
+        self.jobs.set_message(what);
+    }
+
+    /// The current job is done.
+    pub(crate) fn job_done(&self) {
+        self.jobs.inc(1);
+    }
+
+    /// A bar over a training run's steps, updated by the returned callback.
+    pub(crate) fn training(&self, name: &str) -> TrainingBar {
+        let bar = self.multi.add(ProgressBar::new(0).with_style(style(
+            "{prefix:>10} [{bar:30}] {pos}/{len} steps ({eta}) {msg}",
+        )));
+        bar.set_prefix(name.to_owned());
+        TrainingBar(bar)
+    }
+
+    /// Prints a line above the bars.
+    pub(crate) fn println(&self, line: &str) {
+        if self.multi.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.multi.println(line);
+        }
+    }
+}
+
+/// Trains a model from scratch on `dataset` with a progress bar named `name`; `on_report` sees
+/// every trainer report too.
+pub(crate) fn train_with_bar(
+    progress: &Progress,
+    name: &str,
+    config: &TrainConfig,
+    dataset: &Dataset,
+    on_report: &mut dyn FnMut(&TrainProgress),
+) -> Result<(Model, TrainReport)> {
+    let bar = progress.training(name);
+    Ok(train_model(config, dataset, &mut |p| {
+        bar.update(p);
+        on_report(p);
+    })?)
+}
+
+/// The bar of one training run; cleared when dropped.
+pub(crate) struct TrainingBar(ProgressBar);
+
+impl TrainingBar {
+    /// Shows a trainer's report.
+    pub(crate) fn update(&self, p: &TrainProgress) {
+        self.0.set_length(p.total_steps);
+        self.0.set_position(p.step);
+        self.0.set_message(format!("loss {:.3}", p.loss));
+    }
+}
+
+impl Drop for TrainingBar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// The mean and the population standard deviation of `values` (NaN for none).
+pub(crate) fn mean_std(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// `mean ± std` of `values` with `digits` decimals (the value alone for one value).
+pub(crate) fn mean_pm(values: &[f64], digits: usize) -> String {
+    let (mean, std) = mean_std(values);
+    if values.len() == 1 {
+        format!("{mean:.digits$}")
+    } else {
+        format!("{mean:.digits$} ± {std:.digits$}")
+    }
+}
+
+/// The report's note on the faiss rows: what they are (faiss `version` built them), or why they
+/// are missing when `--faiss` asked for them.
+pub(crate) fn faiss_note(asked: bool, version: Option<&str>) -> String {
+    match version {
+        Some(version) => format!(
+            "\nThe faiss rows are faiss {version}'s own `IVF,PQ` and `OPQ,IVF,PQ` of the same \
+             shape, built on the plain model's embeddings with the inner-product metric (their \
+             lists are probed by inner product too) and scored by the same code; their time is \
+             faiss's train + add on as many threads.\n"
+        ),
+        None if asked => {
+            "\nThe faiss rows are missing: no Python that can import faiss was found.\n".to_owned()
+        }
+        None => String::new(),
+    }
+}
+
+/// How the tables summarise `n` seeds, for the reports' prose.
+pub(crate) fn over_seeds(n: usize) -> String {
+    if n == 1 {
+        "one seed (no spread)".to_owned()
+    } else {
+        format!("mean ± standard deviation over {n} seeds")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_json(path: &Path) -> Value {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn unit_interval(v: &Value) -> bool {
+        v.as_f64().is_some_and(|x| (0.0..=1.0).contains(&x))
+    }
+
+    /// `reproduce all --quick`, the run CI makes: `synthetic --quick` writes a results.json with
+    /// the run's provenance, every method's precision at every nprobe on every seed, the
+    /// ordering check and the timings; the other experiments write theirs too, with their plots
+    /// and reports.
+    #[test]
+    fn quick_runs_write_results_reports_and_plots() {
+        let out = tempfile::tempdir().unwrap();
+        let args = Args {
+            experiment: Experiment::All,
+            quick: true,
+            seeds: None,
+            data: None,
+            out: Some(out.path().to_owned()),
+            faiss: false,
+            python: None,
+            threads: 0,
+            vectors: None,
+            givens_lr: 8.0,
+        };
+        run(&args).unwrap();
+
+        for experiment in Experiment::EACH {
+            let dir = out.path().join(experiment.name());
+            let results = read_json(&dir.join("results.json"));
+            assert_eq!(results["experiment"], experiment.name());
+            assert_eq!(results["quick"], true);
+            assert!(results["command"].as_str().unwrap().contains("--quick"));
+            assert!(results["date"].as_str().unwrap().ends_with('Z'));
+            assert!(!results["git_revision"].as_str().unwrap().is_empty());
+            assert!(results["machine"]["logical_cores"].as_u64().unwrap() >= 1);
+            assert!(!results["seeds"].as_array().unwrap().is_empty());
+            let sha = results["data"]["sha256"].as_str().unwrap();
+            assert!(sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()));
+            assert!(results["elapsed_seconds"].as_f64().unwrap() > 0.0);
+            let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+            assert!(report.starts_with("# "));
+            for plot in results["plots"].as_array().unwrap() {
+                let file = plot.as_str().unwrap();
+                let svg = std::fs::read_to_string(dir.join(file)).unwrap();
+                assert!(svg.starts_with("<svg"), "{file}");
+                assert!(report.contains(&format!("]({file})")), "{file}");
+            }
+        }
+
+        let synthetic = read_json(&out.path().join("synthetic/results.json"));
+        assert_eq!(synthetic["seeds"], json!([1, 2, 3]));
+        let results = &synthetic["results"];
+        assert_eq!(results["nprobes"], json!([1, 2, 4, 8]));
+        let expected = [
+            "post-hoc IVF-PQ",
+            "post-hoc OPQ+IVF-PQ",
+            "Poeem",
+            "Poeem + OPQ at warm start",
+            "Poeem + Givens (random)",
+            "Poeem + Givens (greedy)",
+            "Poeem + Givens (steepest)",
+        ];
+        for run in results["seeds"].as_array().unwrap() {
+            assert!(unit_interval(&run["plain"]["brute_force_precision"]));
+            assert!(run["plain"]["training_seconds"].as_f64().unwrap() > 0.0);
+            assert_eq!(run["poeem_models"].as_array().unwrap().len(), 5);
+            let indexes = run["indexes"].as_array().unwrap();
+            let names: Vec<&str> = indexes
+                .iter()
+                .map(|i| i["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, expected);
+            for index in indexes {
+                let precision = index["precision"].as_array().unwrap();
+                assert_eq!(precision.len(), 4);
+                assert!(precision.iter().all(unit_interval), "{index}");
+                assert!(index["seconds"].as_f64().unwrap() > 0.0);
+                assert!(index["relative_distortion"].as_f64().unwrap() > 0.0);
+            }
+        }
+        let ordering = results["ordering_at_nprobe_1"].as_array().unwrap();
+        assert_eq!(ordering.len(), 5);
+        assert!(
+            ordering
+                .iter()
+                .all(|o| o["holds"].as_array().unwrap().len() == 3)
+        );
+        assert_eq!(results["summary"].as_array().unwrap().len(), expected.len());
+
+        let movielens = read_json(&out.path().join("movielens/results.json"));
+        let runs = movielens["results"]["seeds"].as_array().unwrap();
+        assert_eq!(runs.len(), 1);
+        let poeem = &runs[0]["models"][1];
+        assert_eq!(poeem["name"], "Poeem");
+        assert!(poeem["layer_curve"].as_array().unwrap().len() > 5);
+        for index in runs[0]["indexes"].as_array().unwrap() {
+            let by_nprobe = index["by_nprobe"].as_array().unwrap();
+            assert_eq!(by_nprobe.len(), 6);
+            assert!(by_nprobe.iter().all(|m| m.as_array().unwrap().len() == 3));
+        }
+        let ablation = read_json(&out.path().join("ablation/results.json"));
+        assert_eq!(ablation["results"]["variants"].as_array().unwrap().len(), 8);
+        let rotation = read_json(&out.path().join("rotation/results.json"));
+        assert_eq!(
+            rotation["results"]["synthetic"]["methods"]
+                .as_array()
+                .unwrap()
+                .len(),
+            5
+        );
+    }
+
+    #[test]
+    fn spreads_and_seed_defaults() {
+        assert_eq!(mean_pm(&[0.5], 2), "0.50");
+        assert_eq!(mean_pm(&[1.0, 3.0], 1), "2.0 ± 1.0");
+        assert!(mean_std(&[]).0.is_nan());
+        let mut args = Args {
+            experiment: Experiment::All,
+            quick: true,
+            seeds: None,
+            data: None,
+            out: None,
+            faiss: false,
+            python: None,
+            threads: 0,
+            vectors: None,
+            givens_lr: 8.0,
+        };
+        assert_eq!(args.seed_list(Experiment::Synthetic), [1, 2, 3]);
+        assert_eq!(args.seed_list(Experiment::Ablation), [1]);
+        args.quick = false;
+        assert_eq!(args.seed_list(Experiment::Ablation), [1, 2, 3]);
+        args.seeds = Some(2);
+        assert_eq!(args.seed_list(Experiment::Rotation), [1, 2]);
+        assert_eq!(
+            args.command(Experiment::Movielens),
+            "cargo xtask reproduce movielens --seeds 2"
+        );
+    }
+}
