@@ -70,9 +70,12 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) vectors: Option<PathBuf>,
     /// `rotation` only: Givens step size, relative to the data's mean squared norm.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = DEFAULT_GIVENS_LR)]
     pub(crate) givens_lr: f32,
 }
+
+/// The default of `--givens-lr`.
+const DEFAULT_GIVENS_LR: f32 = 8.0;
 
 /// The experiments.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,11 +154,22 @@ impl Args {
         if let Some(seeds) = self.seeds {
             cmd += &format!(" --seeds {seeds}");
         }
-        if let Some(data) = &self.data {
+        let rotation = experiment == Experiment::Rotation;
+        if let Some(data) = &self.data
+            && experiment == Experiment::Movielens
+        {
             cmd += &format!(" --data {}", data.display());
         }
-        if self.faiss {
+        if self.faiss && matches!(experiment, Experiment::Synthetic | Experiment::Movielens) {
             cmd += " --faiss";
+        }
+        if let Some(vectors) = &self.vectors
+            && rotation
+        {
+            cmd += &format!(" --vectors {}", vectors.display());
+        }
+        if self.givens_lr != DEFAULT_GIVENS_LR && rotation {
+            cmd += &format!(" --givens-lr {}", self.givens_lr);
         }
         if self.threads != 0 {
             cmd += &format!(" --threads {}", self.threads);
@@ -507,7 +521,7 @@ mod tests {
             python: None,
             threads: 0,
             vectors: None,
-            givens_lr: 8.0,
+            givens_lr: DEFAULT_GIVENS_LR,
         };
         run(&args).unwrap();
 
@@ -612,7 +626,7 @@ mod tests {
             python: None,
             threads: 0,
             vectors: None,
-            givens_lr: 8.0,
+            givens_lr: DEFAULT_GIVENS_LR,
         };
         assert_eq!(args.seed_list(Experiment::Synthetic), [1, 2, 3]);
         assert_eq!(args.seed_list(Experiment::Ablation), [1]);
@@ -620,9 +634,15 @@ mod tests {
         assert_eq!(args.seed_list(Experiment::Ablation), [1, 2, 3]);
         args.seeds = Some(2);
         assert_eq!(args.seed_list(Experiment::Rotation), [1, 2]);
+        args.data = Some(PathBuf::from("ml"));
+        args.faiss = true;
         assert_eq!(
             args.command(Experiment::Movielens),
-            "cargo xtask reproduce movielens --seeds 2"
+            "cargo xtask reproduce movielens --seeds 2 --data ml --faiss"
+        );
+        assert_eq!(
+            args.command(Experiment::Ablation),
+            "cargo xtask reproduce ablation --seeds 2"
         );
     }
 }
