@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::meta::DataHash;
 use super::plot::{LineChart, Series};
-use super::synthetic::{IndexRun, ModelRun, NPROBES, Tutorial, min_max};
+use super::synthetic::{ModelRun, NPROBES, PrecisionRun, Tutorial, min_max};
 use super::{Args, DataInfo, Experiment, Outcome, Progress, mean_pm, mean_std, over_seeds};
 
 /// A change to the default (tutorial) indexing layer.
@@ -114,7 +114,7 @@ fn decimal(value: f32) -> f64 {
 struct Measured {
     seed: u64,
     model: ModelRun,
-    index: IndexRun,
+    index: PrecisionRun,
 }
 
 /// Trains every variant on every seed and reports them against the default.
@@ -155,13 +155,13 @@ fn outcome(
     };
     let last = NPROBES.len() - 1;
     let precision = |runs: &[Measured], p: usize| -> Vec<f64> {
-        runs.iter().map(|r| r.index.precision[p]).collect()
+        runs.iter().map(|r| r.index.by_nprobe[p]).collect()
     };
     // Per seed: the variant's precision at nprobe 1 minus the default's.
     let deltas = |runs: &[Measured]| -> Vec<f64> {
         runs.iter()
             .zip(default)
-            .map(|(r, d)| r.index.precision[0] - d.index.precision[0])
+            .map(|(r, d)| r.index.by_nprobe[0] - d.index.by_nprobe[0])
             .collect()
     };
 
@@ -398,12 +398,12 @@ mod tests {
                 examples_per_second: 1.0,
                 brute_force_precision: 0.5,
             },
-            index: IndexRun {
+            index: PrecisionRun {
                 name: "m".to_owned(),
                 made_by: "export",
                 seconds: 0.1,
                 relative_distortion: 0.2,
-                precision: vec![p1, 0.3, 0.35, 0.4],
+                by_nprobe: vec![p1, 0.3, 0.35, 0.4],
             },
         };
         // The default at 0.2 on both seeds; variant v at 0.2 + (v - 2) / 100 on seed 1 and

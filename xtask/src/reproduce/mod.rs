@@ -25,8 +25,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use poeem::pipeline::train_model;
-use poeem::pq::Par;
+use poeem::pipeline::{TimedIndex, build_post_hoc, train_model};
+use poeem::pq::{OpqConfig, Par};
+use poeem::search::{BuildConfig, IndexParts};
 use poeem::train::{Dataset, Model, TrainConfig, TrainProgress, TrainReport};
 use serde_json::{Value, json};
 
@@ -404,6 +405,116 @@ impl Progress {
             let _ = self.multi.println(line);
         }
     }
+}
+
+/// An index of a comparison, measured at each nprobe of the experiment.
+pub(crate) struct IndexRun<M> {
+    pub(crate) name: String,
+    /// `"build"` (post hoc) or `"export"` (Poeem).
+    pub(crate) made_by: &'static str,
+    /// Median seconds to make it from the item embeddings.
+    pub(crate) seconds: f64,
+    pub(crate) relative_distortion: f64,
+    /// What was measured through it, per nprobe.
+    pub(crate) by_nprobe: Vec<M>,
+}
+
+impl<M> IndexRun<M> {
+    /// The row of `index`, named `name` and made by `made_by`, with `by_nprobe` measured
+    /// through it.
+    pub(crate) fn of(
+        name: &str,
+        made_by: &'static str,
+        index: &TimedIndex,
+        by_nprobe: Vec<M>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            made_by,
+            seconds: index.median_seconds(),
+            relative_distortion: index.relative_distortion,
+            by_nprobe,
+        }
+    }
+}
+
+/// poeem's post-hoc IVF-PQ and OPQ+IVF-PQ (with `opq`) of `build` on `items` (`dim` wide),
+/// each built `runs` times and measured by `measure`; `seed` names the jobs.
+///
+/// # Errors
+/// The builds' failures, and `measure`'s.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn post_hoc_rows<M>(
+    progress: &Progress,
+    seed: u64,
+    items: &[f32],
+    dim: usize,
+    build: &BuildConfig,
+    opq: &OpqConfig,
+    runs: usize,
+    par: Par,
+    measure: &dyn Fn(&IndexParts) -> Result<Vec<M>>,
+) -> Result<Vec<IndexRun<M>>> {
+    [
+        ("post-hoc IVF-PQ", None),
+        ("post-hoc OPQ+IVF-PQ", Some(opq.clone())),
+    ]
+    .into_iter()
+    .map(|(name, opq)| {
+        progress.job(format!("seed {seed}: building {name}"));
+        let build = BuildConfig {
+            opq,
+            ..build.clone()
+        };
+        let index = build_post_hoc(items, dim, &build, runs, par, &mut |_| {})?;
+        let row = IndexRun::of(name, "build", &index, measure(&index.parts)?);
+        progress.job_done();
+        Ok(row)
+    })
+    .collect()
+}
+
+/// faiss's post-hoc `IVF,PQ` and `OPQ,IVF,PQ` of `settings` on `items`, searched with
+/// `queries`, each nprobe's rankings measured by `score`; with faiss's version.
+///
+/// # Errors
+/// faiss's failures, and `score`'s.
+pub(crate) fn faiss_rows<M>(
+    python: &Path,
+    items: &[f32],
+    queries: &[f32],
+    dim: usize,
+    settings: &faiss::FaissSettings,
+    score: &dyn Fn(&[u32]) -> Result<M>,
+) -> Result<(Vec<IndexRun<M>>, String)> {
+    let results = faiss::post_hoc(
+        python,
+        items,
+        queries,
+        dim,
+        &[faiss::FaissIndex::IvfPq, faiss::FaissIndex::OpqIvfPq],
+        settings,
+    )?;
+    let version = results
+        .first()
+        .map_or_else(String::new, |r| r.faiss_version.clone());
+    let rows = results
+        .into_iter()
+        .map(|r| {
+            Ok(IndexRun {
+                name: r.index.name().to_owned(),
+                made_by: "build",
+                seconds: r.build_seconds,
+                relative_distortion: r.relative_distortion,
+                by_nprobe: r
+                    .rankings
+                    .iter()
+                    .map(|ranking| score(ranking))
+                    .collect::<Result<_>>()?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok((rows, version))
 }
 
 /// Trains a model from scratch on `dataset` with a progress bar named `name`; `on_report` sees

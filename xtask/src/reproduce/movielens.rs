@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use poeem::pipeline::{EvalSet, IdMap, ItemIds, build_post_hoc, export_timed, markdown_table};
-use poeem::pq::Par;
+use poeem::pipeline::{EvalSet, IdMap, ItemIds, export_timed, markdown_table};
+use poeem::pq::{OpqConfig, Par};
 use poeem::search::{BuildConfig, IndexParts, Probe};
 use poeem::train::metrics::RankingMetrics;
 use poeem::train::{DataConfig, Dataset, LayerDiagnostics, Model, TrainConfig, TrainProgress};
@@ -19,11 +19,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use super::faiss::{self, FaissIndex, FaissSettings};
+use super::faiss::FaissSettings;
 use super::meta::DataHash;
 use super::plot::{LineChart, Series};
+use super::post_hoc_rows;
 use super::synthetic::{VARIANTS, faiss_python, min_max};
-use super::{Args, DataInfo, Outcome, Progress, mean_pm, mean_std, over_seeds, train_with_bar};
+use super::{
+    Args, DataInfo, IndexRun, Outcome, Progress, mean_pm, mean_std, over_seeds, train_with_bar,
+};
 
 /// Cut-offs of the metrics.
 const KS: [usize; 3] = [10, 50, 100];
@@ -153,13 +156,7 @@ struct Comparison<'a> {
 }
 
 /// One index's metrics: per nprobe, per cut-off of [`KS`].
-struct IndexRun {
-    name: String,
-    made_by: &'static str,
-    seconds: f64,
-    relative_distortion: f64,
-    metrics: Vec<Vec<RankingMetrics>>,
-}
+type MetricsRun = IndexRun<Vec<RankingMetrics>>;
 
 /// A model's training and exact-retrieval metrics.
 struct ModelRun {
@@ -174,13 +171,13 @@ struct SeedRun {
     seed: u64,
     plain: ModelRun,
     poeem: Vec<ModelRun>,
-    indexes: Vec<IndexRun>,
+    indexes: Vec<MetricsRun>,
     /// The version of faiss that built the faiss rows, if any.
     faiss_version: Option<String>,
 }
 
 impl SeedRun {
-    fn index(&self, name: &str) -> Option<&IndexRun> {
+    fn index(&self, name: &str) -> Option<&MetricsRun> {
         self.indexes.iter().find(|i| i.name == name)
     }
 }
@@ -225,27 +222,21 @@ impl Comparison<'_> {
         let items = plain_model.embed_items(&all, self.par)?;
         let dim = plain_model.dim();
         let ids = IdMap::new(ItemIds::Dense, plain_model.items());
-        let mut indexes = Vec::new();
-        for (name, opq) in [
-            ("post-hoc IVF-PQ", None),
-            ("post-hoc OPQ+IVF-PQ", Some(Default::default())),
-        ] {
-            progress.job(format!("seed {seed}: building {name}"));
-            let build = BuildConfig {
-                opq,
-                seed,
-                ..BuildConfig::new(N_LISTS, N_SUBSPACES, N_BITS)
-            };
-            let index = build_post_hoc(&items, dim, &build, 3, self.par, &mut |_| {})?;
-            indexes.push(IndexRun {
-                name: name.to_owned(),
-                made_by: "build",
-                seconds: index.median_seconds(),
-                relative_distortion: index.relative_distortion,
-                metrics: self.through(&index.parts, &queries, &ids)?,
-            });
-            progress.job_done();
-        }
+        let build = BuildConfig {
+            seed,
+            ..BuildConfig::new(N_LISTS, N_SUBSPACES, N_BITS)
+        };
+        let mut indexes = post_hoc_rows(
+            progress,
+            seed,
+            &items,
+            dim,
+            &build,
+            &OpqConfig::default(),
+            3,
+            self.par,
+            &|parts| self.through(parts, &queries, &ids),
+        )?;
         let mut faiss_version = None;
         if let Some(python) = python {
             progress.job(format!("seed {seed}: faiss post-hoc indexes"));
@@ -265,13 +256,12 @@ impl Comparison<'_> {
             let (model, run) = self.train(name, &config, progress)?;
             let (index, ids, _) = export_timed(&model, 15, self.par)?;
             let queries = model.embed_queries(self.eval.queries(), self.par)?;
-            indexes.push(IndexRun {
-                name: name.to_owned(),
-                made_by: "export",
-                seconds: index.median_seconds(),
-                relative_distortion: index.relative_distortion,
-                metrics: self.through(&index.parts, &queries, &ids)?,
-            });
+            indexes.push(IndexRun::of(
+                name,
+                "export",
+                &index,
+                self.through(&index.parts, &queries, &ids)?,
+            ));
             poeem.push(run);
             progress.job_done();
         }
@@ -339,7 +329,7 @@ impl Comparison<'_> {
         items: &[f32],
         queries: &[f32],
         dim: usize,
-    ) -> Result<(Vec<IndexRun>, String)> {
+    ) -> Result<(Vec<MetricsRun>, String)> {
         let width = KS[KS.len() - 1] + self.eval.extra_results();
         let settings = FaissSettings {
             n_lists: N_LISTS,
@@ -351,35 +341,9 @@ impl Comparison<'_> {
             seed,
             threads: self.par.degree(),
         };
-        let results = faiss::post_hoc(
-            python,
-            items,
-            queries,
-            dim,
-            &[FaissIndex::IvfPq, FaissIndex::OpqIvfPq],
-            &settings,
-        )?;
-        let version = results
-            .first()
-            .map_or_else(String::new, |r| r.faiss_version.clone());
-        let rows = results
-            .into_iter()
-            .map(|r| {
-                let metrics = r
-                    .rankings
-                    .iter()
-                    .map(|ranking| Ok(self.eval.score(ranking, width, &KS)?))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(IndexRun {
-                    name: r.index.name().to_owned(),
-                    made_by: "build",
-                    seconds: r.build_seconds,
-                    relative_distortion: r.relative_distortion,
-                    metrics,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok((rows, version))
+        super::faiss_rows(python, items, queries, dim, &settings, &|ranking| {
+            Ok(self.eval.score(ranking, width, &KS)?)
+        })
     }
 }
 
@@ -403,7 +367,7 @@ impl Measure {
 /// `name`.
 fn across_seeds(runs: &[SeedRun], name: &str, p: usize, k: usize, measure: Measure) -> Vec<f64> {
     runs.iter()
-        .filter_map(|r| r.index(name).map(|i| measure.of(&i.metrics[p][k])))
+        .filter_map(|r| r.index(name).map(|i| measure.of(&i.by_nprobe[p][k])))
         .collect()
 }
 
@@ -548,7 +512,7 @@ fn outcome(
         r.indexes
             .iter()
             .filter(|i| i.made_by == "build")
-            .map(|i| i.metrics[p][main_k].recall)
+            .map(|i| i.by_nprobe[p][main_k].recall)
             .fold(f64::NEG_INFINITY, f64::max)
     };
     let wins: String = VARIANTS
@@ -561,8 +525,9 @@ fn outcome(
                     let won = runs
                         .iter()
                         .filter(|r| {
-                            r.index(name)
-                                .is_some_and(|i| i.metrics[p][main_k].recall > best_post_hoc(r, p))
+                            r.index(name).is_some_and(|i| {
+                                i.by_nprobe[p][main_k].recall > best_post_hoc(r, p)
+                            })
                         })
                         .count();
                     format!("nprobe {nprobe}: {won}/{}", runs.len())
@@ -621,7 +586,7 @@ fn outcome(
                 "made_by": i.made_by,
                 "seconds": i.seconds,
                 "relative_distortion": i.relative_distortion,
-                "by_nprobe": i.metrics.iter().map(|m| metrics_json(m)).collect::<Vec<_>>(),
+                "by_nprobe": i.by_nprobe.iter().map(|m| metrics_json(m)).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });

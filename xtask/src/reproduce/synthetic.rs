@@ -5,19 +5,20 @@
 //! time with and without the layer.
 
 use anyhow::{Result, bail};
-use poeem::pipeline::{EvalSet, IdMap, ItemIds, TutorialConfig, build_post_hoc, export_timed};
+use poeem::pipeline::{EvalSet, IdMap, ItemIds, TutorialConfig, export_timed};
 use poeem::pq::Par;
 use poeem::rotation::PairSelection;
-use poeem::search::BuildConfig;
 use poeem::train::synthetic::{TUTORIAL_VOCAB, tutorial_dataset};
 use poeem::train::{Dataset, Model, RotationMode, TrainConfig};
 use serde_json::{Value, json};
 
-use super::faiss::{self, FaissIndex, FaissSettings};
+use super::faiss::{self, FaissSettings};
 use super::meta::DataHash;
 use super::plot::{LineChart, Series};
+use super::post_hoc_rows;
 use super::{
-    Args, DataInfo, Experiment, Outcome, Progress, mean_pm, mean_std, over_seeds, train_with_bar,
+    Args, DataInfo, Experiment, IndexRun, Outcome, Progress, mean_pm, mean_std, over_seeds,
+    train_with_bar,
 };
 
 /// The nprobes every index is searched at.
@@ -100,18 +101,17 @@ impl Tutorial {
         name: &str,
         config: &TrainConfig,
         progress: &Progress,
-    ) -> Result<(ModelRun, IndexRun)> {
+    ) -> Result<(ModelRun, PrecisionRun)> {
         progress.job(format!("seed {}: training {name}", self.seed));
         let (model, run) = self.train(name, config, progress)?;
         let (index, ids, _) = export_timed(&model, 5 * self.config.timing_runs.max(1), self.par())?;
         let queries = model.embed_queries(self.eval.queries(), self.par())?;
-        let index = IndexRun {
-            name: name.to_owned(),
-            made_by: "export",
-            seconds: index.median_seconds(),
-            relative_distortion: index.relative_distortion,
-            precision: self.precision_at(&index.parts, &queries, &ids)?,
-        };
+        let index = IndexRun::of(
+            name,
+            "export",
+            &index,
+            self.precision_at(&index.parts, &queries, &ids)?,
+        );
         progress.job_done();
         Ok((run, index))
     }
@@ -138,15 +138,10 @@ impl Tutorial {
             .collect())
     }
 
-    /// Precision@k of rankings (`k` item indices per query, one set per nprobe).
-    fn precision_of_rankings(&self, rankings: &[Vec<u32>]) -> Result<Vec<f64>> {
-        rankings
-            .iter()
-            .map(|r| {
-                let metrics = self.eval.score(r, self.config.k, &[self.config.k])?;
-                Ok(metrics.first().map_or(f64::NAN, |m| m.precision))
-            })
-            .collect()
+    /// Precision@k of a ranking (`k` item indices per query).
+    fn precision_of_ranking(&self, ranking: &[u32]) -> Result<f64> {
+        let metrics = self.eval.score(ranking, self.config.k, &[self.config.k])?;
+        Ok(metrics.first().map_or(f64::NAN, |m| m.precision))
     }
 
     pub(super) fn par(&self) -> Par {
@@ -174,26 +169,17 @@ impl ModelRun {
     }
 }
 
-/// An index of a run, measured at every nprobe of [`NPROBES`].
-pub(super) struct IndexRun {
-    pub(super) name: String,
-    /// `"build"` (post hoc) or `"export"` (Poeem).
-    pub(super) made_by: &'static str,
-    /// Median seconds to make it from the item embeddings.
-    pub(super) seconds: f64,
-    pub(super) relative_distortion: f64,
-    /// Precision@k per nprobe.
-    pub(super) precision: Vec<f64>,
-}
+/// An index of a run: precision@k at each nprobe of [`NPROBES`].
+pub(super) type PrecisionRun = IndexRun<f64>;
 
-impl IndexRun {
+impl PrecisionRun {
     pub(super) fn json(&self) -> Value {
         json!({
             "name": self.name,
             "made_by": self.made_by,
             "seconds": self.seconds,
             "relative_distortion": self.relative_distortion,
-            "precision": self.precision,
+            "precision": self.by_nprobe,
         })
     }
 }
@@ -204,13 +190,13 @@ struct SeedRun {
     plain: ModelRun,
     poeem_models: Vec<ModelRun>,
     /// Post-hoc indexes first (poeem's, then faiss's), then the Poeem variants' exports.
-    indexes: Vec<IndexRun>,
+    indexes: Vec<PrecisionRun>,
     /// The version of faiss that built the faiss rows, if any.
     faiss_version: Option<String>,
 }
 
 impl SeedRun {
-    fn index(&self, name: &str) -> Option<&IndexRun> {
+    fn index(&self, name: &str) -> Option<&PrecisionRun> {
         self.indexes.iter().find(|i| i.name == name)
     }
 
@@ -224,9 +210,9 @@ impl SeedRun {
             .indexes
             .iter()
             .filter(|i| i.made_by == "build")
-            .map(|i| i.precision[0])
+            .map(|i| i.by_nprobe[0])
             .fold(f64::NEG_INFINITY, f64::max);
-        self.plain.brute_force_precision > poeem.precision[0] && poeem.precision[0] > best_post_hoc
+        self.plain.brute_force_precision > poeem.by_nprobe[0] && poeem.by_nprobe[0] > best_post_hoc
     }
 }
 
@@ -279,26 +265,17 @@ fn run_seed(
     let items = plain_model.embed_items(&all, par)?;
     let dim = plain_model.dim();
     let ids = IdMap::new(ItemIds::Dense, plain_model.items());
-    let mut indexes = Vec::new();
-    for (name, opq) in [
-        ("post-hoc IVF-PQ", None),
-        ("post-hoc OPQ+IVF-PQ", Some(config.opq.clone())),
-    ] {
-        progress.job(format!("seed {seed}: building {name}"));
-        let build = BuildConfig {
-            opq,
-            ..config.build.clone()
-        };
-        let index = build_post_hoc(&items, dim, &build, config.timing_runs, par, &mut |_| {})?;
-        indexes.push(IndexRun {
-            name: name.to_owned(),
-            made_by: "build",
-            seconds: index.median_seconds(),
-            relative_distortion: index.relative_distortion,
-            precision: tutorial.precision_at(&index.parts, &queries, &ids)?,
-        });
-        progress.job_done();
-    }
+    let mut indexes = post_hoc_rows(
+        progress,
+        seed,
+        &items,
+        dim,
+        &config.build,
+        &config.opq,
+        config.timing_runs,
+        par,
+        &|parts| tutorial.precision_at(parts, &queries, &ids),
+    )?;
     let mut faiss_version = None;
     if let Some(python) = python {
         progress.job(format!("seed {seed}: faiss post-hoc indexes"));
@@ -336,7 +313,7 @@ fn faiss_rows(
     items: &[f32],
     queries: &[f32],
     dim: usize,
-) -> Result<(Vec<IndexRun>, String)> {
+) -> Result<(Vec<PrecisionRun>, String)> {
     let build = &tutorial.config.build;
     let settings = FaissSettings {
         n_lists: build.n_lists,
@@ -348,36 +325,15 @@ fn faiss_rows(
         seed: tutorial.seed,
         threads: tutorial.par.degree(),
     };
-    let results = faiss::post_hoc(
-        python,
-        items,
-        queries,
-        dim,
-        &[FaissIndex::IvfPq, FaissIndex::OpqIvfPq],
-        &settings,
-    )?;
-    let version = results
-        .first()
-        .map_or_else(String::new, |r| r.faiss_version.clone());
-    let rows = results
-        .into_iter()
-        .map(|r| {
-            Ok(IndexRun {
-                name: r.index.name().to_owned(),
-                made_by: "build",
-                seconds: r.build_seconds,
-                relative_distortion: r.relative_distortion,
-                precision: tutorial.precision_of_rankings(&r.rankings)?,
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok((rows, version))
+    super::faiss_rows(python, items, queries, dim, &settings, &|ranking| {
+        tutorial.precision_of_ranking(ranking)
+    })
 }
 
 /// Precision values of the index `name` over the runs at nprobe index `p`.
 fn across_seeds(runs: &[SeedRun], name: &str, p: usize) -> Vec<f64> {
     runs.iter()
-        .filter_map(|r| r.index(name).map(|i| i.precision[p]))
+        .filter_map(|r| r.index(name).map(|i| i.by_nprobe[p]))
         .collect()
 }
 
@@ -603,7 +559,7 @@ fn outcome(
             "seed": r.seed,
             "plain": r.plain.json(),
             "poeem_models": r.poeem_models.iter().map(ModelRun::json).collect::<Vec<_>>(),
-            "indexes": r.indexes.iter().map(IndexRun::json).collect::<Vec<_>>(),
+            "indexes": r.indexes.iter().map(PrecisionRun::json).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "summary": index_names.iter().map(|name| {
             let per_nprobe: Vec<Value> = (0..NPROBES.len()).map(|p| {
