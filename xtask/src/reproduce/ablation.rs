@@ -13,8 +13,9 @@ use poeem::train::{CentroidInit, IndexingLayerConfig, RotationMode, TrainConfig}
 use serde_json::{Value, json};
 
 use super::meta::DataHash;
-use super::plot::{LineChart, Series};
-use super::synthetic::{ModelRun, NPROBES, PrecisionRun, Tutorial, min_max};
+use super::plot::LineChart;
+use super::seed_series;
+use super::synthetic::{ModelRun, NPROBES, PrecisionRun, Tutorial};
 use super::{Args, DataInfo, Experiment, Outcome, Progress, mean_pm, mean_std, over_seeds};
 
 /// A change to the default (tutorial) indexing layer.
@@ -248,15 +249,7 @@ fn outcome(
         .map(|((name, _), runs)| {
             let per_nprobe: Vec<Vec<f64>> =
                 (0..NPROBES.len()).map(|p| precision(runs, p)).collect();
-            Series {
-                name: (*name).to_owned(),
-                points: NPROBES
-                    .iter()
-                    .zip(&per_nprobe)
-                    .map(|(&nprobe, values)| (nprobe as f64, mean_std(values).0))
-                    .collect(),
-                spread: Some(per_nprobe.iter().map(|values| min_max(values)).collect()),
-            }
+            seed_series(name, &NPROBES, &per_nprobe)
         })
         .collect();
     let chart = LineChart {

@@ -31,7 +31,7 @@ use poeem::search::{BuildConfig, IndexParts};
 use poeem::train::{Dataset, Model, TrainConfig, TrainProgress, TrainReport};
 use serde_json::{Value, json};
 
-use plot::LineChart;
+use plot::{LineChart, Series};
 
 /// Arguments of `cargo xtask reproduce`.
 #[derive(clap::Args, Debug, Clone)]
@@ -564,6 +564,39 @@ pub(crate) fn mean_std(values: &[f64]) -> (f64, f64) {
     let mean = values.iter().sum::<f64>() / n;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
     (mean, var.sqrt())
+}
+
+/// The smallest and largest of `values`.
+pub(crate) fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// A line through the mean over seeds at each of `xs`, with the min..max bars: `per_x[i]`
+/// holds the seeds' values at `xs[i]`.
+pub(crate) fn seed_series(name: &str, xs: &[usize], per_x: &[Vec<f64>]) -> Series {
+    Series {
+        name: name.to_owned(),
+        points: xs
+            .iter()
+            .zip(per_x)
+            .map(|(&x, values)| (x as f64, mean_std(values).0))
+            .collect(),
+        spread: Some(per_x.iter().map(|values| min_max(values)).collect()),
+    }
+}
+
+/// A flat line at the mean of `values` over `xs` (a reference such as brute force).
+pub(crate) fn flat_series(name: &str, xs: &[usize], values: &[f64]) -> Series {
+    let mean = mean_std(values).0;
+    Series {
+        name: name.to_owned(),
+        points: xs.iter().map(|&x| (x as f64, mean)).collect(),
+        spread: None,
+    }
 }
 
 /// `mean ± std` of `values` with `digits` decimals (the value alone for one value).

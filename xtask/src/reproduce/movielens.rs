@@ -23,10 +23,11 @@ use super::faiss::FaissSettings;
 use super::meta::DataHash;
 use super::plot::{LineChart, Series};
 use super::post_hoc_rows;
-use super::synthetic::{VARIANTS, faiss_python, min_max};
+use super::synthetic::{VARIANTS, faiss_python};
 use super::{
     Args, DataInfo, IndexRun, Outcome, Progress, mean_pm, mean_std, over_seeds, train_with_bar,
 };
+use super::{flat_series, seed_series};
 
 /// Cut-offs of the metrics.
 const KS: [usize; 3] = [10, 50, 100];
@@ -631,36 +632,17 @@ fn curve_point(step: u64, d: &LayerDiagnostics) -> Value {
 
 /// Recall@50 against nprobe; the layer's distortion and code use over training (first seed).
 fn plots(runs: &[SeedRun], index_names: &[String], main_k: usize) -> Vec<(String, LineChart)> {
-    let mut series = Vec::new();
-    for name in index_names {
-        let mut points = Vec::new();
-        let mut spread = Vec::new();
-        for (p, &nprobe) in NPROBES.iter().enumerate() {
-            let values = across_seeds(runs, name, p, main_k, Measure::Recall);
-            points.push((nprobe as f64, mean_std(&values).0));
-            spread.push(min_max(&values));
-        }
-        series.push(Series {
-            name: name.clone(),
-            points,
-            spread: Some(spread),
-        });
-    }
     let brute: Vec<f64> = runs
         .iter()
         .map(|r| Measure::Recall.of(&r.plain.brute_force[main_k]))
         .collect();
-    series.insert(
-        0,
-        Series {
-            name: "brute force (plain model)".to_owned(),
-            points: NPROBES
-                .iter()
-                .map(|&p| (p as f64, mean_std(&brute).0))
-                .collect(),
-            spread: None,
-        },
-    );
+    let mut series = vec![flat_series("brute force (plain model)", &NPROBES, &brute)];
+    for name in index_names {
+        let per_nprobe: Vec<Vec<f64>> = (0..NPROBES.len())
+            .map(|p| across_seeds(runs, name, p, main_k, Measure::Recall))
+            .collect();
+        series.push(seed_series(name, &NPROBES, &per_nprobe));
+    }
     let recall = LineChart {
         title: format!("MovieLens: recall@{MAIN_K} against nprobe"),
         x_label: format!("nprobe (of {N_LISTS} lists)"),

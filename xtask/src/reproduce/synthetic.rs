@@ -14,12 +14,13 @@ use serde_json::{Value, json};
 
 use super::faiss::{self, FaissSettings};
 use super::meta::DataHash;
-use super::plot::{LineChart, Series};
+use super::plot::LineChart;
 use super::post_hoc_rows;
 use super::{
     Args, DataInfo, Experiment, IndexRun, Outcome, Progress, mean_pm, mean_std, over_seeds,
     train_with_bar,
 };
+use super::{flat_series, min_max, seed_series};
 
 /// The nprobes every index is searched at.
 pub(super) const NPROBES: [usize; 4] = [1, 2, 4, 8];
@@ -522,27 +523,16 @@ fn outcome(
     report += &super::faiss_note(args.faiss, faiss_version.as_deref());
 
     // The plot: precision against nprobe, mean over seeds with the min..max range.
-    let mut series = vec![Series {
-        name: "brute force (plain model)".to_owned(),
-        points: NPROBES
-            .iter()
-            .map(|&p| (p as f64, mean_std(&plain_brute).0))
-            .collect(),
-        spread: None,
-    }];
+    let mut series = vec![flat_series(
+        "brute force (plain model)",
+        &NPROBES,
+        &plain_brute,
+    )];
     for name in &index_names {
-        let mut points = Vec::new();
-        let mut spread = Vec::new();
-        for (p, &nprobe) in NPROBES.iter().enumerate() {
-            let values = across_seeds(&runs, name, p);
-            points.push((nprobe as f64, mean_std(&values).0));
-            spread.push(min_max(&values));
-        }
-        series.push(Series {
-            name: name.clone(),
-            points,
-            spread: Some(spread),
-        });
+        let per_nprobe: Vec<Vec<f64>> = (0..NPROBES.len())
+            .map(|p| across_seeds(&runs, name, p))
+            .collect();
+        series.push(seed_series(name, &NPROBES, &per_nprobe));
     }
     let chart = LineChart {
         title: format!("Synthetic tutorial: precision@{k} against nprobe"),
@@ -602,13 +592,4 @@ fn outcome(
         report,
         plots: vec![("precision_vs_nprobe".to_owned(), chart)],
     }
-}
-
-/// The smallest and largest of `values`.
-pub(super) fn min_max(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
 }
