@@ -14,15 +14,15 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use poeem::io::write_npy;
 use poeem::pipeline::{
-    DataSource, EvalSet, IdMap, ItemIds, export_index, exported_item_ids, markdown_table,
-    read_token_indices, write_token_list,
+    CoarseDiagnostics, DataSource, EvalSet, IdMap, ItemIds, export_index, exported_item_ids,
+    markdown_table, read_token_indices, write_token_list,
 };
 use poeem::pq::Par;
 use poeem::rotation::PairSelection;
 use poeem::search::{Index, Probe, SearchIndex, SearchParams, write_index};
 use poeem::train::checkpoint::checkpoint_path;
 use poeem::train::data::{FeatureSource, InteractionsSource, SplitConfig};
-use poeem::train::layer::{LayerDiagnostics, Phase};
+use poeem::train::layer::{CoarseObjective, LayerDiagnostics, Phase};
 use poeem::train::metrics::RankingMetrics;
 use poeem::train::{
     DataConfig, Model, OptimizerConfig, RotationMode, TrainConfig, TrainProgress, Trainer,
@@ -84,7 +84,7 @@ impl IndexMode {
 }
 
 /// The settings `--resume` takes from the model directory instead of the command line.
-const RUN_SETTINGS: [&str; 31] = [
+const RUN_SETTINGS: [&str; 32] = [
     "interactions",
     "synthetic",
     "synthetic_pairs",
@@ -104,6 +104,7 @@ const RUN_SETTINGS: [&str; 31] = [
     "warmup_steps",
     "buffer_size",
     "regularizer_weight",
+    "coarse_objective",
     "epochs",
     "batch_size",
     "dim",
@@ -117,6 +118,24 @@ const RUN_SETTINGS: [&str; 31] = [
     "checkpoint_every",
     "log_every",
 ];
+
+/// What the layer's coarse centroids learn from ([`CoarseObjective`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CoarseObjectiveArg {
+    /// Each centroid moves toward the items of its list (online k-means of the coarse level).
+    ListMeans,
+    /// Each centroid descends the whole reconstruction error (the reference implementation).
+    Reconstruction,
+}
+
+impl CoarseObjectiveArg {
+    fn objective(self) -> CoarseObjective {
+        match self {
+            Self::ListMeans => CoarseObjective::ListMeans,
+            Self::Reconstruction => CoarseObjective::Reconstruction,
+        }
+    }
+}
 
 /// Arguments of `poeem train`.
 #[derive(Debug, Args)]
@@ -190,6 +209,10 @@ pub struct TrainArgs {
     /// Weight of the layer's regularizer.
     #[arg(long)]
     regularizer_weight: Option<f32>,
+    /// What the layer's coarse centroids learn from: their lists' items (list-means, the
+    /// default) or the whole reconstruction error (reconstruction, the reference's).
+    #[arg(long, value_enum)]
+    coarse_objective: Option<CoarseObjectiveArg>,
     /// Passes over the training pairs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -300,6 +323,10 @@ impl TrainArgs {
                 set(&mut layer.warmup_steps, self.warmup_steps);
                 set(&mut layer.buffer_size, self.buffer_size);
                 set(&mut layer.regularizer_weight, self.regularizer_weight);
+                set(
+                    &mut layer.coarse_objective,
+                    self.coarse_objective.map(CoarseObjectiveArg::objective),
+                );
             }
         }
         let layer_only = [
@@ -309,6 +336,7 @@ impl TrainArgs {
             ("--warmup-steps", self.warmup_steps.is_some()),
             ("--buffer-size", self.buffer_size.is_some()),
             ("--regularizer-weight", self.regularizer_weight.is_some()),
+            ("--coarse-objective", self.coarse_objective.is_some()),
             ("--layer-learning-rate", self.layer_learning_rate.is_some()),
         ];
         if rotation.is_none()
@@ -739,6 +767,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let start = Instant::now();
     let brute = eval.brute_force_model(&model, ks, par)?;
     let mut rows = vec![row("brute force", &brute, start.elapsed().as_secs_f64())];
+    let mut coarse = None;
     if let Some(path) = &args.index {
         let index = Index::open(path)?;
         let kind = match args.index_ids {
@@ -762,6 +791,19 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
             );
             rows.push(row(&name, &metrics, start.elapsed().as_secs_f64()));
         }
+        let all: Vec<u32> = (0..model.n_items() as u32).collect();
+        let items = model.embed_items(&all, par)?;
+        let k = ks.iter().copied().max().unwrap_or(1);
+        coarse = Some(CoarseDiagnostics::measure(
+            &searchable,
+            &queries,
+            &items,
+            &ids,
+            k,
+            &args.nprobe,
+            args.probe,
+            par,
+        )?);
     }
     let mut header = vec!["retrieval".to_owned()];
     for k in ks {
@@ -773,6 +815,16 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     }
     header.push("seconds".to_owned());
     print!("{}", markdown_table(&header, &rows));
+    if let Some(coarse) = coarse {
+        println!(
+            "\ncoarse level: the lists each query probes against its exact top-{} by this \
+             model's embeddings",
+            coarse.k
+        );
+        for line in coarse.summary_lines() {
+            println!("{line}");
+        }
+    }
     Ok(())
 }
 

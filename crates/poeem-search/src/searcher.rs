@@ -416,6 +416,46 @@ impl<'a> SearchIndex<'a> {
         }
     }
 
+    /// Keeps in `probes` the `nprobe` lists `probe` chooses from a query's coarse dot products
+    /// `dots` (`probes.sorted()` gives them best first).
+    fn select_lists(&self, dots: &[f32], nprobe: usize, probe: Probe, probes: &mut TopK) {
+        let p = self.view.params();
+        probes.reset(nprobe.min(p.n_lists));
+        let mut threshold = probes.threshold();
+        let by_l2 = probe.resolve(p.metric) == Probe::L2;
+        for (j, (&dot, &norm)) in dots.iter().zip(&self.centroid_norms).enumerate() {
+            let key = if by_l2 { norm - 2.0 * dot } else { -dot };
+            if key <= threshold {
+                probes.push(key, j as u64);
+                threshold = probes.threshold();
+            }
+        }
+    }
+
+    /// The lists a search of `query` with `nprobe` and `probe` scans, in the order it scans
+    /// them (best first): for diagnostics of the coarse level.
+    ///
+    /// # Errors
+    /// As [`Searcher::search_one`]'s query checks, and [`SearchError::InvalidParameter`] for an
+    /// `nprobe` of 0.
+    pub fn probed_lists(
+        &self,
+        query: &[f32],
+        nprobe: usize,
+        probe: Probe,
+    ) -> Result<Vec<u32>, SearchError> {
+        SearchParams::new(1, nprobe).validate()?;
+        let p = self.view.params();
+        let scale = self.query_scale(query, 0)?;
+        let (mut scaled, mut rotated) = (vec![0.0; p.dim], vec![0.0; p.padded_dim]);
+        self.prepare_one(query, scale, &mut scaled, &mut rotated);
+        let mut dots = vec![0.0; p.n_lists];
+        self.centroid_blocks.dots(self.arch, &rotated, &mut dots);
+        let mut probes = TopK::default();
+        self.select_lists(&dots, nprobe, probe, &mut probes);
+        Ok(probes.sorted().iter().map(|&(_, j)| j as u32).collect())
+    }
+
     /// Searches one prepared query: `query` is `q'` (`padded_dim`), `dots` its coarse dot
     /// products (at least `n_lists`), `table` its scaled lookup table (`M × stride`).
     #[allow(clippy::too_many_arguments)]
@@ -431,17 +471,7 @@ impl<'a> SearchIndex<'a> {
     ) -> usize {
         let p = self.view.params();
         let ScanScratch { probes, top } = scratch;
-        let nprobe = params.nprobe.min(p.n_lists);
-        probes.reset(nprobe);
-        let mut threshold = probes.threshold();
-        let by_l2 = params.probe.resolve(p.metric) == Probe::L2;
-        for (j, (&dot, &norm)) in dots.iter().zip(&self.centroid_norms).enumerate() {
-            let key = if by_l2 { norm - 2.0 * dot } else { -dot };
-            if key <= threshold {
-                probes.push(key, j as u64);
-                threshold = probes.threshold();
-            }
-        }
+        self.select_lists(dots, params.nprobe, params.probe, probes);
         top.reset(params.k);
         let l2 = p.metric == Metric::L2;
         let query_norm = if l2 { squared_norm(query) } else { 0.0 };

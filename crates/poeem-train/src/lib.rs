@@ -15,10 +15,10 @@ pub mod trainer;
 pub use data::{DataConfig, Dataset, EntityFeatures, Field, Vocab};
 pub use error::TrainError;
 pub use layer::{
-    CentroidInit, IndexingLayer, IndexingLayerConfig, LayerDiagnostics, LayerStep, Phase,
-    RotationMode,
+    CentroidInit, CoarseObjective, IndexingLayer, IndexingLayerConfig, LayerDiagnostics, LayerStep,
+    Phase, RotationMode,
 };
 pub use loss::LossReduction;
-pub use model::{Fields, Model, ModelConfig, TowerConfig, WarmStartItems};
+pub use model::{Fields, LayerUpdateItems, Model, ModelConfig, TowerConfig, WarmStartItems};
 pub use optim::{OptimizerConfig, OptimizerState};
 pub use trainer::{LrSchedule, TrainConfig, TrainProgress, TrainReport, Trainer};

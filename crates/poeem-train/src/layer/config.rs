@@ -58,6 +58,32 @@ pub enum CentroidInit {
     Random,
 }
 
+/// What the coarse centroids learn from (the PQ codebooks always learn from the whole
+/// reconstruction error `z − x'` of their items' residuals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoarseObjective {
+    /// Each centroid descends `w Σ_{b: j_b = j} ‖x'_b − v_j‖²`, with gradient
+    /// `2w Σ_{b: j_b = j} (v_j − x'_b)`: online k-means of the coarse level, whose fixed point
+    /// is the mean of the list's items, as a post-hoc IVF build places it. A probe ranks lists
+    /// by their centroids, so a centroid must stay where its list's items are.
+    #[default]
+    ListMeans,
+    /// The reference's: each centroid descends the whole reconstruction error
+    /// `w Σ_{b: j_b = j} ‖z_b − x'_b‖²`, with gradient `2w Σ_{b: j_b = j} (z_b − x'_b)`. That
+    /// error is the PQ's error on the residuals, which the shared codebooks absorb whatever
+    /// the centroid's offset from its items, so the centroids drift away from their lists as
+    /// the item embeddings move (an ablation).
+    Reconstruction,
+}
+
+impl CoarseObjective {
+    /// What a saved layer from before the setting existed did.
+    fn legacy() -> Self {
+        Self::Reconstruction
+    }
+}
+
 /// Settings of an [`IndexingLayer`](super::IndexingLayer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IndexingLayerConfig {
@@ -86,6 +112,11 @@ pub struct IndexingLayerConfig {
     /// Weight w of the regularizer `w Σ_batch ‖τ(x) − stopgrad(x)‖²` (the reference: 1 against
     /// a summed loss). Must be finite and non-negative.
     pub regularizer_weight: f32,
+    /// What the coarse centroids learn from: their lists' items (default) or the whole
+    /// reconstruction error (the reference). Settings saved before this existed read as the
+    /// reference's.
+    #[serde(default = "CoarseObjective::legacy")]
+    pub coarse_objective: CoarseObjective,
     /// The optimiser of the centroids and codebooks: the model's own (Adagrad TF1 in the
     /// tutorial).
     pub optimizer: OptimizerConfig,
@@ -131,6 +162,7 @@ impl IndexingLayerConfig {
             pq_training: PqTraining::Residuals,
             kmeans: KMeansSettings::default(),
             regularizer_weight: 1.0,
+            coarse_objective: CoarseObjective::ListMeans,
             optimizer: OptimizerConfig::adagrad(0.1),
             rotation: RotationMode::None,
             opq: OpqConfig::default(),

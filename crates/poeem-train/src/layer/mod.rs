@@ -8,11 +8,13 @@
 //! `codec().decode(codec().encode(x))`.
 //!
 //! Backward is straight-through: the caller passes `∂L/∂τ(x)` to `x` unchanged. The centroids
-//! learn only from the regularizer `L_reg = w Σ_batch ‖z − x'‖²` (which is
+//! learn only from the regularizer: the codebooks from `L_reg = w Σ_batch ‖z − x'‖²` (which is
 //! `w Σ ‖τ(x) − stopgrad(x)‖²` when the dimension needs no padding, and also counts the padding
-//! coordinates otherwise), whose gradients, with `e = z − x'`, are
-//! `∂L_reg/∂v_j = 2w Σ_{b: j_b = j} e_b` and `∂L_reg/∂c^(m)_k = 2w Σ_{b: k_{b,m} = k} e_b^(m)`:
-//! online mini-batch k-means on both levels, applied by the layer's own optimiser states.
+//! coordinates otherwise), with `e = z − x'`, `∂L_reg/∂c^(m)_k = 2w Σ_{b: k_{b,m} = k} e_b^(m)`;
+//! the coarse centroids, by default ([`CoarseObjective::ListMeans`]), from the coarse level's
+//! own error `w Σ_batch ‖x' − v_j‖²`, `∂/∂v_j = 2w Σ_{b: j_b = j} (v_j − x'_b)` (the reference
+//! uses `∂L_reg/∂v_j = 2w Σ_{b: j_b = j} e_b`, [`CoarseObjective::Reconstruction`]): online
+//! mini-batch k-means on both levels, applied by the layer's own optimiser states.
 //!
 //! A training run goes through the warm-start phases of [`Phase`]; see
 //! [`IndexingLayer::forward_train`].
@@ -31,7 +33,7 @@ use poeem_pq::{IvfPqCodec, padded_dim};
 use poeem_rotation::Rotation;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use config::{CentroidInit, IndexingLayerConfig, RotationMode};
+pub use config::{CentroidInit, CoarseObjective, IndexingLayerConfig, RotationMode};
 pub use diagnostics::{CodeDistribution, LayerDiagnostics};
 
 use crate::{OptimizerState, TrainError};
@@ -102,6 +104,10 @@ struct State {
     tally: Tally,
     /// The last joint batch, until `update` consumes it.
     pending: Batch,
+    /// Rows the coarse centroids learn from at the next `update` instead of `pending`'s
+    /// ([`IndexingLayer::learn_coarse_from`]); empty otherwise.
+    #[serde(default)]
+    coarse_pending: Batch,
 }
 
 /// The learned parameters with their optimiser states.
@@ -163,6 +169,8 @@ pub(crate) struct Work {
     /// The regularizer's sums for the codewords the batch used.
     codewords: RowSums,
     grads: Vec<f32>,
+    /// One row `v_j − x'` of the coarse level's error.
+    row: Vec<f32>,
 }
 
 /// Sums of error rows per row of a parameter table, for the rows a batch used: `rows` in the
@@ -266,6 +274,7 @@ impl IndexingLayer {
                 params: None,
                 tally,
                 pending: Batch::default(),
+                coarse_pending: Batch::default(),
             },
             quantizers: None,
             work: Work::default(),
@@ -363,6 +372,7 @@ impl IndexingLayer {
             Phase::WarmUp => {
                 out.copy_from_slice(x);
                 self.state.pending.clear();
+                self.state.coarse_pending.clear();
                 self.state.steps += 1;
                 Ok(identity)
             }
@@ -372,6 +382,7 @@ impl IndexingLayer {
                 s.buffer.extend_from_slice(&x[..n.min(room) * s.dim]);
                 out.copy_from_slice(x);
                 s.pending.clear();
+                s.coarse_pending.clear();
                 s.steps += 1;
                 Ok(identity)
             }
@@ -421,6 +432,7 @@ impl IndexingLayer {
         let s = &mut self.state;
         let rotation = s.params.as_ref().and_then(Params::rotation);
         quantizers.encode_decode(rotation, x, &mut s.pending, &mut self.work, out, par)?;
+        s.coarse_pending.clear();
         let n = s.pending.rows();
         let p = padded_dim(s.dim, s.config.n_subspaces);
         // With the identity and no padding, x − τ(x) = −e, and both sums are the same.
@@ -510,7 +522,14 @@ impl IndexingLayer {
         let w = &mut self.work;
         let p = padded_dim(s.dim, s.config.n_subspaces);
         let sub = p / s.config.n_subspaces;
-        accumulate_gradient(&s.pending, &s.config, p, w);
+        accumulate_gradient(
+            &s.pending,
+            coarse_rows(&s.pending, &s.coarse_pending),
+            &s.config,
+            p,
+            &params.coarse,
+            w,
+        );
         let weight = 2.0 * s.config.regularizer_weight;
         if s.config.n_lists > 0 {
             w.coarse.scale(weight);
@@ -554,6 +573,7 @@ impl IndexingLayer {
             quantizers.rotation_changed(learned.rotation());
         }
         s.pending.clear();
+        s.coarse_pending.clear();
         quantizers.refresh(params, &w.coarse.rows, &w.codewords.rows)
     }
 
@@ -562,12 +582,20 @@ impl IndexingLayer {
     /// batch waiting for `update`. This is the gradient `update` applies.
     pub fn regularizer_gradient(&self) -> Option<RegularizerGradient> {
         let s = &self.state;
-        if s.params.is_none() || s.pending.rows() == 0 {
+        let params = s.params.as_ref()?;
+        if s.pending.rows() == 0 {
             return None;
         }
         let mut work = Work::default();
         let p = self.padded_dim();
-        accumulate_gradient(&s.pending, &s.config, p, &mut work);
+        accumulate_gradient(
+            &s.pending,
+            coarse_rows(&s.pending, &s.coarse_pending),
+            &s.config,
+            p,
+            &params.coarse,
+            &mut work,
+        );
         let weight = 2.0 * s.config.regularizer_weight;
         work.coarse.scale(weight);
         work.codewords.scale(weight);
@@ -583,6 +611,39 @@ impl IndexingLayer {
     pub fn pending_codes(&self) -> Option<(&[u32], &[u16])> {
         let b = &self.state.pending;
         (b.rows() > 0).then_some((&b.lists[..], &b.codes[..]))
+    }
+
+    /// After a joint [`IndexingLayer::forward_train`], makes the next
+    /// [`IndexingLayer::update`] step the coarse centroids on the rows `x` (`n × dim`)
+    /// instead of that batch's (the codebooks and the rotation still learn from the batch):
+    /// `x` is assigned to lists with the current parameters. A model calls this with a
+    /// uniform sample of its catalogue so that the lists weigh items as a post-hoc index
+    /// does, not by how often they appear in batches. A no-op before the joint phase or when
+    /// the batch was already consumed.
+    ///
+    /// # Errors
+    /// As the input checks of [`IndexingLayer::forward_train`] (`x` empty, ragged or not
+    /// finite). A failed call changes nothing.
+    pub fn learn_coarse_from(&mut self, x: &[f32], par: Par) -> Result<(), TrainError> {
+        self.check_batch(x, x.len())?;
+        let (Some(quantizers), Some(params)) = (&self.quantizers, &self.state.params) else {
+            return Ok(());
+        };
+        if self.state.pending.rows() == 0 {
+            return Ok(());
+        }
+        let mut rows = Batch::default();
+        let mut out = vec![0.0f32; x.len()];
+        quantizers.encode_decode(
+            params.rotation(),
+            x,
+            &mut rows,
+            &mut self.work,
+            &mut out,
+            par,
+        )?;
+        self.state.coarse_pending = rows;
+        Ok(())
     }
 
     /// Inference: `τ(x)` (or `x` before init) into `out`; no state changes. Equal to the output
@@ -678,26 +739,30 @@ impl IndexingLayer {
             mismatch("saved rotation dimension", expected, rotation_dim)?;
             quantizers = Some(Quantizers::new(state.dim, c, params)?);
         }
-        let b = &state.pending;
-        let n = b.rows();
-        if n > 0 && state.params.is_none() {
-            return Err(TrainError::DimensionMismatch {
-                what: "saved pending batch before init",
-                expected: 0,
-                got: n,
-            });
-        }
-        mismatch("saved pending codes", n * c.n_subspaces, b.codes.len())?;
-        mismatch("saved pending rotated rows", n * p, b.rotated.len())?;
-        mismatch("saved pending errors", n * p, b.error.len())?;
-        if b.lists.iter().any(|&l| l as usize >= c.n_lists.max(1))
-            || b.codes.iter().any(|&code| usize::from(code) >= k)
-        {
-            return Err(TrainError::InvalidConfig {
-                name: "saved pending codes",
-                value: "out of range".into(),
-                reason: "every list and code must be below n_lists and 2^n_bits",
-            });
+        for (b, what) in [
+            (&state.pending, "saved pending batch"),
+            (&state.coarse_pending, "saved pending coarse rows"),
+        ] {
+            let n = b.rows();
+            if n > 0 && state.params.is_none() {
+                return Err(TrainError::DimensionMismatch {
+                    what,
+                    expected: 0,
+                    got: n,
+                });
+            }
+            mismatch(what, n * c.n_subspaces, b.codes.len())?;
+            mismatch(what, n * p, b.rotated.len())?;
+            mismatch(what, n * p, b.error.len())?;
+            if b.lists.iter().any(|&l| l as usize >= c.n_lists.max(1))
+                || b.codes.iter().any(|&code| usize::from(code) >= k)
+            {
+                return Err(TrainError::InvalidConfig {
+                    name: what,
+                    value: "out of range".into(),
+                    reason: "every list and code must be below n_lists and 2^n_bits",
+                });
+            }
         }
         let fresh = Tally::new(c.n_lists, c.n_subspaces, k);
         state.tally.check_shape(&fresh)?;
@@ -709,35 +774,65 @@ impl IndexingLayer {
     }
 }
 
-/// Sums the errors of the pending batch per coarse centroid and per codeword used (in batch
-/// order, so the result does not depend on threads) into `work.coarse` and
-/// `work.codewords`. The gradient is `2w` times these sums.
-fn accumulate_gradient(batch: &Batch, config: &IndexingLayerConfig, p: usize, work: &mut Work) {
+/// The rows the coarse centroids learn from at the next update: `coarse_pending` when
+/// [`IndexingLayer::learn_coarse_from`] gave some, else the batch `pending`.
+fn coarse_rows<'a>(pending: &'a Batch, coarse_pending: &'a Batch) -> &'a Batch {
+    if coarse_pending.rows() > 0 {
+        coarse_pending
+    } else {
+        pending
+    }
+}
+
+/// Sums the errors of `batch` per codeword used and of `coarse_rows` per coarse centroid used
+/// (in row order, so the result does not depend on threads) into `work.codewords` and
+/// `work.coarse`: `e_b = z_b − x'_b` for the codewords, and for the coarse centroids
+/// `v_j − x'_b` or `e_b` as [`IndexingLayerConfig::coarse_objective`] says (`centroids` are
+/// the current `v`). The gradient is `2w` times these sums.
+fn accumulate_gradient(
+    batch: &Batch,
+    coarse_rows: &Batch,
+    config: &IndexingLayerConfig,
+    p: usize,
+    centroids: &[f32],
+    work: &mut Work,
+) {
     let m = config.n_subspaces;
     let k = config.n_codewords();
     let sub = p / m;
-    let (coarse, codewords) = (&mut work.coarse, &mut work.codewords);
+    let (coarse, codewords, row) = (&mut work.coarse, &mut work.codewords, &mut work.row);
     coarse.reset(config.n_lists);
-    codewords.reset(m * k);
-    for (&list, codes) in batch.lists.iter().zip(batch.codes.chunks_exact(m)) {
-        if config.n_lists > 0 {
+    if config.n_lists > 0 {
+        let list_means = config.coarse_objective == CoarseObjective::ListMeans;
+        for &list in &coarse_rows.lists {
             coarse.touch(list as usize);
         }
+        coarse.start_sums(p);
+        for ((e, x), &list) in coarse_rows
+            .error
+            .chunks_exact(p)
+            .zip(coarse_rows.rotated.chunks_exact(p))
+            .zip(&coarse_rows.lists)
+        {
+            let list = list as usize;
+            if list_means {
+                let v = &centroids[list * p..(list + 1) * p];
+                row.clear();
+                row.extend(v.iter().zip(x).map(|(&v, &x)| v - x));
+                coarse.add(list, row);
+            } else {
+                coarse.add(list, e);
+            }
+        }
+    }
+    codewords.reset(m * k);
+    for codes in batch.codes.chunks_exact(m) {
         for (s, &code) in codes.iter().enumerate() {
             codewords.touch(s * k + usize::from(code));
         }
     }
-    coarse.start_sums(p);
     codewords.start_sums(sub);
-    for ((e, &list), codes) in batch
-        .error
-        .chunks_exact(p)
-        .zip(&batch.lists)
-        .zip(batch.codes.chunks_exact(m))
-    {
-        if config.n_lists > 0 {
-            coarse.add(list as usize, e);
-        }
+    for (e, codes) in batch.error.chunks_exact(p).zip(batch.codes.chunks_exact(m)) {
         for (s, (&code, e)) in codes.iter().zip(e.chunks_exact(sub)).enumerate() {
             codewords.add(s * k + usize::from(code), e);
         }

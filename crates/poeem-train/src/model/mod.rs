@@ -48,6 +48,9 @@ use crate::{OptimizerConfig, TrainError};
 /// Mixed into the layer's seed for the catalogue sample of the warm start.
 const CATALOGUE_SALT: u64 = 0x3C6E_F372_FE94_F82B;
 
+/// Mixed into the layer's seed for the catalogue samples it learns from in the joint phase.
+const UPDATE_SALT: u64 = 0xA54F_F53A_5F1D_36F1;
+
 /// Rows per block when embedding many entities for inference.
 const EMBED_BLOCK: usize = 4096;
 
@@ -81,6 +84,10 @@ pub struct ModelConfig {
     /// Which items fill the indexing layer's warm-start buffer.
     #[serde(default)]
     pub warm_start_items: WarmStartItems,
+    /// Which items the indexing layer's centroids and codewords learn from after the warm
+    /// start. Settings saved before this existed read as [`LayerUpdateItems::Batches`].
+    #[serde(default = "LayerUpdateItems::legacy")]
+    pub layer_update_items: LayerUpdateItems,
     /// Seed of the parameter initialisation.
     pub seed: u64,
 }
@@ -99,6 +106,33 @@ pub enum WarmStartItems {
     Catalogue,
 }
 
+/// Which items' embeddings the indexing layer's centroids and codewords learn from in the
+/// joint phase (the batch's own items always go through the layer for the loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerUpdateItems {
+    /// Each batch's distinct items, as in the reference: an item weighs as much as its chance
+    /// of being in a batch, so on popularity-skewed data the online k-means splits the
+    /// popular region into many small lists with long centroids, which an inner-product probe
+    /// prefers, while the rest of the catalogue shares a few large lists.
+    Batches,
+    /// A uniform sample of `rows` catalogue items per step (drawn from the layer's seed and
+    /// step), embedded by the current item tower without gradients: the centroids weigh every
+    /// item alike, as a post-hoc index built on the catalogue does. Costs one item-tower
+    /// forward pass and one encode of `rows` items per step.
+    Catalogue {
+        /// Items per step.
+        rows: usize,
+    },
+}
+
+impl LayerUpdateItems {
+    /// What a model saved before the setting existed did.
+    fn legacy() -> Self {
+        Self::Batches
+    }
+}
+
 impl ModelConfig {
     /// The reference tutorial's model: 64-d id embeddings on both sides, no MLP, cosine × 30,
     /// summed in-batch softmax, item embeddings normalised before the layer.
@@ -114,6 +148,7 @@ impl ModelConfig {
             reduction: LossReduction::Sum,
             mask_duplicates: false,
             warm_start_items: WarmStartItems::Catalogue,
+            layer_update_items: LayerUpdateItems::Batches,
             seed: 0,
         }
     }
@@ -133,6 +168,7 @@ impl ModelConfig {
             reduction: LossReduction::Mean,
             mask_duplicates: true,
             warm_start_items: WarmStartItems::Catalogue,
+            layer_update_items: LayerUpdateItems::Catalogue { rows: 1024 },
             seed: 0,
         }
     }
@@ -554,19 +590,33 @@ impl Model {
             return Ok(None);
         }
         let room = layer.config().buffer_size - layer.buffered_rows();
-        let n_items = self.n_items();
-        let sample: Vec<u32> = if n_items <= room {
-            (0..n_items as u32).collect()
-        } else {
-            let mut rng = ChaCha8Rng::seed_from_u64(layer.config().seed ^ CATALOGUE_SALT);
-            rng.set_stream(layer.steps());
-            let mut picked: Vec<u32> = rand::seq::index::sample(&mut rng, n_items, room)
-                .into_iter()
-                .map(|i| i as u32)
-                .collect();
-            picked.sort_unstable();
-            picked
+        let sample = catalogue_sample(
+            self.n_items(),
+            room,
+            layer.config().seed ^ CATALOGUE_SALT,
+            layer.steps(),
+        );
+        self.embed_items(&sample, par).map(Some)
+    }
+
+    /// With [`LayerUpdateItems::Catalogue`] and a layer in its joint phase, the layer inputs
+    /// of a uniform sample of the catalogue (seeded by the layer's seed and step) for it to
+    /// learn from, or of the whole catalogue when that is smaller.
+    fn catalogue_update_rows(&self, par: Par) -> Result<Option<Vec<f32>>, TrainError> {
+        let (Some(layer), LayerUpdateItems::Catalogue { rows }) =
+            (&self.layer, self.config.layer_update_items)
+        else {
+            return Ok(None);
         };
+        if !layer.is_initialized() {
+            return Ok(None);
+        }
+        let sample = catalogue_sample(
+            self.n_items(),
+            rows,
+            layer.config().seed ^ UPDATE_SALT,
+            layer.steps(),
+        );
         self.embed_items(&sample, par).map(Some)
     }
 
@@ -703,6 +753,11 @@ impl Model {
             }
             None => None,
         };
+        if let Some(rows) = self.catalogue_update_rows(par)?
+            && let Some(layer) = &mut self.layer
+        {
+            layer.learn_coarse_from(&rows, par)?;
+        }
         let y: &[f32] = if self.layer.is_some() { &s.y } else { x };
         normalize_rows(y, dim, &mut s.y_hat, &mut s.y_norms);
 
@@ -793,6 +848,22 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// `rows` distinct item indices drawn uniformly from `0..n_items` by the stream `stream` of
+/// `seed`, in increasing order; every item when there are no more than `rows`.
+fn catalogue_sample(n_items: usize, rows: usize, seed: u64, stream: u64) -> Vec<u32> {
+    if n_items <= rows {
+        return (0..n_items as u32).collect();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    let mut picked: Vec<u32> = rand::seq::index::sample(&mut rng, n_items, rows)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    picked.sort_unstable();
+    picked
 }
 
 /// Normalises each `dim`-wide row of `data` in place, like [`normalize_rows`].

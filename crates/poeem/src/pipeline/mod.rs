@@ -18,6 +18,7 @@
 //!
 //! [`SearchIndex`]: crate::search::SearchIndex
 
+mod coarse;
 mod data;
 mod evaluate;
 mod experiment;
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+pub use coarse::{CoarseDiagnostics, ProbeConcentration, ProbeCoverage};
 pub use data::{DATA_FILE, DataSource};
 pub use evaluate::{EvalSet, index_rankings};
 pub use experiment::{TimedIndex, build_post_hoc, export_timed, median, train_model};
