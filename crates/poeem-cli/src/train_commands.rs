@@ -25,7 +25,8 @@ use poeem::train::data::{FeatureSource, InteractionsSource, SplitConfig};
 use poeem::train::layer::{CoarseObjective, LayerDiagnostics, Phase};
 use poeem::train::metrics::RankingMetrics;
 use poeem::train::{
-    DataConfig, Model, OptimizerConfig, RotationMode, TrainConfig, TrainProgress, Trainer,
+    DataConfig, LayerUpdateItems, Model, OptimizerConfig, RotationMode, TrainConfig, TrainProgress,
+    Trainer,
 };
 
 use crate::index_commands::Threads;
@@ -84,7 +85,7 @@ impl IndexMode {
 }
 
 /// The settings `--resume` takes from the model directory instead of the command line.
-const RUN_SETTINGS: [&str; 32] = [
+const RUN_SETTINGS: [&str; 33] = [
     "interactions",
     "synthetic",
     "synthetic_pairs",
@@ -105,6 +106,7 @@ const RUN_SETTINGS: [&str; 32] = [
     "buffer_size",
     "regularizer_weight",
     "coarse_objective",
+    "coarse_items",
     "epochs",
     "batch_size",
     "dim",
@@ -134,6 +136,26 @@ impl CoarseObjectiveArg {
             Self::ListMeans => CoarseObjective::ListMeans,
             Self::Reconstruction => CoarseObjective::Reconstruction,
         }
+    }
+}
+
+/// `--coarse-items`: `batches` or `catalogue:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LayerUpdateItemsArg(LayerUpdateItems);
+
+impl std::str::FromStr for LayerUpdateItemsArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let items = match s.split_once(':') {
+            None if s == "batches" => LayerUpdateItems::Batches,
+            Some(("catalogue", rows)) => match rows.parse::<usize>() {
+                Ok(rows) if rows > 0 => LayerUpdateItems::Catalogue { rows },
+                _ => return Err(format!("{rows:?} is not a positive number of items")),
+            },
+            _ => return Err("expected `batches` or `catalogue:N` (e.g. catalogue:1024)".into()),
+        };
+        Ok(Self(items))
     }
 }
 
@@ -213,6 +235,12 @@ pub struct TrainArgs {
     /// default) or the whole reconstruction error (reconstruction, the reference's).
     #[arg(long, value_enum)]
     coarse_objective: Option<CoarseObjectiveArg>,
+    /// Which items the layer's coarse centroids learn from after the warm start: `batches`
+    /// (each batch's items, so popular items weigh more; the reference's) or `catalogue:N` (N
+    /// uniformly sampled catalogue items per step) [default: the preset's: catalogue:1024 for
+    /// movielens, batches for the tutorial, whose items are uniform].
+    #[arg(long, value_name = "batches|catalogue:N")]
+    coarse_items: Option<LayerUpdateItemsArg>,
     /// Passes over the training pairs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -327,6 +355,9 @@ impl TrainArgs {
                     &mut layer.coarse_objective,
                     self.coarse_objective.map(CoarseObjectiveArg::objective),
                 );
+                if let Some(LayerUpdateItemsArg(items)) = self.coarse_items {
+                    config.model.layer_update_items = items;
+                }
             }
         }
         let layer_only = [
@@ -337,6 +368,7 @@ impl TrainArgs {
             ("--buffer-size", self.buffer_size.is_some()),
             ("--regularizer-weight", self.regularizer_weight.is_some()),
             ("--coarse-objective", self.coarse_objective.is_some()),
+            ("--coarse-items", self.coarse_items.is_some()),
             ("--layer-learning-rate", self.layer_learning_rate.is_some()),
         ];
         if rotation.is_none()

@@ -118,3 +118,92 @@ pub fn tutorial_brute_force_precision(
     let rankings = top_k_inner_product(query_vectors, item_vectors, dim, k, par);
     tutorial_precision(&rankings, k.min(TUTORIAL_VOCAB as usize), k)
 }
+
+/// A popularity-skewed interaction set with genre tastes, small enough for tests: the shape of
+/// MovieLens (a few genres per item, users who favour two genres, a long tail of rarely seen
+/// items) with ids only. Trained long, it shows how an indexing layer's coarse level behaves
+/// when batches over-represent popular items.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenreSpec {
+    /// Users (query ids `0..users`).
+    pub users: usize,
+    /// Items (item ids `0..items`); item `i`'s popularity is `(1 + i)^-popularity_exponent`.
+    pub items: usize,
+    /// Genres; each item has one or two, each user favours two.
+    pub genres: usize,
+    /// How much likelier a user picks an item of a favourite genre.
+    pub favourite_weight: f64,
+    /// Exponent of the popularity law.
+    pub popularity_exponent: f64,
+    /// Interactions per user, drawn uniformly from this range (capped by `items`).
+    pub per_user: (usize, usize),
+    /// Seed of every draw.
+    pub seed: u64,
+}
+
+impl GenreSpec {
+    /// 1,000 users, 1,600 items, 12 genres, favourites 20 times likelier, popularity
+    /// `(1 + i)^-0.5`, 20 to 80 interactions per user.
+    pub fn movielens_like(seed: u64) -> Self {
+        Self {
+            users: 1000,
+            items: 1600,
+            genres: 12,
+            favourite_weight: 20.0,
+            popularity_exponent: 0.5,
+            per_user: (20, 80),
+            seed,
+        }
+    }
+
+    /// The genres of each item (one or two, ascending), and each user's interactions in the
+    /// order drawn (distinct items, weighted by popularity and taste).
+    pub fn draw(&self) -> (Vec<Vec<usize>>, Vec<Vec<u32>>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let genres = self.genres.max(1);
+        let item_genres: Vec<Vec<usize>> = (0..self.items)
+            .map(|_| {
+                let n = rng.random_range(1..=2usize).min(genres);
+                let mut picked = rand::seq::index::sample(&mut rng, genres, n).into_vec();
+                picked.sort_unstable();
+                picked
+            })
+            .collect();
+        let popularity: Vec<f64> = (0..self.items)
+            .map(|i| (1.0 + i as f64).powf(-self.popularity_exponent))
+            .collect();
+        let histories = (0..self.users)
+            .map(|u| {
+                let favourites = [u % genres, rng.random_range(0..genres)];
+                let weights: Vec<f64> = item_genres
+                    .iter()
+                    .zip(&popularity)
+                    .map(|(g, &p)| {
+                        let liked = g.iter().any(|g| favourites.contains(g));
+                        p * if liked { self.favourite_weight } else { 1.0 }
+                    })
+                    .collect();
+                let (low, high) = self.per_user;
+                let count = rng.random_range(low..=high.max(low)).min(self.items);
+                rand::seq::index::sample_weighted(&mut rng, self.items, |i| weights[i], count)
+                    .map(|chosen| chosen.into_iter().map(|i| i as u32).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        (item_genres, histories)
+    }
+
+    /// The interactions as a [`Dataset`] of ids, each user's last interaction held out.
+    pub fn dataset(&self) -> Dataset {
+        let (_, histories) = self.draw();
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for (u, items) in histories.iter().enumerate() {
+            if let Some((&last, rest)) = items.split_last() {
+                train.extend(rest.iter().map(|&i| (u as u32, i)));
+                test.push((u as u32, last));
+            }
+        }
+        Dataset::from_pairs(self.users, self.items, train, test)
+            .expect("generated ids are below users and items")
+    }
+}

@@ -25,7 +25,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use poeem::pipeline::{TimedIndex, build_post_hoc, train_model};
+use poeem::pipeline::{CoarseDiagnostics, TimedIndex, build_post_hoc, markdown_table, train_model};
 use poeem::pq::{OpqConfig, Par};
 use poeem::search::{BuildConfig, IndexParts};
 use poeem::train::{Dataset, Model, TrainConfig, TrainProgress, TrainReport};
@@ -417,6 +417,8 @@ pub(crate) struct IndexRun<M> {
     pub(crate) relative_distortion: f64,
     /// What was measured through it, per nprobe.
     pub(crate) by_nprobe: Vec<M>,
+    /// How its coarse level serves the queries (for the indexes whose lists we can read).
+    pub(crate) coarse: Option<CoarseDiagnostics>,
 }
 
 impl<M> IndexRun<M> {
@@ -426,7 +428,7 @@ impl<M> IndexRun<M> {
         name: &str,
         made_by: &'static str,
         index: &TimedIndex,
-        by_nprobe: Vec<M>,
+        (by_nprobe, coarse): (Vec<M>, Option<CoarseDiagnostics>),
     ) -> Self {
         Self {
             name: name.to_owned(),
@@ -434,12 +436,83 @@ impl<M> IndexRun<M> {
             seconds: index.median_seconds(),
             relative_distortion: index.relative_distortion,
             by_nprobe,
+            coarse,
         }
     }
 }
 
+/// A report table of the coarse-level diagnostics of the indexes named `names` (means over
+/// the seeds' `IndexRun`s in `runs`; indexes without diagnostics are left out): the share of
+/// the queries' exact top-k inside the probed lists at each nprobe, the share of queries whose
+/// best item is in the first probed list, the probed list size over the mean list size, the
+/// most-probed list's queries and size, the centroid norms and their offset from their lists'
+/// means.
+pub(crate) fn coarse_table<M>(names: &[String], runs: &[&[IndexRun<M>]]) -> Option<String> {
+    let mut rows = Vec::new();
+    let mut nprobes = Vec::new();
+    let mut k = 0;
+    for name in names {
+        let found: Vec<&CoarseDiagnostics> = runs
+            .iter()
+            .filter_map(|r| r.iter().find(|i| &i.name == name)?.coarse.as_ref())
+            .collect();
+        let Some(first) = found.first() else {
+            continue;
+        };
+        nprobes = first.coverage.iter().map(|c| c.nprobe).collect();
+        k = first.k;
+        let mean = |f: &dyn Fn(&CoarseDiagnostics) -> f64| {
+            found.iter().map(|d| f(d)).sum::<f64>() / found.len() as f64
+        };
+        let mut row = vec![name.clone()];
+        for p in 0..nprobes.len() {
+            row.push(format!("{:.3}", mean(&|d| d.coverage[p].top_k_share)));
+        }
+        row.push(format!("{:.3}", mean(&|d| d.coverage[0].best_item_share)));
+        row.push(format!(
+            "{:.2}",
+            mean(&|d| d.concentration.probed_size_ratio())
+        ));
+        let (_, queries, size) = first.concentration.most_probed();
+        row.push(format!("{queries} / {size}"));
+        row.push(format!(
+            "{:.3} [{:.3}, {:.3}]",
+            mean(&|d| d.centroid_norms[1]),
+            mean(&|d| d.centroid_norms[0]),
+            mean(&|d| d.centroid_norms[2])
+        ));
+        row.push(format!(
+            "{:.4} / {:.4}",
+            mean(&|d| d.centroid_offset),
+            mean(&|d| d.item_to_centroid)
+        ));
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let mut header = vec!["index".to_owned()];
+    header.extend(
+        nprobes
+            .iter()
+            .map(|p| format!("top-{k} inside, nprobe {p}")),
+    );
+    header.extend(
+        [
+            "best item in 1st list",
+            "probed / mean list size",
+            "most-probed list: queries / items (first seed)",
+            "centroid norm median [min, max]",
+            "centroid offset / item-to-centroid (RMS)",
+        ]
+        .map(str::to_owned),
+    );
+    Some(markdown_table(&header, &rows))
+}
+
 /// poeem's post-hoc IVF-PQ and OPQ+IVF-PQ (with `opq`) of `build` on `items` (`dim` wide),
-/// each built `runs` times and measured by `measure`; `seed` names the jobs.
+/// each built `runs` times and measured by `measure` (per nprobe, and optionally its coarse
+/// level); `seed` names the jobs.
 ///
 /// # Errors
 /// The builds' failures, and `measure`'s.
@@ -453,7 +526,7 @@ pub(crate) fn post_hoc_rows<M>(
     opq: &OpqConfig,
     runs: usize,
     par: Par,
-    measure: &dyn Fn(&IndexParts) -> Result<Vec<M>>,
+    measure: &dyn Fn(&IndexParts) -> Result<(Vec<M>, Option<CoarseDiagnostics>)>,
 ) -> Result<Vec<IndexRun<M>>> {
     [
         ("post-hoc IVF-PQ", None),
@@ -511,6 +584,7 @@ pub(crate) fn faiss_rows<M>(
                     .iter()
                     .map(|ranking| score(ranking))
                     .collect::<Result<_>>()?,
+                coarse: None,
             })
         })
         .collect::<Result<_>>()?;

@@ -9,11 +9,15 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use poeem::pipeline::{EvalSet, IdMap, ItemIds, export_timed, markdown_table};
+use poeem::pipeline::{CoarseDiagnostics, EvalSet, IdMap, ItemIds, export_timed, markdown_table};
 use poeem::pq::{OpqConfig, Par};
+use poeem::search::SearchIndex;
 use poeem::search::{BuildConfig, IndexParts, Probe};
 use poeem::train::metrics::RankingMetrics;
-use poeem::train::{DataConfig, Dataset, LayerDiagnostics, Model, TrainConfig, TrainProgress};
+use poeem::train::{
+    CoarseObjective, DataConfig, Dataset, LayerDiagnostics, LayerUpdateItems, Model, RotationMode,
+    TrainConfig, TrainProgress,
+};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -25,7 +29,8 @@ use super::plot::{LineChart, Series};
 use super::post_hoc_rows;
 use super::synthetic::{VARIANTS, faiss_python};
 use super::{
-    Args, DataInfo, IndexRun, Outcome, Progress, mean_pm, mean_std, over_seeds, train_with_bar,
+    Args, DataInfo, IndexRun, Outcome, Progress, coarse_table, mean_pm, mean_std, over_seeds,
+    train_with_bar,
 };
 use super::{flat_series, seed_series};
 
@@ -42,6 +47,49 @@ const NPROBES: [usize; 6] = [1, 2, 4, 8, 16, 32];
 const N_LISTS: usize = 32;
 const N_SUBSPACES: usize = 8;
 const N_BITS: u32 = 8;
+
+/// A Poeem model of the comparison: a rotation mode of the synthetic experiment's
+/// [`VARIANTS`] with the preset's coarse level, or the preset without rotation and another
+/// coarse level (the ablation of what the coarse centroids learn from).
+struct Variant {
+    name: &'static str,
+    rotation: RotationMode,
+    /// The coarse objective and items, when not the preset's.
+    coarse: Option<(CoarseObjective, LayerUpdateItems)>,
+}
+
+/// The coarse-level ablation: the reference's coarse level (centroids descend the whole
+/// reconstruction error of each batch's items) and list means learned from the batches'
+/// items, against the preset's list means of a uniform catalogue sample.
+const COARSE_VARIANTS: [(&str, CoarseObjective, LayerUpdateItems); 2] = [
+    (
+        "Poeem, reference coarse level (batch items, reconstruction error)",
+        CoarseObjective::Reconstruction,
+        LayerUpdateItems::Batches,
+    ),
+    (
+        "Poeem, list means of batch items",
+        CoarseObjective::ListMeans,
+        LayerUpdateItems::Batches,
+    ),
+];
+
+/// Every Poeem model trained per seed: the rotation variants, then the coarse-level ablation.
+fn variants() -> Vec<Variant> {
+    let rotations = VARIANTS.iter().map(|&(name, rotation)| Variant {
+        name,
+        rotation,
+        coarse: None,
+    });
+    let coarse = COARSE_VARIANTS
+        .iter()
+        .map(|&(name, objective, items)| Variant {
+            name,
+            rotation: RotationMode::None,
+            coarse: Some((objective, items)),
+        });
+    rotations.chain(coarse).collect()
+}
 
 /// Epochs of a `--quick` run (the preset's 20 otherwise).
 const QUICK_EPOCHS: usize = 10;
@@ -94,7 +142,7 @@ pub(super) fn run(args: &Args, progress: &Progress) -> Result<Outcome> {
 
     let seeds = args.seed_list(super::Experiment::Movielens);
     let python = faiss_python(args, progress);
-    progress.jobs(seeds.len() * (3 + VARIANTS.len() + usize::from(python.is_some())));
+    progress.jobs(seeds.len() * (3 + variants().len() + usize::from(python.is_some())));
     let experiment = Comparison {
         dataset: &dataset,
         eval: &eval,
@@ -236,7 +284,7 @@ impl Comparison<'_> {
             &OpqConfig::default(),
             3,
             self.par,
-            &|parts| self.through(parts, &queries, &ids),
+            &|parts| self.through(parts, &queries, &items, &ids),
         )?;
         let mut faiss_version = None;
         if let Some(python) = python {
@@ -248,20 +296,26 @@ impl Comparison<'_> {
         }
         drop(plain_model);
         let mut poeem = Vec::new();
-        for (name, rotation) in VARIANTS {
+        for variant in variants() {
+            let name = variant.name;
             progress.job(format!("seed {seed}: training {name}"));
             let mut config = self.train_config(seed, true);
             if let Some(layer) = &mut config.index {
-                layer.rotation = rotation;
+                layer.rotation = variant.rotation;
+                if let Some((objective, items)) = variant.coarse {
+                    layer.coarse_objective = objective;
+                    config.model.layer_update_items = items;
+                }
             }
             let (model, run) = self.train(name, &config, progress)?;
             let (index, ids, _) = export_timed(&model, 15, self.par)?;
             let queries = model.embed_queries(self.eval.queries(), self.par)?;
+            let items = model.embed_items(&all, self.par)?;
             indexes.push(IndexRun::of(
                 name,
                 "export",
                 &index,
-                self.through(&index.parts, &queries, &ids)?,
+                self.through(&index.parts, &queries, &items, &ids)?,
             ));
             poeem.push(run);
             progress.job_done();
@@ -304,13 +358,16 @@ impl Comparison<'_> {
         Ok((model, run))
     }
 
+    /// The metrics through `parts` at each nprobe, and its coarse-level diagnostics against
+    /// the exact top-[`MAIN_K`] of `queries` over `items` (the model's).
     fn through(
         &self,
         parts: &IndexParts,
         queries: &[f32],
+        items: &[f32],
         ids: &IdMap,
-    ) -> Result<Vec<Vec<RankingMetrics>>> {
-        Ok(self.eval.through_index_at(
+    ) -> Result<(Vec<Vec<RankingMetrics>>, Option<CoarseDiagnostics>)> {
+        let metrics = self.eval.through_index_at(
             parts,
             queries,
             ids,
@@ -318,7 +375,19 @@ impl Comparison<'_> {
             &NPROBES,
             Probe::default(),
             self.par,
-        )?)
+        )?;
+        let index = SearchIndex::new(parts.view()?);
+        let coarse = CoarseDiagnostics::measure(
+            &index,
+            queries,
+            items,
+            ids,
+            MAIN_K,
+            &NPROBES,
+            Probe::default(),
+            self.par,
+        )?;
+        Ok((metrics, Some(coarse)))
     }
 
     /// faiss's `IVF,PQ` and `OPQ,IVF,PQ` of the same shape on the plain model's embeddings
@@ -455,7 +524,7 @@ fn outcome(
         ));
         row
     }];
-    for v in 0..VARIANTS.len() {
+    for v in 0..runs[0].poeem.len() {
         let mut row = vec![runs[0].poeem[v].name.clone()];
         for k in 0..KS.len() {
             row.push(mean_pm(
@@ -516,9 +585,9 @@ fn outcome(
             .map(|i| i.by_nprobe[p][main_k].recall)
             .fold(f64::NEG_INFINITY, f64::max)
     };
-    let wins: String = VARIANTS
+    let wins: String = variants()
         .iter()
-        .map(|(name, _)| {
+        .map(|&Variant { name, .. }| {
             let cells: Vec<String> = NPROBES
                 .iter()
                 .enumerate()
@@ -564,6 +633,19 @@ fn outcome(
         against_nprobe(Measure::Recall),
         against_nprobe(Measure::Ndcg),
     );
+    let index_runs: Vec<&[MetricsRun]> = runs.iter().map(|r| &r.indexes[..]).collect();
+    if let Some(table) = coarse_table(&index_names, &index_runs) {
+        report += &format!(
+            "\n## The coarse level\n\nFor each index, against its model's exact top-{MAIN_K} \
+             (inner product over all items): the share inside the lists a query probes, the \
+             share of queries whose best item is in the first list probed, how large the lists \
+             queries probe first are against the mean list size (below 1: queries crowd onto \
+             small lists), and where the centroids sit (a k-means centroid is its list's mean: \
+             offset 0). The last two Poeem rows are the coarse-level ablation: the reference's \
+             coarse level, and list means learned from the batches' items instead of a uniform \
+             catalogue sample.\n\n{table}"
+        );
+    }
     report += &super::faiss_note(faiss_asked, faiss_version.as_deref());
 
     let plots = plots(runs, &index_names, main_k);
@@ -588,6 +670,7 @@ fn outcome(
                 "seconds": i.seconds,
                 "relative_distortion": i.relative_distortion,
                 "by_nprobe": i.by_nprobe.iter().map(|m| metrics_json(m)).collect::<Vec<_>>(),
+                "coarse": i.coarse,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });

@@ -111,7 +111,7 @@ impl Tutorial {
             name,
             "export",
             &index,
-            self.precision_at(&index.parts, &queries, &ids)?,
+            (self.precision_at(&index.parts, &queries, &ids)?, None),
         );
         progress.job_done();
         Ok((run, index))
@@ -275,7 +275,7 @@ fn run_seed(
         &config.opq,
         config.timing_runs,
         par,
-        &|parts| tutorial.precision_at(parts, &queries, &ids),
+        &|parts| Ok((tutorial.precision_at(parts, &queries, &ids)?, None)),
     )?;
     let mut faiss_version = None;
     if let Some(python) = python {

@@ -176,8 +176,8 @@ impl ModelConfig {
     /// Checks the settings that do not depend on the data.
     ///
     /// # Errors
-    /// [`TrainError::InvalidConfig`] for a zero `dim` or a temperature that is not a positive
-    /// number.
+    /// [`TrainError::InvalidConfig`] for a zero `dim`, a temperature that is not a positive
+    /// number, or a catalogue sample of 0 items per step.
     pub fn validate(&self) -> Result<(), TrainError> {
         if self.dim == 0 {
             return Err(TrainError::InvalidConfig {
@@ -191,6 +191,13 @@ impl ModelConfig {
                 name: "temperature",
                 value: self.temperature.to_string(),
                 reason: "must be a positive number",
+            });
+        }
+        if self.layer_update_items == (LayerUpdateItems::Catalogue { rows: 0 }) {
+            return Err(TrainError::InvalidConfig {
+                name: "layer_update_items",
+                value: "catalogue, 0 rows".into(),
+                reason: "the layer needs at least one catalogue item per step",
             });
         }
         Ok(())
