@@ -13,8 +13,8 @@ use poeem_pq::{
 use poeem_rotation::{PairSelection, Rotation};
 use poeem_train::layer::CodeDistribution;
 use poeem_train::{
-    CentroidInit, IndexingLayer, IndexingLayerConfig, OptimizerConfig, Phase, RotationMode,
-    TrainError,
+    CentroidInit, CoarseObjective, IndexingLayer, IndexingLayerConfig, OptimizerConfig, Phase,
+    RotationMode, TrainError,
 };
 use proptest::prelude::{ProptestConfig, prop_assert, proptest};
 use proptest::test_runner::RngSeed;
@@ -119,6 +119,17 @@ fn regularizer(codec: &IvfPqCodec, rotated: &[f32], lists: &[u32], codes: &[u16]
         .iter()
         .zip(rotated)
         .map(|(&a, &b)| f64::from(a - b) * f64::from(a - b))
+        .sum();
+    f64::from(w) * sum
+}
+
+/// The coarse level's error `w Σ_b ‖x'_b − v_{j_b}‖²` with centroids `coarse` (`p` wide).
+fn coarse_error(coarse: &[f32], p: usize, rotated: &[f32], lists: &[u32], w: f32) -> f64 {
+    let sum: f64 = rotated
+        .chunks_exact(p)
+        .zip(lists)
+        .flat_map(|(x, &j)| x.iter().zip(&coarse[j as usize * p..(j as usize + 1) * p]))
+        .map(|(&x, &v)| f64::from(x - v) * f64::from(x - v))
         .sum();
     f64::from(w) * sum
 }
@@ -344,18 +355,27 @@ fn training_output_is_the_codec_decode_of_its_encode() {
 proptest! {
     #![proptest_config(prop_config(12, 0x6AD1))]
 
-    /// The gradient `update` applies is the gradient of `L_reg` with the codes held fixed, as
-    /// central finite differences of `L_reg` computed through the codec's decoder show.
+    /// The gradient `update` applies is, with the codes held fixed, the gradient of `L_reg`
+    /// for the codebooks, and for the coarse centroids that of `L_reg` (the reference's
+    /// objective) or of the coarse level's own error `w Σ ‖x' − v_j‖²` (list means), as
+    /// central finite differences computed through the codec's decoder show.
     #[test]
     fn regularizer_gradient_matches_finite_differences(
         seed in 0u64..1000,
         dim in 3usize..10,
         n_subspaces in 1usize..4,
         with_coarse in proptest::bool::ANY,
+        list_means in proptest::bool::ANY,
         n_bits in 2u32..4,
         weight in 0.25f32..2.0,
     ) {
+        let coarse_objective = if list_means {
+            CoarseObjective::ListMeans
+        } else {
+            CoarseObjective::Reconstruction
+        };
         let config = IndexingLayerConfig {
+            coarse_objective,
             n_lists: if with_coarse { 3 } else { 0 },
             n_subspaces,
             n_bits,
@@ -388,7 +408,11 @@ proptest! {
             let value = |delta: f32| {
                 let (mut c, mut b) = (coarse.clone(), books.clone());
                 if i < c.len() { c[i] += delta } else { b[i - coarse.len()] += delta }
-                regularizer(&with_params(&codec, &c, &b), &rotated, &lists, &codes, weight)
+                if i < c.len() && list_means {
+                    coarse_error(&c, codec.padded_dim(), &rotated, &lists, weight)
+                } else {
+                    regularizer(&with_params(&codec, &c, &b), &rotated, &lists, &codes, weight)
+                }
             };
             let fd = (value(h) - value(-h)) / (2.0 * f64::from(h));
             let g = if i < coarse.len() { grad.coarse[i] } else { grad.codebooks[i - coarse.len()] };
@@ -404,9 +428,11 @@ proptest! {
 fn updates_lower_the_regularizer_on_a_fixed_batch() {
     let dim = 12;
     for optimizer in [OptimizerConfig::adagrad(0.02), OptimizerConfig::adam(0.01)] {
+        // The reference's objective: both levels descend L_reg itself.
         let config = IndexingLayerConfig {
             warmup_steps: 0,
             centroid_init: CentroidInit::Random,
+            coarse_objective: CoarseObjective::Reconstruction,
             optimizer,
             ..small_config()
         };
@@ -433,6 +459,57 @@ fn updates_lower_the_regularizer_on_a_fixed_batch() {
         }
         assert!(losses[29] < 0.8 * losses[0], "{optimizer:?}: {losses:?}");
     }
+}
+
+#[test]
+fn list_means_move_each_centroid_to_the_mean_of_its_rows() {
+    let dim = 6;
+    let config = IndexingLayerConfig {
+        n_lists: 3,
+        warmup_steps: 0,
+        centroid_init: CentroidInit::Random,
+        coarse_objective: CoarseObjective::ListMeans,
+        optimizer: OptimizerConfig::adam(0.05),
+        ..small_config()
+    };
+    let mut layer = IndexingLayer::new(dim, config).unwrap();
+    let x = gaussian(90, dim, 11);
+    let mut out = vec![0.0; x.len()];
+    // The offset of each used centroid from the mean of the rows assigned to it.
+    let offset = |layer: &IndexingLayer| {
+        let (lists, _) = layer.pending_codes().unwrap();
+        let codec = layer.codec().unwrap();
+        let centroids = codec.coarse().unwrap().centroids().as_slice().to_vec();
+        let mut worst = 0.0f64;
+        for j in 0..3u32 {
+            let rows: Vec<&[f32]> = x
+                .chunks_exact(dim)
+                .zip(lists)
+                .filter(|&(_, &l)| l == j)
+                .map(|(r, _)| r)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let squared: f64 = (0..dim)
+                .map(|c| {
+                    let mean =
+                        rows.iter().map(|r| f64::from(r[c])).sum::<f64>() / rows.len() as f64;
+                    (mean - f64::from(centroids[j as usize * dim + c])).powi(2)
+                })
+                .sum();
+            worst = worst.max(squared.sqrt());
+        }
+        worst
+    };
+    layer.forward_train(&x, &mut out, Par::Seq).unwrap();
+    let first = offset(&layer);
+    for _ in 0..300 {
+        layer.update(1.0, Par::Seq).unwrap();
+        layer.forward_train(&x, &mut out, Par::Seq).unwrap();
+    }
+    let last = offset(&layer);
+    assert!(last < 0.05 && last < 0.1 * first, "offset {first} → {last}");
 }
 
 /// The coarse centroids and codebooks of `layer`'s codec, concatenated.

@@ -112,9 +112,9 @@ pub struct IndexingLayerConfig {
     /// Weight w of the regularizer `w Σ_batch ‖τ(x) − stopgrad(x)‖²` (the reference: 1 against
     /// a summed loss). Must be finite and non-negative.
     pub regularizer_weight: f32,
-    /// What the coarse centroids learn from: their lists' items (default) or the whole
-    /// reconstruction error (the reference). Settings saved before this existed read as the
-    /// reference's.
+    /// What the coarse centroids learn from: their lists' items, or the whole reconstruction
+    /// error (the reference's, and the tutorial's). Settings saved before this existed read as
+    /// the reference's.
     #[serde(default = "CoarseObjective::legacy")]
     pub coarse_objective: CoarseObjective,
     /// The optimiser of the centroids and codebooks: the model's own (Adagrad TF1 in the
@@ -150,7 +150,9 @@ impl IndexingLayerConfig {
     }
 
     /// The reference implementation's defaults: J = 128, K = 16, D = 32, 1,024 warm-up steps, a
-    /// buffer of 8,192 rows, weight 1, no rotation; Adagrad (TF1) with learning rate 0.1.
+    /// buffer of 8,192 rows, weight 1, the coarse centroids stepped on the whole
+    /// reconstruction error ([`CoarseObjective::Reconstruction`]), no rotation; Adagrad (TF1)
+    /// with learning rate 0.1.
     pub fn paper() -> Self {
         Self {
             n_lists: 128,
@@ -162,7 +164,7 @@ impl IndexingLayerConfig {
             pq_training: PqTraining::Residuals,
             kmeans: KMeansSettings::default(),
             regularizer_weight: 1.0,
-            coarse_objective: CoarseObjective::ListMeans,
+            coarse_objective: CoarseObjective::Reconstruction,
             optimizer: OptimizerConfig::adagrad(0.1),
             rotation: RotationMode::None,
             opq: OpqConfig::default(),
