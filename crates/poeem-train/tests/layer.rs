@@ -480,6 +480,7 @@ fn list_means_move_each_centroid_to_the_mean_of_its_rows() {
         let (lists, _) = layer.pending_codes().unwrap();
         let codec = layer.codec().unwrap();
         let centroids = codec.coarse().unwrap().centroids().as_slice().to_vec();
+        let p = codec.padded_dim();
         let mut worst = 0.0f64;
         for j in 0..3u32 {
             let rows: Vec<&[f32]> = x
@@ -495,7 +496,7 @@ fn list_means_move_each_centroid_to_the_mean_of_its_rows() {
                 .map(|c| {
                     let mean =
                         rows.iter().map(|r| f64::from(r[c])).sum::<f64>() / rows.len() as f64;
-                    (mean - f64::from(centroids[j as usize * dim + c])).powi(2)
+                    (mean - f64::from(centroids[j as usize * p + c])).powi(2)
                 })
                 .sum();
             worst = worst.max(squared.sqrt());

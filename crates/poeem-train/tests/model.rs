@@ -14,7 +14,9 @@ use poeem_train::loss::{
     LossReduction, LossScratch, NORM_EPSILON, SoftmaxLoss, normalize_rows, normalize_rows_backward,
 };
 use poeem_train::model::{EmbeddingTable, Fields, Mlp, MlpCache, SparseGrad, Tower, TowerCache};
-use poeem_train::{IndexingLayerConfig, Model, ModelConfig, Phase, TowerConfig, WarmStartItems};
+use poeem_train::{
+    IndexingLayerConfig, LayerUpdateItems, Model, ModelConfig, Phase, TowerConfig, WarmStartItems,
+};
 use proptest::prelude::{ProptestConfig, any, prop_assert, proptest};
 use proptest::test_runner::{RngSeed, TestCaseError};
 use rand::{Rng, SeedableRng};
@@ -298,6 +300,7 @@ proptest! {
             reduction: LossReduction::Sum,
             mask_duplicates: false,
             warm_start_items: WarmStartItems::Catalogue,
+            layer_update_items: LayerUpdateItems::Batches,
             seed,
         };
         let mut model = Model::new(config, None, &dataset).unwrap();

@@ -10,8 +10,9 @@ use poeem_train::layer::{CentroidInit, Phase};
 use poeem_train::metrics::top_k_inner_product;
 use poeem_train::synthetic::{tutorial_dataset, tutorial_is_relevant};
 use poeem_train::{
-    Dataset, Fields, IndexingLayerConfig, LrSchedule, Model, ModelConfig, OptimizerConfig,
-    TowerConfig, TrainConfig, TrainError, TrainProgress, Trainer, WarmStartItems,
+    CoarseObjective, Dataset, Fields, IndexingLayerConfig, LayerUpdateItems, LrSchedule, Model,
+    ModelConfig, OptimizerConfig, TowerConfig, TrainConfig, TrainError, TrainProgress, Trainer,
+    WarmStartItems,
 };
 
 fn quiet() -> impl FnMut(&TrainProgress) {
@@ -185,11 +186,14 @@ fn resume_is_exact_with_the_layer() {
     let tmp = tempfile::tempdir().unwrap();
     // Batches: the warm-up ends after 20 steps, the buffer fills at 24; step 22 stops while
     // buffering. Catalogue: step 20 fills the buffer at once, step 21 initialises. Then 30:
-    // the joint phase, mid-epoch; 60: the second epoch.
+    // the joint phase, mid-epoch; 60: the second epoch. The last run's coarse centroids learn
+    // list means from catalogue samples drawn per step.
     let mut a = PathBuf::new();
-    for (items, buffering_at, stops) in [
-        (WarmStartItems::Batches, 22, [22, 30, 60]),
-        (WarmStartItems::Catalogue, 20, [21, 30, 60]),
+    let catalogue = LayerUpdateItems::Catalogue { rows: 100 };
+    for (items, coarse, buffering_at, stops) in [
+        (WarmStartItems::Batches, None, 22, [22, 30, 60]),
+        (WarmStartItems::Catalogue, None, 20, [21, 30, 60]),
+        (WarmStartItems::Catalogue, Some(catalogue), 20, [21, 30, 60]),
     ] {
         // Reports every 10 steps restart the layer's diagnostics counters (part of its state);
         // the reports that end each call do not, so the stops change nothing.
@@ -199,8 +203,12 @@ fn resume_is_exact_with_the_layer() {
             ..small_config(2)
         };
         config.model.warm_start_items = items;
-        a = tmp.path().join(format!("{items:?}-a"));
-        let b = tmp.path().join(format!("{items:?}-b"));
+        if let (Some(coarse), Some(layer)) = (coarse, &mut config.index) {
+            config.model.layer_update_items = coarse;
+            layer.coarse_objective = CoarseObjective::ListMeans;
+        }
+        a = tmp.path().join(format!("{items:?}-{coarse:?}-a"));
+        let b = tmp.path().join(format!("{items:?}-{coarse:?}-b"));
         let whole = uninterrupted(config.clone(), &dataset, &a);
         let mut probe = Trainer::new(config.clone(), &dataset).unwrap();
         probe.train_steps(buffering_at, &mut quiet()).unwrap();
