@@ -70,6 +70,10 @@ pub(crate) struct Args {
     /// columns are standardised first).
     #[arg(long)]
     pub(crate) vectors: Option<PathBuf>,
+    /// `movielens` only: train every model this many epochs instead of the preset's 20 (long
+    /// training is where a jointly trained coarse level can drift; see docs/reproduce.md).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub(crate) epochs: Option<u64>,
     /// `rotation` only: Givens step size, relative to the data's mean squared norm.
     #[arg(long, default_value_t = DEFAULT_GIVENS_LR)]
     pub(crate) givens_lr: f32,
@@ -160,6 +164,11 @@ impl Args {
             && experiment == Experiment::Movielens
         {
             cmd += &format!(" --data {}", data.display());
+        }
+        if let Some(epochs) = self.epochs
+            && experiment == Experiment::Movielens
+        {
+            cmd += &format!(" --epochs {epochs}");
         }
         if self.faiss && matches!(experiment, Experiment::Synthetic | Experiment::Movielens) {
             cmd += " --faiss";
@@ -739,6 +748,7 @@ mod tests {
             python: None,
             threads: 0,
             vectors: None,
+            epochs: None,
             givens_lr: DEFAULT_GIVENS_LR,
         };
         run(&args).unwrap();
@@ -844,6 +854,7 @@ mod tests {
             python: None,
             threads: 0,
             vectors: None,
+            epochs: None,
             givens_lr: DEFAULT_GIVENS_LR,
         };
         assert_eq!(args.seed_list(Experiment::Synthetic), [1, 2, 3]);

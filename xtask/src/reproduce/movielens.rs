@@ -148,6 +148,7 @@ pub(super) fn run(args: &Args, progress: &Progress) -> Result<Outcome> {
         eval: &eval,
         par: args.par(),
         quick: args.quick,
+        epochs: args.epochs,
         threads: args.train_threads(),
     };
     let mut runs = Vec::new();
@@ -201,6 +202,8 @@ struct Comparison<'a> {
     eval: &'a EvalSet,
     par: Par,
     quick: bool,
+    /// Epochs of every model, when not the preset's (`--epochs`).
+    epochs: Option<u64>,
     threads: usize,
 }
 
@@ -239,6 +242,9 @@ impl Comparison<'_> {
         let mut config = TrainConfig::movielens();
         if self.quick {
             config.epochs = QUICK_EPOCHS;
+        }
+        if let Some(epochs) = self.epochs {
+            config.epochs = epochs as usize;
         }
         config.seed = seed;
         config.model.seed = seed;
