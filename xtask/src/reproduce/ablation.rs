@@ -397,6 +397,7 @@ mod tests {
                 seconds: 0.1,
                 relative_distortion: 0.2,
                 by_nprobe: vec![p1, 0.3, 0.35, 0.4],
+                coarse: None,
             },
         };
         // The default at 0.2 on both seeds; variant v at 0.2 + (v - 2) / 100 on seed 1 and
