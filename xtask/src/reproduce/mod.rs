@@ -416,6 +416,9 @@ impl Progress {
     }
 }
 
+/// What is measured through an index: per nprobe, and optionally its coarse level.
+pub(crate) type Measured<M> = (Vec<M>, Option<CoarseDiagnostics>);
+
 /// An index of a comparison, measured at each nprobe of the experiment.
 pub(crate) struct IndexRun<M> {
     pub(crate) name: String,
@@ -437,7 +440,7 @@ impl<M> IndexRun<M> {
         name: &str,
         made_by: &'static str,
         index: &TimedIndex,
-        (by_nprobe, coarse): (Vec<M>, Option<CoarseDiagnostics>),
+        (by_nprobe, coarse): Measured<M>,
     ) -> Self {
         Self {
             name: name.to_owned(),
@@ -535,7 +538,7 @@ pub(crate) fn post_hoc_rows<M>(
     opq: &OpqConfig,
     runs: usize,
     par: Par,
-    measure: &dyn Fn(&IndexParts) -> Result<(Vec<M>, Option<CoarseDiagnostics>)>,
+    measure: &dyn Fn(&IndexParts) -> Result<Measured<M>>,
 ) -> Result<Vec<IndexRun<M>>> {
     [
         ("post-hoc IVF-PQ", None),

@@ -372,7 +372,7 @@ impl Comparison<'_> {
         queries: &[f32],
         items: &[f32],
         ids: &IdMap,
-    ) -> Result<(Vec<Vec<RankingMetrics>>, Option<CoarseDiagnostics>)> {
+    ) -> Result<super::Measured<Vec<RankingMetrics>>> {
         let metrics = self.eval.through_index_at(
             parts,
             queries,

@@ -100,6 +100,7 @@ impl CoarseDiagnostics {
     /// # Errors
     /// [`PipelineError::Mismatch`] when the vectors do not have the index's dimension, an
     /// index id is no item, or `k` or an nprobe is 0; the search's query errors.
+    #[allow(clippy::too_many_arguments)]
     pub fn measure(
         index: &SearchIndex<'_>,
         query_vectors: &[f32],
