@@ -166,6 +166,12 @@ pub enum SearchError {
         /// Which input.
         what: &'static str,
     },
+    /// A file given as a reference-implementation index file is plainly something else.
+    #[error("not an index file of the reference implementation: {reason}")]
+    NotAReferenceFile {
+        /// What gives it away.
+        reason: String,
+    },
     /// A reference-implementation index file is truncated or inconsistent.
     #[error("reference index, {field}: {reason}")]
     BadReferenceFile {

@@ -76,7 +76,7 @@ pub struct ReferenceImport {
 /// # Errors
 /// [`SearchError::Io`] when the file cannot be read; otherwise as [`parse_reference`].
 pub fn import_reference(path: &Path, metric: Metric) -> Result<ReferenceImport, SearchError> {
-    let bytes = std::fs::read(path).map_err(|e| SearchError::io(path, e))?;
+    let bytes = poeem_fs::read_input(path).map_err(|e| SearchError::io(path, e))?;
     let file = ReferenceFile::from_bytes(&bytes)?;
     let name = path
         .file_name()
@@ -222,18 +222,27 @@ impl ReferenceFile {
     /// exactly as long as the header implies (no value beyond the header is checked here).
     ///
     /// # Errors
-    /// [`SearchError::BadReferenceFile`] naming the field: `use_residual` other than 0 or 1, a
+    /// [`SearchError::NotAReferenceFile`] for an empty file, a poeem index file or a first byte
+    /// (`use_residual`) other than 0 or 1; [`SearchError::BadReferenceFile`] naming the field: a
     /// negative count, d, K or D of 0, K above 65,536, D not dividing d, a size that overflows,
     /// a file that ends inside a field, or trailing bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SearchError> {
+        let not_reference = |reason: String| Err(SearchError::NotAReferenceFile { reason });
+        if bytes.starts_with(&crate::format::MAGIC) {
+            return not_reference("it is a poeem index file already (open it directly)".into());
+        }
         let mut reader = Reader { bytes, at: 0 };
-        let use_residual = i8::from_le_bytes([reader.take("use_residual", 1)?[0]]);
+        let Some(&first) = bytes.first() else {
+            return not_reference("the file is empty".into());
+        };
+        let use_residual = i8::from_le_bytes([first]);
         if !matches!(use_residual, 0 | 1) {
-            return Err(bad(
-                "use_residual",
-                format!("{use_residual} is neither 0 nor 1"),
+            return not_reference(format!(
+                "its first byte is {first:#04x}, where a reference file stores its use_residual \
+                 flag, 0 or 1"
             ));
         }
+        reader.take("use_residual", 1)?;
         let n_items = reader.header_count("n_items", 0)?;
         let dim = reader.header_count("d", 1)?;
         let n_lists = reader.header_count("J", 0)?;

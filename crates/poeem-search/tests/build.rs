@@ -8,8 +8,8 @@ use poeem_pq::{IvfPqCodec, KMeansInit, OpqConfig, Par};
 use poeem_rotation::Rotation;
 use poeem_search::{
     BuildConfig, IndexParams, IndexParts, IndexView, Metric, PADDING_ID, ReferenceFile,
-    SearchError, build_index, encode_reference, import_reference, index_from_codec,
-    parse_reference,
+    ReferenceImport, SearchError, build_index, encode_reference, import_reference,
+    index_from_codec, parse_reference,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -725,7 +725,11 @@ fn every_truncation_of_a_reference_file_is_an_error() {
     .unwrap();
     for bytes in [small, wide] {
         parse_reference(&bytes, Metric::L2).unwrap();
-        for len in 0..bytes.len() {
+        assert!(matches!(
+            parse_reference(&[], Metric::L2),
+            Err(SearchError::NotAReferenceFile { .. })
+        ));
+        for len in 1..bytes.len() {
             bad_field(parse_reference(&bytes[..len], Metric::L2));
         }
     }
@@ -754,7 +758,20 @@ fn reference_errors_name_the_field() {
         }
         other => panic!("expected an error for use_residual = 0, got {other:?}"),
     }
-    assert_eq!(bad_field(edited(&|f| f.use_residual = 2)), "use_residual");
+    // A file that is plainly no reference file says so, whatever its first byte.
+    let not_reference = |result: Result<ReferenceImport, SearchError>| match result {
+        Err(e @ SearchError::NotAReferenceFile { .. }) => e.to_string(),
+        other => panic!("expected NotAReferenceFile, got {other:?}"),
+    };
+    let message = not_reference(edited(&|f| f.use_residual = 2));
+    assert!(
+        message.starts_with("not an index file of the reference implementation")
+            && message.contains("first byte is 0x02"),
+        "{message}"
+    );
+    assert!(not_reference(parse(b"")).contains("empty"));
+    assert!(not_reference(parse(b"POEEMIDX and the rest")).contains("poeem index file already"));
+    assert!(not_reference(parse(b"\x93NUMPY")).contains("first byte is 0x93"));
     assert_eq!(
         bad_field(edited(&|f| f.assignments[4] = 3)),
         "coarse assignments"

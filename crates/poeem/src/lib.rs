@@ -3,6 +3,7 @@
 //!
 //! This facade re-exports the layered crates so that an application depends on one name:
 //!
+//! - [`fs`] (`poeem-fs`): atomic writes, file identity;
 //! - [`rotation`] (`poeem-rotation`): orthonormal rotations, Procrustes, Givens coordinate descent;
 //! - [`pq`] (`poeem-pq`): k-means, the coarse quantizer, product quantization, OPQ, the IVF-PQ
 //!   codec;
@@ -28,6 +29,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub use poeem_fs as fs;
 pub use poeem_pq as pq;
 pub use poeem_rotation as rotation;
 pub use poeem_search as search;
