@@ -7,9 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use poeem::io::{read_ids, read_vectors, write_npy, write_npy_i64};
 use poeem::pq::{OpqConfig, Par};
-use poeem::search::build::{BuildConfig, build_index};
+use poeem::build::{BuildConfig, build_index, import_reference};
 use poeem::search::format::write_index;
-use poeem::search::reference::import_reference;
 use poeem::search::{Index, Metric, SearchIndex, SearchParams};
 
 use crate::outputs::{Named, check_outputs, optional};

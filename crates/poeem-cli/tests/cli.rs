@@ -7,7 +7,8 @@ mod common;
 use common::{assert_ok, path_str, poeem, read_npy, stderr};
 
 use poeem::io::{write_npy, write_npy_i64};
-use poeem::search::{Index, ReferenceFile, encode_reference};
+use poeem::build::{ReferenceFile, encode_reference};
+use poeem::search::Index;
 
 const N: usize = 3_000;
 const DIM: usize = 12;

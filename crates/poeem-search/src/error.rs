@@ -166,23 +166,6 @@ pub enum SearchError {
         /// Which input.
         what: &'static str,
     },
-    /// A file given as a reference-implementation index file is plainly something else.
-    #[error("not an index file of the reference implementation: {reason}")]
-    NotAReferenceFile {
-        /// What gives it away.
-        reason: String,
-    },
-    /// A reference-implementation index file is truncated or inconsistent.
-    #[error("reference index, {field}: {reason}")]
-    BadReferenceFile {
-        /// The field being read.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Training a quantizer failed.
-    #[error(transparent)]
-    Pq(#[from] poeem_pq::PqError),
 }
 
 impl SearchError {
