@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use faer::{Accum, MatMut, MatRef};
-use poeem::pq::Par;
 use poeem::build::{BuildConfig, build_index};
+use poeem::pq::Par;
 use poeem::search::{Index, Metric, SearchIndex, SearchParams, Searcher, write_index};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;

@@ -13,11 +13,11 @@
 use std::borrow::Cow;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use poeem_search::Par;
 use poeem_pq::{
     Code, IvfPqCodec, IvfPqConfig, KMeansInit, KMeansSettings, MAX_BITS, OpqConfig, PqTraining,
     ProgressFn, mean_squared_norm, train_opq,
 };
+use poeem_search::Par;
 use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -429,7 +429,8 @@ fn check_vectors(vectors: &[f32], dim: usize) -> Result<usize, BuildError> {
             what: "vectors",
             row: k / dim,
             col: k % dim,
-        }.into());
+        }
+        .into());
     }
     Ok(vectors.len() / dim)
 }
@@ -444,7 +445,8 @@ fn item_ids(ids: Option<&[u64]>, n: usize) -> Result<Cow<'_, [u64]>, BuildError>
             what: "ids (one per vector)",
             expected: n,
             got: ids.len(),
-        }.into());
+        }
+        .into());
     }
     if let Some(row) = ids.iter().position(|&id| id == PADDING_ID) {
         return Err(invalid(

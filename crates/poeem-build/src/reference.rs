@@ -121,14 +121,16 @@ pub fn encode_reference(file: &ReferenceFile) -> Result<Vec<u8>, BuildError> {
             name: "n_subspaces",
             value: f.n_subspaces.to_string(),
             reason: "must be a divisor of dim",
-        }.into());
+        }
+        .into());
     }
     if f.n_codewords > MAX_CODEWORDS {
         return Err(SearchError::InvalidParameter {
             name: "n_codewords",
             value: f.n_codewords.to_string(),
             reason: "the reference format stores at most 65536 codewords (16-bit codes)",
-        }.into());
+        }
+        .into());
     }
     let n = f.ids.len();
     let expect = |what: &'static str, expected: usize, got: usize| {
@@ -170,7 +172,8 @@ pub fn encode_reference(file: &ReferenceFile) -> Result<Vec<u8>, BuildError> {
             name: "codes",
             value: code.to_string(),
             reason: "does not fit the one-byte codes of a file with K ≤ 256",
-        }.into());
+        }
+        .into());
     }
 
     let width = if narrow { 1 } else { 2 };

@@ -4,12 +4,12 @@
 //! Every random choice is seeded (`ChaCha8Rng`); nothing touches the network, and the disk only
 //! inside a temporary directory.
 
-use poeem_pq::{IvfPqCodec, KMeansInit, OpqConfig, Par};
-use poeem_rotation::Rotation;
 use poeem_build::{
     BuildConfig, BuildError, ReferenceFile, ReferenceImport, build_index, encode_reference,
     import_reference, index_from_codec, parse_reference,
 };
+use poeem_pq::{IvfPqCodec, KMeansInit, OpqConfig, Par};
+use poeem_rotation::Rotation;
 use poeem_search::{IndexParams, IndexParts, IndexView, Metric, PADDING_ID, SearchError};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -437,7 +437,11 @@ fn build_rejects_bad_input() {
     nan[3 * dim + 2] = f32::INFINITY;
     assert!(matches!(
         build(&nan, dim, None, &config),
-        Err(BuildError::Search(SearchError::NonFinite { row: 3, col: 2, .. }))
+        Err(BuildError::Search(SearchError::NonFinite {
+            row: 3,
+            col: 2,
+            ..
+        }))
     ));
 
     let with = |change: &dyn Fn(&mut BuildConfig)| {
@@ -522,7 +526,11 @@ fn index_from_codec_rejects_bad_input() {
     nan[9] = f32::NAN;
     assert!(matches!(
         run(&nan, None, Value::Null),
-        Err(BuildError::Search(SearchError::NonFinite { row: 2, col: 1, .. }))
+        Err(BuildError::Search(SearchError::NonFinite {
+            row: 2,
+            col: 1,
+            ..
+        }))
     ));
     let ids: Vec<u64> = (0..41).collect();
     assert!(matches!(

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use poeem::build::{BuildConfig, build_index, import_reference};
 use poeem::io::{read_ids, read_vectors, write_npy, write_npy_i64};
 use poeem::pq::{OpqConfig, Par};
-use poeem::build::{BuildConfig, build_index, import_reference};
 use poeem::search::format::write_index;
 use poeem::search::{Index, Metric, SearchIndex, SearchParams};
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::{assert_ok, path_str, poeem, read_npy, stderr};
 
-use poeem::io::{write_npy, write_npy_i64};
 use poeem::build::{ReferenceFile, encode_reference};
+use poeem::io::{write_npy, write_npy_i64};
 use poeem::search::Index;
 
 const N: usize = 3_000;

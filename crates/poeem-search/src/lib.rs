@@ -3,6 +3,8 @@
 //! - [`layout`]: the in-memory shape of an index ([`IndexParams`], [`IndexView`], [`IndexParts`]);
 //! - search: [`SearchIndex`] (a view plus derived tables and the scan [`Kernel`] for this CPU),
 //!   [`Searcher`] (one query at a time, reusable scratch), [`SearchIndex::search_batch`];
+//!   [`SharedIndex`], the owned form (an `Arc<Index>` plus the derived tables, `Send + Sync`,
+//!   no lifetime) that many threads search at once;
 //! - [`format`](mod@format): the versioned, checksummed file format ([`encode_index`], [`write_index`]) and
 //!   [`Index`], a file opened for search (memory-mapped by [`Index::open`], on the heap by
 //!   [`Index::read`] and [`Index::from_bytes`]), specified in `docs/index-format.md`;
@@ -27,4 +29,4 @@ pub use kernels::{Kernel, TABLE_STRIDE};
 pub use layout::{
     BLOCK, IndexParams, IndexParts, IndexView, ListView, Metric, PADDING_ID, padded_len,
 };
-pub use searcher::{Probe, SearchIndex, SearchParams, Searcher};
+pub use searcher::{Probe, SearchIndex, SearchParams, Searcher, SharedIndex};

@@ -164,7 +164,10 @@ fn check_synthetic(results: &Value) -> Result<()> {
                 .iter()
                 .map(|i| text(i, "name"))
                 .collect::<Result<Vec<_>>>()?;
-            ensure!(names == expected, "indexes are {names:?}, expected {expected:?}");
+            ensure!(
+                names == expected,
+                "indexes are {names:?}, expected {expected:?}"
+            );
             for (i, index) in indexes.iter().enumerate() {
                 expect_len(index, "precision", 4)?;
                 for p in 0..4 {
@@ -241,7 +244,10 @@ mod tests {
         assert!(err.contains("does not link plot p.svg"), "{err}");
         write("report.md", "# Synthetic\n![p](p.svg)\n");
         let err = format!("{:#}", check_quick_run(dir.path()).unwrap_err());
-        assert!(err.contains("no field results.ordering_at_nprobe_1"), "{err}");
+        assert!(
+            err.contains("no field results.ordering_at_nprobe_1"),
+            "{err}"
+        );
 
         let mut wrong = results.clone();
         wrong["quick"] = json!(false);

@@ -9,9 +9,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use poeem::build::BuildConfig;
 use poeem::pipeline::{EvalSet, IdMap, ItemIds, export_timed, markdown_table};
 use poeem::pq::{OpqConfig, Par};
-use poeem::build::BuildConfig;
 use poeem::search::{IndexParts, Probe};
 use poeem::train::metrics::RankingMetrics;
 use poeem::train::{DataConfig, Dataset, LayerDiagnostics, Model, TrainConfig, TrainProgress};

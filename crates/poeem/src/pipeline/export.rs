@@ -6,8 +6,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{ItemIds, PipelineError};
-use crate::pq::Par;
 use crate::build::index_from_codec;
+use crate::pq::Par;
 use crate::search::{IndexParts, Metric};
 use crate::train::Model;
 
