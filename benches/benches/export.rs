@@ -16,8 +16,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use poeem::build::{BuildConfig, build_index, index_from_codec};
 use poeem::pq::{IvfPqCodec, IvfPqConfig, OpqConfig, Par};
-use poeem::search::{BuildConfig, Metric, build_index, index_from_codec};
+use poeem::search::Metric;
 
 const N_ITEMS: usize = 10_000;
 const DIM: usize = 64;

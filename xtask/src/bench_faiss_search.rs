@@ -13,10 +13,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use faer::{Accum, MatMut, MatRef};
+use poeem::build::{BuildConfig, build_index};
 use poeem::pq::Par;
-use poeem::search::{
-    BuildConfig, Index, Metric, SearchIndex, SearchParams, Searcher, build_index, write_index,
-};
+use poeem::search::{Index, Metric, SearchIndex, SearchParams, Searcher, write_index};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;

@@ -3,6 +3,8 @@
 //! - `cargo xtask reproduce <synthetic|movielens|ablation|rotation|all> [--quick] [--seeds N]
 //!   [--data DIR] [--out DIR] [--faiss]`: the papers' experiments, each writing `results.json`,
 //!   `report.md` and plots under `target/reproduce/<experiment>/` (see `docs/reproduce.md`).
+//! - `cargo xtask check-reproduction DIR`: checks the structure of what `reproduce all --quick
+//!   --out DIR` wrote (CI runs the two as a step of their own).
 //! - `cargo xtask bench-faiss quantizers`: k-means and PQ encoding, poeem against faiss.
 //! - `cargo xtask bench-faiss search --vectors FILE`: IVF-PQ recall and queries per second,
 //!   poeem against faiss, on real vectors.
@@ -30,6 +32,12 @@ enum Command {
     /// Rerun an experiment of the papers: tables, numbers and plots under
     /// target/reproduce/<experiment>/.
     Reproduce(reproduce::Args),
+    /// Check the structure of what `reproduce all --quick --out DIR` wrote: every experiment's
+    /// results.json, report.md and plots (fails naming the file and field).
+    CheckReproduction {
+        /// The --out directory of the run.
+        dir: PathBuf,
+    },
     /// Benchmark poeem against faiss side by side (needs Python with faiss; skipped otherwise).
     BenchFaiss {
         #[command(subcommand)]
@@ -52,6 +60,11 @@ enum BenchTarget {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Reproduce(args) => reproduce::run(&args),
+        Command::CheckReproduction { dir } => {
+            reproduce::check_quick_run(&dir)?;
+            println!("{}: every experiment's outputs are complete", dir.display());
+            Ok(())
+        }
         Command::BenchFaiss {
             target: BenchTarget::Quantizers(args),
         } => bench_faiss::quantizers(&args),

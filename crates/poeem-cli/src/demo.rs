@@ -71,6 +71,6 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     if let Some(bar) = building.take() {
         bar.finish();
     }
-    print!("{}", report?);
+    out!("{}", report?);
     Ok(())
 }

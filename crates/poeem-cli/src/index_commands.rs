@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use poeem::build::{BuildConfig, build_index, import_reference};
 use poeem::io::{read_ids, read_vectors, write_npy, write_npy_i64};
 use poeem::pq::{OpqConfig, Par};
-use poeem::search::build::{BuildConfig, build_index};
 use poeem::search::format::write_index;
-use poeem::search::reference::import_reference;
 use poeem::search::{Index, Metric, SearchIndex, SearchParams};
 
+use crate::outputs::{Named, check_outputs, optional};
 use crate::progress::StageBar;
 
 /// Thread count option shared by the commands: all cores by default.
@@ -76,6 +76,13 @@ pub struct BuildArgs {
 /// `poeem build`: trains the coarse quantizer and PQ (optionally OPQ) on the vectors, encodes them
 /// and writes the index.
 pub fn build(args: &BuildArgs) -> Result<()> {
+    let inputs = [Named::new("--vectors", &args.vectors)]
+        .into_iter()
+        .chain(optional("--ids", args.ids.as_deref()));
+    check_outputs(
+        &inputs.collect::<Vec<_>>(),
+        &[Named::new("--out", &args.out)],
+    )?;
     let vectors = read_vectors(&args.vectors)?;
     let ids = args.ids.as_deref().map(read_ids).transpose()?;
     let mut config = BuildConfig::new(args.n_lists, args.n_subspaces, args.n_bits);
@@ -149,6 +156,16 @@ pub struct SearchArgs {
 
 /// `poeem search`: batch search, results to `.npy` files.
 pub fn search(args: &SearchArgs) -> Result<()> {
+    let outputs = [Named::new("--out", &args.out)]
+        .into_iter()
+        .chain(optional("--scores", args.scores.as_deref()));
+    check_outputs(
+        &[
+            Named::new("--index", &args.index),
+            Named::new("--queries", &args.queries),
+        ],
+        &outputs.collect::<Vec<_>>(),
+    )?;
     let index = Index::open(&args.index)?;
     let queries = read_vectors(&args.queries)?;
     let dim = index.params().dim;
@@ -200,12 +217,12 @@ pub fn info(args: &IndexArgs) -> Result<()> {
     let index = Index::open(&args.index)?;
     let info = index.info();
     let p = index.params();
-    println!("file          {}", args.index.display());
-    println!("format        v{}", info.format_version);
-    println!("size          {} bytes", info.file_size);
-    println!("metric        {}", p.metric);
-    println!("items         {}", p.n_items);
-    println!(
+    outln!("file          {}", args.index.display());
+    outln!("format        v{}", info.format_version);
+    outln!("size          {} bytes", info.file_size);
+    outln!("metric        {}", p.metric);
+    outln!("items         {}", p.n_items);
+    outln!(
         "dimension     {} (padded to {}){}",
         p.dim,
         p.padded_dim,
@@ -215,8 +232,8 @@ pub fn info(args: &IndexArgs) -> Result<()> {
             ""
         }
     );
-    println!("lists         {}", p.n_lists);
-    println!(
+    outln!("lists         {}", p.n_lists);
+    outln!(
         "PQ            {} subspaces × {} bits ({} codewords each)",
         p.n_subspaces,
         p.n_bits,
@@ -225,18 +242,21 @@ pub fn info(args: &IndexArgs) -> Result<()> {
     let sizes = index.view().list_sizes();
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let empty = sizes.iter().filter(|&&s| s == 0).count();
-    println!(
+    outln!(
         "list sizes    mean {:.1}, largest {largest}, empty {empty}",
         p.n_items as f64 / p.n_lists as f64
     );
-    println!("sections");
+    outln!("sections");
     for section in &info.sections {
-        println!(
+        outln!(
             "  {:<18} offset {:>12}  length {:>12}  crc32 {:08x}",
-            section.name, section.offset, section.length, section.crc32
+            section.name,
+            section.offset,
+            section.length,
+            section.crc32
         );
     }
-    println!(
+    outln!(
         "metadata\n{}",
         serde_json::to_string_pretty(index.metadata()).context("printing metadata")?
     );
@@ -250,7 +270,7 @@ pub fn verify(args: &IndexArgs) -> Result<()> {
     index
         .verify()
         .with_context(|| format!("{} is corrupt", args.index.display()))?;
-    println!(
+    outln!(
         "{}: OK ({} items, every section checksum matches; {:.2} s)",
         args.index.display(),
         index.params().n_items,
@@ -275,9 +295,13 @@ pub struct ImportArgs {
 
 /// `poeem import-reference`: converts a reference index file to this project's format.
 pub fn import(args: &ImportArgs) -> Result<()> {
+    check_outputs(
+        &[Named::new("--input", &args.input)],
+        &[Named::new("--out", &args.out)],
+    )?;
     let imported = import_reference(&args.input, args.metric)?;
     write_index(&args.out, &imported.parts)?;
-    println!(
+    outln!(
         "imported {} items from {} ({} with norm 0 dropped) into {}",
         imported.parts.params.n_items,
         args.input.display(),

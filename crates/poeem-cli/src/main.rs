@@ -5,8 +5,26 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `println!` for the commands' results: returns an error instead of panicking when stdout
+/// cannot be written (a closed pipe ends the command quietly, see [`main`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::stdout_error)?
+    }};
+}
+
+/// `print!` counterpart of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err($crate::stdout_error)?
+    }};
+}
+
 mod demo;
 mod index_commands;
+mod outputs;
 mod progress;
 mod train_commands;
 
@@ -59,9 +77,52 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`poeem info ... | head -1`): stop quietly with the status of a
+        // process ended by SIGPIPE, as Unix tools do.
+        Err(error) if error.chain().any(|cause| cause.is::<StdoutClosed>()) => {
+            ExitCode::from(128 + 13)
+        }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", message(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Standard output was closed by its reader.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// The error for a failed write to stdout: [`StdoutClosed`] for a closed pipe.
+fn stdout_error(error: std::io::Error) -> anyhow::Error {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(error).context("writing to standard output")
+    }
+}
+
+/// `error` and its causes joined by ": ", each said once: a cause whose text already ends the
+/// message (an error that prints its source, such as "path: No such file") is not repeated.
+fn message(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

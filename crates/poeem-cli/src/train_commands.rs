@@ -14,8 +14,8 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use poeem::io::write_npy;
 use poeem::pipeline::{
-    CoarseDiagnostics, DataSource, EvalSet, IdMap, ItemIds, export_index, exported_item_ids,
-    markdown_table, read_token_indices, write_token_list,
+    CoarseDiagnostics, DATA_FILE, DataSource, EvalSet, IdMap, ItemIds, export_index,
+    exported_item_ids, markdown_table, read_token_indices, write_token_list,
 };
 use poeem::pq::Par;
 use poeem::rotation::PairSelection;
@@ -30,6 +30,7 @@ use poeem::train::{
 };
 
 use crate::index_commands::Threads;
+use crate::outputs::{Named, check_outputs, optional};
 
 /// The model presets of `poeem train`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -551,6 +552,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             );
         }
         let source = DataSource::read(dir)?;
+        check_outputs(
+            &data_inputs(&source),
+            &[Named::new("the checkpoint", checkpoint_path(dir))],
+        )?;
         let dataset = source.load().context("reloading the training data")?;
         let mut trainer = Trainer::resume(dir, &dataset)
             .with_context(|| format!("resuming the run in {}", dir.display()))?;
@@ -571,6 +576,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             );
         }
         let source = args.data_source()?;
+        let outputs = model_files(dir).into_iter().map(Named::in_created_dir);
+        check_outputs(&data_inputs(&source), &outputs.collect::<Vec<_>>())?;
         let config = args.train_config()?;
         let dataset = source.load().context("loading the training data")?;
         let trainer = Trainer::new(config, &dataset)?;
@@ -609,7 +616,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             phase_name(layer.phase())
         ),
     };
-    println!(
+    outln!(
         "trained {} steps ({} this call) in {:.1} s, {:.0} examples/s; epoch losses {}; {layer}",
         report.step,
         report.steps_run,
@@ -622,7 +629,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    println!(
+    outln!(
         "model in {} ({})",
         dir.display(),
         match source {
@@ -650,13 +657,20 @@ pub struct ExportArgs {
 
 /// `poeem export`: writes the index the model learned (encoding only, no k-means or OPQ).
 pub fn export(args: &ExportArgs) -> Result<()> {
+    check_outputs(
+        &model_files(&args.model),
+        &[
+            Named::new("--out", &args.out),
+            Named::new("the item id list", items_list(&args.out)),
+        ],
+    )?;
     let model = load_model(&args.model)?;
     let (parts, report) = export_index(&model, args.threads.par())?;
     write_index(&args.out, &parts)?;
     let ids = match report.item_ids {
         ItemIds::Tokens => "ids: the data's item ids".to_owned(),
         ItemIds::Dense => {
-            let list = args.out.with_extension("items.txt");
+            let list = items_list(&args.out);
             write_token_list(&list, model.items().tokens())?;
             format!(
                 "ids: dense item indices (the data's ids are not all integers; line i of {} \
@@ -671,7 +685,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
              index's inner products rank items by ⟨q, τ(v)⟩ rather than the model's cosine"
         );
     }
-    println!(
+    outln!(
         "exported {} items to {} in {:.3} s (encoding with the learned codec {:.3} s, embedding \
          {:.3} s; no k-means, no OPQ); relative distortion {:.4}; {ids}",
         report.n_items,
@@ -717,6 +731,17 @@ pub struct EmbedArgs {
 
 /// `poeem embed`: writes one side's embeddings as `.npy`, with the list of their ids.
 pub fn embed(args: &EmbedArgs) -> Result<()> {
+    let list = args.out.with_extension("ids.txt");
+    let inputs = model_files(&args.model)
+        .into_iter()
+        .chain(optional("--ids", args.ids.as_deref()));
+    check_outputs(
+        &inputs.collect::<Vec<_>>(),
+        &[
+            Named::new("--out", &args.out),
+            Named::new("the id list", &list),
+        ],
+    )?;
     let model = load_model(&args.model)?;
     let (vocab, name) = match args.side {
         Side::Query => (model.queries(), "query"),
@@ -732,10 +757,9 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
         Side::Item => model.embed_items(&indices, par)?,
     };
     let tokens: Vec<String> = indices.iter().map(|&i| vocab.token(i).to_owned()).collect();
-    let list = args.out.with_extension("ids.txt");
     write_npy(&args.out, &vectors, model.dim())?;
     write_token_list(&list, &tokens)?;
-    println!(
+    outln!(
         "wrote {} {name} embeddings of dimension {} to {} (ids in {})",
         indices.len(),
         model.dim(),
@@ -846,15 +870,15 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         ]);
     }
     header.push("seconds".to_owned());
-    print!("{}", markdown_table(&header, &rows));
+    out!("{}", markdown_table(&header, &rows));
     if let Some(coarse) = coarse {
-        println!(
+        out!(
             "\ncoarse level: the lists each query probes against its exact top-{} by this \
              model's embeddings",
             coarse.k
         );
         for line in coarse.summary_lines() {
-            println!("{line}");
+            out!("{line}");
         }
     }
     Ok(())
@@ -892,6 +916,28 @@ fn check_index(index: &Index, model: &Model, kind: ItemIds, path: &Path) -> Resu
         );
     }
     Ok(())
+}
+
+/// The files of a model directory: its checkpoint and data description.
+fn model_files(dir: &Path) -> Vec<Named> {
+    vec![
+        Named::new("the model's checkpoint", checkpoint_path(dir)),
+        Named::new("the model's data description", dir.join(DATA_FILE)),
+    ]
+}
+
+/// The data files `source` reads.
+fn data_inputs(source: &DataSource) -> Vec<Named> {
+    source
+        .files()
+        .into_iter()
+        .map(|(what, path)| Named::new(format!("the {what} file"), path))
+        .collect()
+}
+
+/// Where `poeem export --out OUT` lists the item ids when they are not all integers.
+fn items_list(out: &Path) -> PathBuf {
+    out.with_extension("items.txt")
 }
 
 /// Loads the model of a model directory.

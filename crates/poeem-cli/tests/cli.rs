@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::{assert_ok, path_str, poeem, read_npy, stderr};
 
+use poeem::build::{ReferenceFile, encode_reference};
 use poeem::io::{write_npy, write_npy_i64};
-use poeem::search::{Index, ReferenceFile, encode_reference};
+use poeem::search::Index;
 
 const N: usize = 3_000;
 const DIM: usize = 12;
@@ -259,4 +260,221 @@ fn bad_input_gets_a_clear_error() {
     let out = poeem(&["search", "--index", "x.poeem"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--queries"), "{}", stderr(&out));
+}
+
+/// Runs `poeem args`, which must fail, and returns its message.
+fn error_of(args: &[&str]) -> String {
+    let out = poeem(args);
+    assert!(
+        !out.status.success(),
+        "poeem {args:?} should fail:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr(&out)
+}
+
+#[test]
+fn outputs_never_overwrite_inputs_or_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, ids, queries) = write_data(dir.path());
+    let index = dir.path().join("x.poeem");
+    let build = |out: &str, ids_path: &str| {
+        poeem(&[
+            "build",
+            "--vectors",
+            path_str(&vectors),
+            "--ids",
+            ids_path,
+            "--n-lists",
+            "8",
+            "--n-subspaces",
+            "4",
+            "--out",
+            out,
+        ])
+    };
+    assert_ok(&build(path_str(&index), path_str(&ids)));
+    let snapshot = |paths: &[&Path]| -> Vec<Vec<u8>> {
+        paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    };
+    let files = [
+        vectors.as_path(),
+        ids.as_path(),
+        queries.as_path(),
+        index.as_path(),
+    ];
+    let before = snapshot(&files);
+
+    // `./`-spelled, `dir/../`-spelled and hard-linked copies of an input are that input.
+    let dotted = dir.path().join(".").join("vectors.npy");
+    let err = stderr(&build(path_str(&dotted), path_str(&ids)));
+    assert!(
+        err.contains(&format!(
+            "--out {} is the same file as --vectors {}",
+            dotted.display(),
+            vectors.display()
+        )),
+        "{err}"
+    );
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let up = dir.path().join("sub").join("..").join("ids.npy");
+    let err = stderr(&build(path_str(&up), path_str(&ids)));
+    assert!(err.contains("is the same file as --ids"), "{err}");
+    let linked = dir.path().join("linked.npy");
+    std::fs::hard_link(&ids, &linked).unwrap();
+    let err = stderr(&build(path_str(&linked), path_str(&ids)));
+    assert!(
+        err.contains(&format!("--out {}", linked.display())) && err.contains("--ids"),
+        "{err}"
+    );
+
+    let search = |out: &Path, scores: &Path| {
+        error_of(&[
+            "search",
+            "--index",
+            path_str(&index),
+            "--queries",
+            path_str(&queries),
+            "-k",
+            "3",
+            "--nprobe",
+            "2",
+            "--out",
+            path_str(out),
+            "--scores",
+            path_str(scores),
+        ])
+    };
+    let fresh = dir.path().join("fresh.npy");
+    let err = search(&index, &fresh);
+    assert!(err.contains("is the same file as --index"), "{err}");
+    let err = search(&fresh, &queries);
+    assert!(
+        err.contains("--scores") && err.contains("--queries"),
+        "{err}"
+    );
+    // Two outputs that do not exist yet, spelled differently.
+    let err = search(&fresh, &dir.path().join("sub").join("..").join("fresh.npy"));
+    assert!(
+        err.contains("are the same file: give each output its own path"),
+        "{err}"
+    );
+    assert!(!fresh.exists(), "nothing is written");
+
+    let err = error_of(&[
+        "import-reference",
+        "--input",
+        path_str(&index),
+        "--out",
+        path_str(&dir.path().join(".").join("x.poeem")),
+    ]);
+    assert!(err.contains("is the same file as --input"), "{err}");
+
+    assert_eq!(snapshot(&files), before, "no input changed");
+}
+
+#[test]
+fn messages_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, _, queries) = write_data(dir.path());
+    let index = dir.path().join("x.poeem");
+    assert_ok(&poeem(&[
+        "build",
+        "--vectors",
+        path_str(&vectors),
+        "--n-lists",
+        "8",
+        "--n-subspaces",
+        "4",
+        "--out",
+        path_str(&index),
+    ]));
+
+    // A missing directory of --out is named, before any work.
+    let missing_dir = dir.path().join("no").join("such");
+    let out_path = missing_dir.join("x.poeem");
+    let err = error_of(&[
+        "build",
+        "--vectors",
+        path_str(&vectors),
+        "--n-lists",
+        "8",
+        "--n-subspaces",
+        "4",
+        "--out",
+        path_str(&out_path),
+    ]);
+    assert!(
+        err.contains(&format!(
+            "the directory {} does not exist",
+            missing_dir.display()
+        )) && !err.contains("building"),
+        "{err}"
+    );
+
+    // A directory given as an input file says so.
+    let err = error_of(&["info", "--index", path_str(dir.path())]);
+    assert!(err.contains("is a directory, not a file"), "{err}");
+    let err = error_of(&[
+        "search",
+        "--index",
+        path_str(dir.path()),
+        "--queries",
+        path_str(&queries),
+        "-k",
+        "1",
+        "--nprobe",
+        "1",
+        "--out",
+        path_str(&dir.path().join("o.npy")),
+    ]);
+    assert!(
+        err.contains(&format!("--index {} is a directory", dir.path().display())),
+        "{err}"
+    );
+
+    // A missing file: the operating system's message once.
+    let err = error_of(&["verify", "--index", path_str(&dir.path().join("none"))]);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
+    // A file that is not a reference index says so, not which field disagrees.
+    let err = error_of(&[
+        "import-reference",
+        "--input",
+        path_str(&vectors),
+        "--out",
+        path_str(&dir.path().join("r.poeem")),
+    ]);
+    assert!(
+        err.contains("not an index file of the reference implementation"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, _, _) = write_data(dir.path());
+    let index = dir.path().join("x.poeem");
+    assert_ok(&poeem(&[
+        "build",
+        "--vectors",
+        path_str(&vectors),
+        "--n-lists",
+        "8",
+        "--n-subspaces",
+        "4",
+        "--out",
+        path_str(&index),
+    ]));
+    // `poeem info --index X | head -0`: the reader is gone before the first line is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poeem"))
+        .args(["info", "--index", path_str(&index)])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(stderr(&out), "", "no message, no panic");
+    assert_eq!(out.status.code(), Some(141), "the status of SIGPIPE");
 }

@@ -288,6 +288,63 @@ fn export_search_and_evaluate_round_trip() {
         Some("dense")
     );
 
+    // No model command overwrites the model it reads, or its own other output.
+    let checkpoint = checkpoint_path(&poeem_dir);
+    let saved = std::fs::read(&checkpoint).unwrap();
+    let err = error_of(&[
+        "export",
+        "--model",
+        path_str(&poeem_dir),
+        "--out",
+        path_str(&checkpoint),
+    ]);
+    assert!(
+        err.contains("is the same file as the model's checkpoint"),
+        "{err}"
+    );
+    let err = error_of(&[
+        "embed",
+        "--model",
+        path_str(&poeem_dir),
+        "--side",
+        "item",
+        "--out",
+        path_str(&poeem_dir.join(".").join("data.json")),
+    ]);
+    assert!(err.contains("the model's data description"), "{err}");
+    // `--out E.ids` lists its ids in E.ids.txt: the same file as `--ids E.ids.txt`.
+    let ids_list = dir.join("e.ids.txt");
+    std::fs::write(&ids_list, "u1\n").unwrap();
+    let err = error_of(&[
+        "embed",
+        "--model",
+        path_str(&poeem_dir),
+        "--side",
+        "query",
+        "--ids",
+        path_str(&ids_list),
+        "--out",
+        path_str(&dir.join("e.ids")),
+    ]);
+    assert!(
+        err.contains("the id list") && err.contains("is the same file as --ids"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), saved);
+    // A new run whose model directory would overwrite its data.
+    let other = dir.join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::copy(&inter, other.join("data.json")).unwrap();
+    let err = error_of(&file_run(
+        path_str(&other.join("data.json")),
+        "pq",
+        path_str(&other),
+    ));
+    assert!(
+        err.contains("is the same file as the interactions file"),
+        "{err}"
+    );
+
     // Search with query embeddings: the scores are the model's query embeddings against the
     // layer's quantized items, τ(x), found by scanning every list.
     let queries = dir.join("q.npy");

@@ -166,17 +166,6 @@ pub enum SearchError {
         /// Which input.
         what: &'static str,
     },
-    /// A reference-implementation index file is truncated or inconsistent.
-    #[error("reference index, {field}: {reason}")]
-    BadReferenceFile {
-        /// The field being read.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Training a quantizer failed.
-    #[error(transparent)]
-    Pq(#[from] poeem_pq::PqError),
 }
 
 impl SearchError {

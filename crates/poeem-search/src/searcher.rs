@@ -22,13 +22,16 @@
 //! queries, score the coarse centroids and build the tables of up to 64 queries at a time with
 //! matrix products, then scan query by query.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::kernels::{Kernel, Scan, TABLE_STRIDE, scalar};
 use crate::topk::TopK;
-use crate::{IndexView, Metric, SearchError};
+use crate::{Index, IndexView, Metric, SearchError};
 
 /// Columns scored together by the direct dot-product loop (eight AVX2 accumulators).
 const LANES: usize = 64;
@@ -153,14 +156,21 @@ impl SearchParams {
 /// centroids and the codebooks laid out for single-query dot products, the centroids' squared
 /// norms, and for L2 indexes one float per slot (the item term `e_s`: 4 bytes per item beside
 /// its `M` code bytes). Searching takes `&self`: any number of threads may search one index at
-/// once, each with its own [`Searcher`].
+/// once, each with its own [`Searcher`]. [`SharedIndex`] is the owned form, with no lifetime.
 #[derive(Debug)]
 pub struct SearchIndex<'a> {
     view: IndexView<'a>,
+    /// The derived tables: this value's own, or a [`SharedIndex`]'s.
+    tables: Cow<'a, Tables>,
+}
+
+/// What a [`SearchIndex`] derives from its view, owning no part of it.
+#[derive(Debug, Clone)]
+struct Tables {
     kernel: Kernel,
     arch: Arch,
-    /// The rotation, or `None` when the view has none or it is exactly the identity.
-    rotation: Option<&'a [f32]>,
+    /// Whether queries are rotated: the view has a rotation that is not exactly the identity.
+    rotated: bool,
     /// `R` (`padded_dim × padded_dim`) for [`ColumnBlocks::dots`], when there is a rotation.
     rotation_blocks: Option<ColumnBlocks>,
     /// The coarse centroids as columns: `padded_dim × n_lists`.
@@ -173,6 +183,118 @@ pub struct SearchIndex<'a> {
     codebook_blocks: Vec<ColumnBlocks>,
     /// `e_s = ‖r_s‖² + 2⟨v_j, r_s⟩` of every slot (0 for padding), L2 only.
     slot_terms: Vec<f32>,
+}
+
+impl Tables {
+    /// Derives the tables of `view` for `kernel`, which this CPU must run.
+    fn new(view: &IndexView<'_>, kernel: Kernel) -> Self {
+        let p = *view.params();
+        let (d, n_lists, k, sub) = (p.padded_dim, p.n_lists, p.n_codewords(), p.sub_dim());
+        let rotation = view.rotation().filter(|r| !is_identity(r, d));
+        let rotation_blocks = rotation.map(|r| ColumnBlocks::new(d, d, |i, c| r[i * d + c]));
+        let centroids = view.coarse_centroids();
+        let centroid_blocks = ColumnBlocks::new(d, n_lists, |i, j| centroids[j * d + i]);
+        let centroid_norms = centroids.chunks_exact(d).map(squared_norm).collect();
+        let stride = if p.code_width() == 1 { TABLE_STRIDE } else { k };
+        let codebook_blocks = view
+            .codebooks()
+            .chunks_exact(k * sub)
+            .map(|book| ColumnBlocks::new(sub, k, |s, c| book[c * sub + s]))
+            .collect();
+        let slot_terms = if p.metric == Metric::L2 {
+            l2_slot_terms(view)
+        } else {
+            Vec::new()
+        };
+        Self {
+            kernel,
+            arch: Arch::new(),
+            rotated: rotation.is_some(),
+            rotation_blocks,
+            centroid_blocks,
+            centroid_norms,
+            stride,
+            codebook_blocks,
+            slot_terms,
+        }
+    }
+}
+
+/// An index file ready to search, as one owned value: the [`Index`] behind an [`Arc`] and the
+/// tables [`SearchIndex`] derives, computed once.
+///
+/// It has no lifetime, is `Send + Sync` and cheap to clone (two reference counts), so a server
+/// or a language binding can keep it in a struct and search it from any number of threads at
+/// once; each search borrows a [`SearchIndex`] from it ([`SharedIndex::search_index`], which
+/// re-derives nothing).
+#[derive(Debug, Clone)]
+pub struct SharedIndex {
+    index: Arc<Index>,
+    tables: Arc<Tables>,
+}
+
+impl SharedIndex {
+    /// Prepares `index` for search with the fastest kernel this CPU runs, as
+    /// [`SearchIndex::new`] does.
+    pub fn new(index: impl Into<Arc<Index>>) -> Self {
+        let index = index.into();
+        let tables = Tables::new(&index.view(), Kernel::detect());
+        Self {
+            index,
+            tables: Arc::new(tables),
+        }
+    }
+
+    /// Prepares `index` for search with `kernel`.
+    ///
+    /// # Errors
+    /// [`SearchError::InvalidParameter`] when this CPU does not run `kernel`.
+    pub fn with_kernel(index: impl Into<Arc<Index>>, kernel: Kernel) -> Result<Self, SearchError> {
+        if !kernel.is_available() {
+            return Err(kernel.unavailable());
+        }
+        let index = index.into();
+        let tables = Tables::new(&index.view(), kernel);
+        Ok(Self {
+            index,
+            tables: Arc::new(tables),
+        })
+    }
+
+    /// The index file searched.
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    /// The borrowed form, sharing this value's tables: for a [`Searcher`], or any
+    /// [`SearchIndex`] method.
+    pub fn search_index(&self) -> SearchIndex<'_> {
+        SearchIndex {
+            view: self.index.view(),
+            tables: Cow::Borrowed(&self.tables),
+        }
+    }
+
+    /// [`SearchIndex::search_batch`] on this index.
+    ///
+    /// # Errors
+    /// As [`SearchIndex::search_batch`].
+    pub fn search_batch(
+        &self,
+        queries: &[f32],
+        params: &SearchParams,
+        ids: &mut [i64],
+        scores: &mut [f32],
+        par: Par,
+    ) -> Result<(), SearchError> {
+        self.search_index()
+            .search_batch(queries, params, ids, scores, par)
+    }
+
+    /// The scan kernel in use.
+    pub fn kernel(&self) -> Kernel {
+        self.tables.kernel
+    }
 }
 
 impl<'a> SearchIndex<'a> {
@@ -196,36 +318,17 @@ impl<'a> SearchIndex<'a> {
 
     /// Prepares `view` with `kernel`, which this CPU must run.
     fn build(view: IndexView<'a>, kernel: Kernel) -> Self {
-        let p = *view.params();
-        let (d, n_lists, k, sub) = (p.padded_dim, p.n_lists, p.n_codewords(), p.sub_dim());
-        let rotation = view.rotation().filter(|r| !is_identity(r, d));
-        let rotation_blocks = rotation.map(|r| ColumnBlocks::new(d, d, |i, c| r[i * d + c]));
-        let centroids = view.coarse_centroids();
-        let centroid_blocks = ColumnBlocks::new(d, n_lists, |i, j| centroids[j * d + i]);
-        let centroid_norms = centroids.chunks_exact(d).map(squared_norm).collect();
-        let stride = if p.code_width() == 1 { TABLE_STRIDE } else { k };
-        let codebook_blocks = view
-            .codebooks()
-            .chunks_exact(k * sub)
-            .map(|book| ColumnBlocks::new(sub, k, |s, c| book[c * sub + s]))
-            .collect();
-        let slot_terms = if p.metric == Metric::L2 {
-            l2_slot_terms(&view)
-        } else {
-            Vec::new()
-        };
+        let tables = Tables::new(&view, kernel);
         Self {
             view,
-            kernel,
-            arch: Arch::new(),
-            rotation,
-            rotation_blocks,
-            centroid_blocks,
-            centroid_norms,
-            stride,
-            codebook_blocks,
-            slot_terms,
+            tables: Cow::Owned(tables),
         }
+    }
+
+    /// The rotation queries go through, or `None` when the view has none or it is exactly the
+    /// identity.
+    fn rotation(&self) -> Option<&'a [f32]> {
+        self.view.rotation().filter(|_| self.tables.rotated)
     }
 
     /// The index searched.
@@ -235,17 +338,21 @@ impl<'a> SearchIndex<'a> {
 
     /// The scan kernel in use.
     pub fn kernel(&self) -> Kernel {
-        self.kernel
+        self.tables.kernel
     }
 
     /// Bytes of the tables derived from the view (the view's own memory not included).
     pub fn derived_bytes(&self) -> usize {
-        let blocks = self.rotation_blocks.iter().chain([&self.centroid_blocks]);
-        let blocks = blocks.chain(&self.codebook_blocks);
+        let blocks = self
+            .tables
+            .rotation_blocks
+            .iter()
+            .chain([&self.tables.centroid_blocks]);
+        let blocks = blocks.chain(&self.tables.codebook_blocks);
         size_of::<f32>()
             * (blocks.map(|b| b.data.len()).sum::<usize>()
-                + self.centroid_norms.len()
-                + self.slot_terms.len())
+                + self.tables.centroid_norms.len()
+                + self.tables.slot_terms.len())
     }
 
     /// Searches a batch of queries: `queries` holds `n` rows of `dim` values, and row `i`'s
@@ -332,7 +439,7 @@ impl<'a> SearchIndex<'a> {
 
     /// Entries of one query's lookup table, `M × stride`.
     fn table_len(&self) -> usize {
-        self.view.params().n_subspaces * self.stride
+        self.view.params().n_subspaces * self.tables.stride
     }
 
     /// The factor applied to `q'` in the lookup tables: −1 (similarities become keys) or −2
@@ -387,12 +494,12 @@ impl<'a> SearchIndex<'a> {
         for (s, &q) in scaled.iter_mut().zip(query) {
             *s = scale * q;
         }
-        match &self.rotation_blocks {
+        match &self.tables.rotation_blocks {
             None => {
                 out[..dim].copy_from_slice(&scaled[..dim]);
                 out[dim..].fill(0.0);
             }
-            Some(r) => r.dots(self.arch, &scaled[..dim], out),
+            Some(r) => r.dots(self.tables.arch, &scaled[..dim], out),
         }
     }
 
@@ -402,17 +509,19 @@ impl<'a> SearchIndex<'a> {
     fn tables_one(&self, query: &[f32], scaled: &mut [f32], dots: &mut [f32], table: &mut [f32]) {
         let p = self.view.params();
         let sub = p.sub_dim();
-        self.centroid_blocks.dots(self.arch, query, dots);
+        self.tables
+            .centroid_blocks
+            .dots(self.tables.arch, query, dots);
         let scale = self.table_scale();
         for (s, &q) in scaled.iter_mut().zip(query) {
             *s = scale * q;
         }
         for ((x, book), row) in scaled
             .chunks_exact(sub)
-            .zip(&self.codebook_blocks)
-            .zip(table.chunks_exact_mut(self.stride))
+            .zip(&self.tables.codebook_blocks)
+            .zip(table.chunks_exact_mut(self.tables.stride))
         {
-            book.dots(self.arch, x, row);
+            book.dots(self.tables.arch, x, row);
         }
     }
 
@@ -423,7 +532,7 @@ impl<'a> SearchIndex<'a> {
         probes.reset(nprobe.min(p.n_lists));
         let mut threshold = probes.threshold();
         let by_l2 = probe.resolve(p.metric) == Probe::L2;
-        for (j, (&dot, &norm)) in dots.iter().zip(&self.centroid_norms).enumerate() {
+        for (j, (&dot, &norm)) in dots.iter().zip(&self.tables.centroid_norms).enumerate() {
             let key = if by_l2 { norm - 2.0 * dot } else { -dot };
             if key <= threshold {
                 probes.push(key, j as u64);
@@ -450,7 +559,9 @@ impl<'a> SearchIndex<'a> {
         let (mut scaled, mut rotated) = (vec![0.0; p.dim], vec![0.0; p.padded_dim]);
         self.prepare_one(query, scale, &mut scaled, &mut rotated);
         let mut dots = vec![0.0; p.n_lists];
-        self.centroid_blocks.dots(self.arch, &rotated, &mut dots);
+        self.tables
+            .centroid_blocks
+            .dots(self.tables.arch, &rotated, &mut dots);
         let mut probes = TopK::default();
         self.select_lists(&dots, nprobe, probe, &mut probes);
         Ok(probes.sorted().iter().map(|&(_, j)| j as u32).collect())
@@ -484,8 +595,8 @@ impl<'a> SearchIndex<'a> {
             }
             let (bias, slot_bias) = if l2 {
                 let slots = offsets[j] as usize..offsets[j + 1] as usize;
-                let bias = query_norm + (self.centroid_norms[j] - 2.0 * dots[j]);
-                (bias, &self.slot_terms[slots])
+                let bias = query_norm + (self.tables.centroid_norms[j] - 2.0 * dots[j]);
+                (bias, &self.tables.slot_terms[slots])
             } else {
                 (-dots[j], &[][..])
             };
@@ -498,9 +609,9 @@ impl<'a> SearchIndex<'a> {
                 ids: list.ids,
             };
             if p.code_width() == 1 {
-                self.kernel.scan(&scan, top);
+                self.tables.kernel.scan(&scan, top);
             } else {
-                scalar::scan_wide(&scan, self.stride, (p.n_codewords() - 1) as u16, top);
+                scalar::scan_wide(&scan, self.tables.stride, (p.n_codewords() - 1) as u16, top);
             }
         }
         let best = top.sorted();
@@ -654,9 +765,9 @@ impl<'s, 'a> Batch<'s, 'a> {
         let p = index.view.params();
         let (b, dim, d, n_lists) = (scales.len(), p.dim, p.padded_dim, p.n_lists);
         let (m_count, k, sub) = (p.n_subspaces, p.n_codewords(), p.sub_dim());
-        let (stride, table_len) = (index.stride, index.table_len());
+        let (stride, table_len) = (index.tables.stride, index.table_len());
         let rotated = &mut self.rotated[..b * d];
-        match index.rotation {
+        match index.rotation() {
             None => {
                 for ((out, q), &s) in rotated
                     .chunks_exact_mut(d)
@@ -744,7 +855,7 @@ fn check_outputs(len: usize, ids: &[i64], scores: &[f32]) -> Result<(), SearchEr
 /// A matrix stored for fast `x M` with one vector `x`: blocks of [`LANES`] columns, each block
 /// all rows of its columns, row by row (columns past `n_cols` are zero). A block is one
 /// contiguous stream that the product reads once while its [`LANES`] sums stay in registers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ColumnBlocks {
     n_rows: usize,
     n_cols: usize,

@@ -4,7 +4,6 @@
 //! Both kinds start on a 64-byte boundary (a mapping starts on a page), so the 64-byte aligned
 //! sections of a file can be borrowed as `&[f32]` and `&[u64]` without copying.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -26,7 +25,7 @@ pub(crate) enum Storage {
 impl Storage {
     /// Maps the file at `path` read-only.
     pub(crate) fn map(path: &Path) -> Result<Self, SearchError> {
-        let file = File::open(path).map_err(|e| SearchError::io(path, e))?;
+        let file = poeem_fs::open_input(path).map_err(|e| SearchError::io(path, e))?;
         // SAFETY: `Mmap::map` is unsafe because another process may change or truncate the file
         // while it is mapped, which would change bytes behind a shared reference or raise
         // SIGBUS. The mapping is read-only and private to this `Storage`, and index files are
@@ -39,7 +38,7 @@ impl Storage {
 
     /// Reads the file at `path` into an aligned heap buffer.
     pub(crate) fn read(path: &Path) -> Result<Self, SearchError> {
-        let mut file = File::open(path).map_err(|e| SearchError::io(path, e))?;
+        let mut file = poeem_fs::open_input(path).map_err(|e| SearchError::io(path, e))?;
         let len = file.metadata().map_err(|e| SearchError::io(path, e))?.len();
         let len = usize::try_from(len).map_err(|_| SearchError::Overflow { what: "file size" })?;
         let mut buf = AlignedBytes::zeroed(len).map_err(|e| SearchError::io(path, e))?;

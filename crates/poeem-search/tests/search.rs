@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use faer::Par;
 use poeem_rotation::Rotation;
 use poeem_search::{
-    IndexParams, IndexParts, Kernel, Metric, Probe, SearchError, SearchIndex, SearchParams,
-    Searcher, TABLE_STRIDE,
+    Index, IndexParams, IndexParts, Kernel, Metric, Probe, SearchError, SearchIndex, SearchParams,
+    Searcher, SharedIndex, TABLE_STRIDE, encode_index,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
@@ -751,4 +751,79 @@ fn search_index_is_shared_across_threads() {
             assert_eq!(h.join().unwrap(), here);
         }
     });
+}
+
+#[test]
+fn a_shared_index_searched_by_many_threads_gives_the_sequential_results() {
+    fn assert_owned_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_owned_send_sync::<SharedIndex>();
+    for (metric, rotated) in [(Metric::L2, true), (Metric::InnerProduct, false)] {
+        let shape = Shape {
+            dim: 12,
+            n_lists: 8,
+            n_subspaces: 4,
+            n_bits: 8,
+            metric,
+            n_items: 2_000,
+            rotated,
+        };
+        let mut parts = random_index(shape, 11);
+        parts.metadata = serde_json::json!({});
+        let index = Index::from_bytes(&encode_index(&parts).unwrap()).unwrap();
+        let shared = SharedIndex::new(index);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let queries: Vec<Vec<f32>> = (0..64).map(|_| random_query(&mut rng, 12)).collect();
+        let params = SearchParams::new(10, 3);
+        // The answers of a sequential loop, through the borrowed form of a separately prepared
+        // index.
+        let borrowed = SearchIndex::new(parts.view().unwrap());
+        let mut searcher = Searcher::new(&borrowed);
+        let expected: Vec<(Vec<i64>, Vec<f32>)> = queries
+            .iter()
+            .map(|q| {
+                let (mut ids, mut scores) = (vec![0i64; 10], vec![0.0f32; 10]);
+                searcher
+                    .search_one(q, &params, &mut ids, &mut scores)
+                    .unwrap();
+                (ids, scores)
+            })
+            .collect();
+        // Four threads, each with a clone of the one value, searching every query in its own
+        // order, and a batch search on the rayon pool at the same time.
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|t| {
+                    let shared = shared.clone();
+                    let (queries, expected) = (&queries, &expected);
+                    s.spawn(move || {
+                        let search_index = shared.search_index();
+                        let mut searcher = Searcher::new(&search_index);
+                        for i in (0..queries.len()).map(|i| (i * 7 + t * 13) % queries.len()) {
+                            let (mut ids, mut scores) = (vec![0i64; 10], vec![0.0f32; 10]);
+                            searcher
+                                .search_one(&queries[i], &params, &mut ids, &mut scores)
+                                .unwrap();
+                            assert_eq!((ids, scores), expected[i], "thread {t}, query {i}");
+                        }
+                    })
+                })
+                .collect();
+            let flat: Vec<f32> = queries.concat();
+            let (mut ids, mut scores) = (vec![0i64; 640], vec![0.0f32; 640]);
+            shared
+                .search_batch(&flat, &params, &mut ids, &mut scores, Par::rayon(2))
+                .unwrap();
+            for (i, (want_ids, want_scores)) in expected.iter().enumerate() {
+                assert_rows_close(
+                    (&ids[i * 10..(i + 1) * 10], &scores[i * 10..(i + 1) * 10]),
+                    (want_ids, want_scores),
+                    1e-4,
+                );
+            }
+            for w in workers {
+                w.join().unwrap();
+            }
+        });
+        assert_eq!(shared.kernel(), borrowed.kernel());
+    }
 }

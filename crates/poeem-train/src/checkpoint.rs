@@ -121,7 +121,7 @@ impl Sections {
             path: path.clone(),
             reason,
         };
-        let mut file = match File::open(&path) {
+        let mut file = match poeem_fs::open_input(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(corrupt(format!(

@@ -2,7 +2,7 @@
 //! (per row: a little-endian i32 dimension, then that many f32).
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use npyz::WriterBuilder;
@@ -90,7 +90,7 @@ fn format_error(path: &Path, reason: impl Into<String>) -> IoError {
 /// # Errors
 /// As [`read_vectors`].
 pub fn read_npy(path: &Path) -> Result<Vectors, IoError> {
-    let file = File::open(path).map_err(io_error(path))?;
+    let file = poeem_fs::open_input(path).map_err(io_error(path))?;
     let npy = npyz::NpyFile::new(BufReader::new(file))
         .map_err(|e| format_error(path, format!("not a .npy file: {e}")))?;
     let shape = npy.shape().to_vec();
@@ -140,10 +140,7 @@ pub fn read_npy(path: &Path) -> Result<Vectors, IoError> {
 /// # Errors
 /// As [`read_vectors`]; also when rows disagree in dimension or the file ends mid-row.
 pub fn read_fvecs(path: &Path) -> Result<Vectors, IoError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_error(path))?;
+    let bytes = poeem_fs::read_input(path).map_err(io_error(path))?;
     let mut data = Vec::new();
     let mut dim = None;
     let mut offset = 0usize;
@@ -223,7 +220,7 @@ fn write_matrix<T: npyz::AutoSerialize + Copy>(
 /// # Errors
 /// On I/O failure, another shape or type, or a negative id.
 pub fn read_ids(path: &Path) -> Result<Vec<u64>, IoError> {
-    let file = File::open(path).map_err(io_error(path))?;
+    let file = poeem_fs::open_input(path).map_err(io_error(path))?;
     let npy = npyz::NpyFile::new(BufReader::new(file))
         .map_err(|e| format_error(path, format!("not a .npy file: {e}")))?;
     let shape = npy.shape().to_vec();

@@ -3,10 +3,13 @@
 //!
 //! This facade re-exports the layered crates so that an application depends on one name:
 //!
+//! - [`fs`] (`poeem-fs`): atomic writes, file identity;
 //! - [`rotation`] (`poeem-rotation`): orthonormal rotations, Procrustes, Givens coordinate descent;
 //! - [`pq`] (`poeem-pq`): k-means, the coarse quantizer, product quantization, OPQ, the IVF-PQ
 //!   codec;
 //! - [`search`] (`poeem-search`): the versioned, mmap-backed index file and IVF-PQ search;
+//! - [`build`] (`poeem-build`): post-hoc index building, indexes from trained codecs, import of
+//!   the reference implementation's index files;
 //! - [`train`] (`poeem-train`): the two-tower model with the indexing layer, data loading,
 //!   training with exact-resume checkpoints, ranking metrics;
 //!
@@ -28,6 +31,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub use poeem_build as build;
+pub use poeem_fs as fs;
 pub use poeem_pq as pq;
 pub use poeem_rotation as rotation;
 pub use poeem_search as search;

@@ -9,11 +9,12 @@
 //! items. The default coarse level (centroids learn their lists' means from a uniform catalogue
 //! sample) keeps the lists as good as k-means lists fitted on the same embeddings.
 
+use poeem::build::BuildConfig;
 use poeem::pipeline::{
     CoarseDiagnostics, IdMap, ItemIds, build_post_hoc, export_index, train_model,
 };
 use poeem::pq::Par;
-use poeem::search::{BuildConfig, IndexParts, Probe, SearchIndex};
+use poeem::search::{IndexParts, Probe, SearchIndex};
 use poeem::train::synthetic::GenreSpec;
 use poeem::train::{CoarseObjective, Dataset, LayerUpdateItems, Model, TowerConfig, TrainConfig};
 

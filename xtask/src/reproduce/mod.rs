@@ -11,6 +11,7 @@
 //! - `all`: each in turn.
 
 mod ablation;
+mod check;
 pub(crate) mod faiss;
 mod meta;
 mod movielens;
@@ -25,12 +26,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use poeem::build::BuildConfig;
 use poeem::pipeline::{CoarseDiagnostics, TimedIndex, build_post_hoc, markdown_table, train_model};
 use poeem::pq::{OpqConfig, Par};
-use poeem::search::{BuildConfig, IndexParts};
+use poeem::search::IndexParts;
 use poeem::train::{Dataset, Model, TrainConfig, TrainProgress, TrainReport};
 use serde_json::{Value, json};
 
+pub(crate) use check::check_quick_run;
 use plot::{LineChart, Series};
 
 /// Arguments of `cargo xtask reproduce`.
@@ -724,123 +727,6 @@ pub(crate) fn over_seeds(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn read_json(path: &Path) -> Value {
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-        serde_json::from_str(&text).unwrap()
-    }
-
-    fn unit_interval(v: &Value) -> bool {
-        v.as_f64().is_some_and(|x| (0.0..=1.0).contains(&x))
-    }
-
-    /// `reproduce all --quick`, the run CI makes: `synthetic --quick` writes a results.json with
-    /// the run's provenance, every method's precision at every nprobe on every seed, the
-    /// ordering check and the timings; the other experiments write theirs too, with their plots
-    /// and reports.
-    #[test]
-    fn quick_runs_write_results_reports_and_plots() {
-        let out = tempfile::tempdir().unwrap();
-        let args = Args {
-            experiment: Experiment::All,
-            quick: true,
-            seeds: None,
-            data: None,
-            out: Some(out.path().to_owned()),
-            faiss: false,
-            python: None,
-            threads: 0,
-            vectors: None,
-            epochs: None,
-            givens_lr: DEFAULT_GIVENS_LR,
-        };
-        run(&args).unwrap();
-
-        for experiment in Experiment::EACH {
-            let dir = out.path().join(experiment.name());
-            let results = read_json(&dir.join("results.json"));
-            assert_eq!(results["experiment"], experiment.name());
-            assert_eq!(results["quick"], true);
-            assert!(results["command"].as_str().unwrap().contains("--quick"));
-            assert!(results["date"].as_str().unwrap().ends_with('Z'));
-            assert!(!results["git_revision"].as_str().unwrap().is_empty());
-            assert!(results["machine"]["logical_cores"].as_u64().unwrap() >= 1);
-            assert!(!results["seeds"].as_array().unwrap().is_empty());
-            let sha = results["data"]["sha256"].as_str().unwrap();
-            assert!(sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()));
-            assert!(results["elapsed_seconds"].as_f64().unwrap() > 0.0);
-            let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
-            assert!(report.starts_with("# "));
-            for plot in results["plots"].as_array().unwrap() {
-                let file = plot.as_str().unwrap();
-                let svg = std::fs::read_to_string(dir.join(file)).unwrap();
-                assert!(svg.starts_with("<svg"), "{file}");
-                assert!(report.contains(&format!("]({file})")), "{file}");
-            }
-        }
-
-        let synthetic = read_json(&out.path().join("synthetic/results.json"));
-        assert_eq!(synthetic["seeds"], json!([1, 2, 3]));
-        let results = &synthetic["results"];
-        assert_eq!(results["nprobes"], json!([1, 2, 4, 8]));
-        let expected = [
-            "post-hoc IVF-PQ",
-            "post-hoc OPQ+IVF-PQ",
-            "Poeem",
-            "Poeem + OPQ at warm start",
-            "Poeem + Givens (random)",
-            "Poeem + Givens (greedy)",
-            "Poeem + Givens (steepest)",
-        ];
-        for run in results["seeds"].as_array().unwrap() {
-            assert!(unit_interval(&run["plain"]["brute_force_precision"]));
-            assert!(run["plain"]["training_seconds"].as_f64().unwrap() > 0.0);
-            assert_eq!(run["poeem_models"].as_array().unwrap().len(), 5);
-            let indexes = run["indexes"].as_array().unwrap();
-            let names: Vec<&str> = indexes
-                .iter()
-                .map(|i| i["name"].as_str().unwrap())
-                .collect();
-            assert_eq!(names, expected);
-            for index in indexes {
-                let precision = index["precision"].as_array().unwrap();
-                assert_eq!(precision.len(), 4);
-                assert!(precision.iter().all(unit_interval), "{index}");
-                assert!(index["seconds"].as_f64().unwrap() > 0.0);
-                assert!(index["relative_distortion"].as_f64().unwrap() > 0.0);
-            }
-        }
-        let ordering = results["ordering_at_nprobe_1"].as_array().unwrap();
-        assert_eq!(ordering.len(), 5);
-        assert!(
-            ordering
-                .iter()
-                .all(|o| o["holds"].as_array().unwrap().len() == 3)
-        );
-        assert_eq!(results["summary"].as_array().unwrap().len(), expected.len());
-
-        let movielens = read_json(&out.path().join("movielens/results.json"));
-        let runs = movielens["results"]["seeds"].as_array().unwrap();
-        assert_eq!(runs.len(), 1);
-        let poeem = &runs[0]["models"][1];
-        assert_eq!(poeem["name"], "Poeem");
-        assert!(poeem["layer_curve"].as_array().unwrap().len() > 5);
-        for index in runs[0]["indexes"].as_array().unwrap() {
-            let by_nprobe = index["by_nprobe"].as_array().unwrap();
-            assert_eq!(by_nprobe.len(), 6);
-            assert!(by_nprobe.iter().all(|m| m.as_array().unwrap().len() == 3));
-        }
-        let ablation = read_json(&out.path().join("ablation/results.json"));
-        assert_eq!(ablation["results"]["variants"].as_array().unwrap().len(), 8);
-        let rotation = read_json(&out.path().join("rotation/results.json"));
-        assert_eq!(
-            rotation["results"]["synthetic"]["methods"]
-                .as_array()
-                .unwrap()
-                .len(),
-            5
-        );
-    }
 
     #[test]
     fn spreads_and_seed_defaults() {

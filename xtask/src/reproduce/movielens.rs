@@ -9,10 +9,10 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use poeem::build::BuildConfig;
 use poeem::pipeline::{CoarseDiagnostics, EvalSet, IdMap, ItemIds, export_timed, markdown_table};
 use poeem::pq::{OpqConfig, Par};
-use poeem::search::SearchIndex;
-use poeem::search::{BuildConfig, IndexParts, Probe};
+use poeem::search::{IndexParts, Probe, SearchIndex};
 use poeem::train::metrics::RankingMetrics;
 use poeem::train::{
     CoarseObjective, DataConfig, Dataset, LayerDiagnostics, LayerUpdateItems, Model, RotationMode,

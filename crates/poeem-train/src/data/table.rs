@@ -151,7 +151,7 @@ impl TableReader {
     /// [`TrainError::Io`] when the file cannot be read, [`TrainError::EmptyData`] when it holds
     /// no header, [`TrainError::Malformed`] for a bad header (an empty or repeated name).
     pub fn open(path: &Path, format: TextFormat) -> Result<Self, TrainError> {
-        let file = File::open(path).map_err(|e| TrainError::io(path, e))?;
+        let file = poeem_fs::open_input(path).map_err(|e| TrainError::io(path, e))?;
         let mut reader = Self {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(1 << 16, file),

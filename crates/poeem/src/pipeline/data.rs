@@ -47,6 +47,22 @@ impl DataSource {
         })
     }
 
+    /// The data files the source reads, each with what it holds ("interactions", "query
+    /// features", "item features"); none for the synthetic tutorial.
+    pub fn files(&self) -> Vec<(&'static str, &Path)> {
+        let Self::Files(config) = self else {
+            return Vec::new();
+        };
+        let mut files = vec![("interactions", config.interactions.path.as_path())];
+        if let Some(source) = &config.query_features {
+            files.push(("query features", &source.path));
+        }
+        if let Some(source) = &config.item_features {
+            files.push(("item features", &source.path));
+        }
+        files
+    }
+
     /// The same source with every file path made absolute (relative to the current directory),
     /// so that it can be reloaded from anywhere.
     ///
@@ -96,7 +112,7 @@ impl DataSource {
     /// [`PipelineError::BadFile`] when it is not a valid description.
     pub fn read(model_dir: &Path) -> Result<Self, PipelineError> {
         let path = model_dir.join(DATA_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| {
+        let bytes = poeem_fs::read_input(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 PipelineError::BadFile {
                     path: path.clone(),

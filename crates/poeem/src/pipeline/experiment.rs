@@ -5,8 +5,9 @@
 use std::time::Instant;
 
 use super::{EvalSet, IdMap, PipelineError, export_index};
+use crate::build::{BuildConfig, build_index};
 use crate::pq::{Par, Progress};
-use crate::search::{BuildConfig, IndexParts, Probe, SearchIndex, SearchParams, build_index};
+use crate::search::{IndexParts, Probe, SearchIndex, SearchParams};
 use crate::train::metrics::RankingMetrics;
 use crate::train::{Dataset, Model, TrainConfig, TrainProgress, TrainReport, Trainer};
 

@@ -6,8 +6,9 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{ItemIds, PipelineError};
+use crate::build::index_from_codec;
 use crate::pq::Par;
-use crate::search::{IndexParts, Metric, index_from_codec};
+use crate::search::{IndexParts, Metric};
 use crate::train::Model;
 
 /// The metadata entry an exported index carries about its model (an object with `item_ids`,

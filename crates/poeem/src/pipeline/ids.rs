@@ -169,7 +169,7 @@ pub fn read_token_indices(
     vocab: &Vocab,
     side: &'static str,
 ) -> Result<Vec<u32>, PipelineError> {
-    let bytes = std::fs::read(path).map_err(|e| PipelineError::io(path, e))?;
+    let bytes = poeem_fs::read_input(path).map_err(|e| PipelineError::io(path, e))?;
     let text = String::from_utf8(bytes).map_err(|e| PipelineError::BadFile {
         path: path.to_path_buf(),
         reason: format!("not UTF-8 text: {e}"),

@@ -48,9 +48,12 @@ pub enum PipelineError {
     /// Loading data, training, or reading a checkpoint failed.
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
-    /// Building, writing, reading or searching an index failed.
+    /// Writing, reading or searching an index failed.
     #[error(transparent)]
     Search(#[from] crate::search::SearchError),
+    /// Building an index failed.
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

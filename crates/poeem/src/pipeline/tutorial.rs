@@ -5,8 +5,9 @@ use std::fmt;
 
 use super::experiment::{TimedIndex, build_post_hoc, export_timed, train_model};
 use super::{EvalSet, IdMap, ItemIds, PipelineError, markdown_table};
+use crate::build::BuildConfig;
 use crate::pq::{OpqConfig, Par, Progress};
-use crate::search::{BuildConfig, Probe};
+use crate::search::Probe;
 use crate::train::synthetic::{TUTORIAL_PAIRS, tutorial_dataset};
 use crate::train::{TrainConfig, TrainProgress, TrainReport};
 

@@ -19,8 +19,10 @@
 
 use std::path::Path;
 
-use crate::build::unix_seconds;
-use crate::{IndexParams, IndexParts, IndexView, Metric, SearchError};
+use poeem_search::{IndexParams, IndexParts, IndexView, Metric, SearchError};
+
+use crate::BuildError;
+use crate::posthoc::unix_seconds;
 
 /// Bytes of the header: `use_residual` and five `i64`.
 const HEADER_LEN: usize = 1 + 5 * 8;
@@ -75,8 +77,8 @@ pub struct ReferenceImport {
 ///
 /// # Errors
 /// [`SearchError::Io`] when the file cannot be read; otherwise as [`parse_reference`].
-pub fn import_reference(path: &Path, metric: Metric) -> Result<ReferenceImport, SearchError> {
-    let bytes = std::fs::read(path).map_err(|e| SearchError::io(path, e))?;
+pub fn import_reference(path: &Path, metric: Metric) -> Result<ReferenceImport, BuildError> {
+    let bytes = poeem_fs::read_input(path).map_err(|e| SearchError::io(path, e))?;
     let file = ReferenceFile::from_bytes(&bytes)?;
     let name = path
         .file_name()
@@ -95,11 +97,11 @@ pub fn import_reference(path: &Path, metric: Metric) -> Result<ReferenceImport, 
 /// unit vectors (the stored norms are not used), as when the model normalises its item embeddings.
 ///
 /// # Errors
-/// [`SearchError::BadReferenceFile`] naming the field when a header value is out of range, the
+/// [`BuildError::BadReferenceFile`] naming the field when a header value is out of range, the
 /// file is shorter or longer than its header implies, `use_residual` is not 1, an imported item
 /// has a negative id, an assignment not below J, a code not below K or a negative or non-finite
 /// norm, or a codeword or centroid is not finite.
-pub fn parse_reference(bytes: &[u8], metric: Metric) -> Result<ReferenceImport, SearchError> {
+pub fn parse_reference(bytes: &[u8], metric: Metric) -> Result<ReferenceImport, BuildError> {
     ReferenceFile::from_bytes(bytes)?.import(metric, None)
 }
 
@@ -112,21 +114,23 @@ pub fn parse_reference(bytes: &[u8], metric: Metric) -> Result<ReferenceImport, 
 /// [`SearchError::DimensionMismatch`] when a field's length disagrees with the others;
 /// [`SearchError::InvalidParameter`] when D is 0 or does not divide d, K exceeds 65,536, or a
 /// code does not fit its stored width.
-pub fn encode_reference(file: &ReferenceFile) -> Result<Vec<u8>, SearchError> {
+pub fn encode_reference(file: &ReferenceFile) -> Result<Vec<u8>, BuildError> {
     let f = file;
     if f.n_subspaces == 0 || !f.dim.is_multiple_of(f.n_subspaces) {
         return Err(SearchError::InvalidParameter {
             name: "n_subspaces",
             value: f.n_subspaces.to_string(),
             reason: "must be a divisor of dim",
-        });
+        }
+        .into());
     }
     if f.n_codewords > MAX_CODEWORDS {
         return Err(SearchError::InvalidParameter {
             name: "n_codewords",
             value: f.n_codewords.to_string(),
             reason: "the reference format stores at most 65536 codewords (16-bit codes)",
-        });
+        }
+        .into());
     }
     let n = f.ids.len();
     let expect = |what: &'static str, expected: usize, got: usize| {
@@ -168,7 +172,8 @@ pub fn encode_reference(file: &ReferenceFile) -> Result<Vec<u8>, SearchError> {
             name: "codes",
             value: code.to_string(),
             reason: "does not fit the one-byte codes of a file with K ≤ 256",
-        });
+        }
+        .into());
     }
 
     let width = if narrow { 1 } else { 2 };
@@ -222,18 +227,27 @@ impl ReferenceFile {
     /// exactly as long as the header implies (no value beyond the header is checked here).
     ///
     /// # Errors
-    /// [`SearchError::BadReferenceFile`] naming the field: `use_residual` other than 0 or 1, a
+    /// [`BuildError::NotAReferenceFile`] for an empty file, a poeem index file or a first byte
+    /// (`use_residual`) other than 0 or 1; [`BuildError::BadReferenceFile`] naming the field: a
     /// negative count, d, K or D of 0, K above 65,536, D not dividing d, a size that overflows,
     /// a file that ends inside a field, or trailing bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SearchError> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BuildError> {
+        let not_reference = |reason: String| Err(BuildError::NotAReferenceFile { reason });
+        if bytes.starts_with(&poeem_search::format::MAGIC) {
+            return not_reference("it is a poeem index file already (open it directly)".into());
+        }
         let mut reader = Reader { bytes, at: 0 };
-        let use_residual = i8::from_le_bytes([reader.take("use_residual", 1)?[0]]);
+        let Some(&first) = bytes.first() else {
+            return not_reference("the file is empty".into());
+        };
+        let use_residual = i8::from_le_bytes([first]);
         if !matches!(use_residual, 0 | 1) {
-            return Err(bad(
-                "use_residual",
-                format!("{use_residual} is neither 0 nor 1"),
+            return not_reference(format!(
+                "its first byte is {first:#04x}, where a reference file stores its use_residual \
+                 flag, 0 or 1"
             ));
         }
+        reader.take("use_residual", 1)?;
         let n_items = reader.header_count("n_items", 0)?;
         let dim = reader.header_count("d", 1)?;
         let n_lists = reader.header_count("J", 0)?;
@@ -343,7 +357,7 @@ impl ReferenceFile {
     /// # Errors
     /// [`SearchError::InvalidParameter`] when an id exceeds `i64::MAX`, the largest the format
     /// stores.
-    pub fn from_view(view: &IndexView<'_>) -> Result<Self, SearchError> {
+    pub fn from_view(view: &IndexView<'_>) -> Result<Self, BuildError> {
         let p = view.params();
         let mut ids = Vec::with_capacity(p.n_items);
         let mut norms = Vec::with_capacity(p.n_items);
@@ -388,7 +402,7 @@ impl ReferenceFile {
         &self,
         metric: Metric,
         source: Option<String>,
-    ) -> Result<ReferenceImport, SearchError> {
+    ) -> Result<ReferenceImport, BuildError> {
         if self.use_residual != 1 {
             return Err(bad(
                 "use_residual",
@@ -532,7 +546,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// The next `len` bytes, or an error naming `field` when the file ends first.
-    fn take(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], SearchError> {
+    fn take(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], BuildError> {
         let end = self
             .at
             .checked_add(len)
@@ -554,7 +568,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next header `i64`, which must be at least `min` and fit a `usize`.
-    fn header_count(&mut self, field: &'static str, min: i64) -> Result<usize, SearchError> {
+    fn header_count(&mut self, field: &'static str, min: i64) -> Result<usize, BuildError> {
         let b = self.take(field, 8)?;
         let value = i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
         if value < min {
@@ -564,6 +578,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn bad(field: &'static str, reason: String) -> SearchError {
-    SearchError::BadReferenceFile { field, reason }
+fn bad(field: &'static str, reason: String) -> BuildError {
+    BuildError::BadReferenceFile { field, reason }
 }

@@ -4,13 +4,13 @@
 //! Every random choice is seeded (`ChaCha8Rng`); nothing touches the network, and the disk only
 //! inside a temporary directory.
 
+use poeem_build::{
+    BuildConfig, BuildError, ReferenceFile, ReferenceImport, build_index, encode_reference,
+    import_reference, index_from_codec, parse_reference,
+};
 use poeem_pq::{IvfPqCodec, KMeansInit, OpqConfig, Par};
 use poeem_rotation::Rotation;
-use poeem_search::{
-    BuildConfig, IndexParams, IndexParts, IndexView, Metric, PADDING_ID, ReferenceFile,
-    SearchError, build_index, encode_reference, import_reference, index_from_codec,
-    parse_reference,
-};
+use poeem_search::{IndexParams, IndexParts, IndexView, Metric, PADDING_ID, SearchError};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -94,17 +94,17 @@ fn quiet() -> impl FnMut(&poeem_pq::Progress) {
 }
 
 /// The `(name, reason)` of an `InvalidParameter` error, or a panic naming what came instead.
-fn invalid_parameter<T: std::fmt::Debug>(result: Result<T, SearchError>) -> &'static str {
+fn invalid_parameter<T: std::fmt::Debug>(result: Result<T, BuildError>) -> &'static str {
     match result {
-        Err(SearchError::InvalidParameter { name, .. }) => name,
+        Err(BuildError::Search(SearchError::InvalidParameter { name, .. })) => name,
         other => panic!("expected InvalidParameter, got {other:?}"),
     }
 }
 
 /// The field of a `BadReferenceFile` error, or a panic naming what came instead.
-fn bad_field<T: std::fmt::Debug>(result: Result<T, SearchError>) -> &'static str {
+fn bad_field<T: std::fmt::Debug>(result: Result<T, BuildError>) -> &'static str {
     match result {
-        Err(SearchError::BadReferenceFile { field, .. }) => field,
+        Err(BuildError::BadReferenceFile { field, .. }) => field,
         other => panic!("expected BadReferenceFile, got {other:?}"),
     }
 }
@@ -309,7 +309,7 @@ fn cosine_build_normalises_items_and_matches_the_codec_path() {
     // A zero vector cannot be normalised: the error names its row.
     data[5 * dim..6 * dim].fill(0.0);
     match build_index(&data, dim, None, &config, Par::Seq, &mut quiet()) {
-        Err(SearchError::InvalidParameter { name, value, .. }) => {
+        Err(BuildError::Search(SearchError::InvalidParameter { name, value, .. })) => {
             assert_eq!((name, value.as_str()), ("vectors", "row 5"));
         }
         other => panic!("expected an error naming row 5, got {other:?}"),
@@ -417,7 +417,7 @@ fn build_rejects_bad_input() {
 
     assert!(matches!(
         build(&[], dim, None, &config),
-        Err(SearchError::Empty { what: "vectors" })
+        Err(BuildError::Search(SearchError::Empty { what: "vectors" }))
     ));
     assert_eq!(
         invalid_parameter(build(&data[..10], dim, None, &config)),
@@ -428,16 +428,20 @@ fn build_rejects_bad_input() {
     nan[3 * dim + 2] = f32::NAN;
     assert!(matches!(
         build(&nan, dim, None, &config),
-        Err(SearchError::NonFinite {
+        Err(BuildError::Search(SearchError::NonFinite {
             what: "vectors",
             row: 3,
             col: 2
-        })
+        }))
     ));
     nan[3 * dim + 2] = f32::INFINITY;
     assert!(matches!(
         build(&nan, dim, None, &config),
-        Err(SearchError::NonFinite { row: 3, col: 2, .. })
+        Err(BuildError::Search(SearchError::NonFinite {
+            row: 3,
+            col: 2,
+            ..
+        }))
     ));
 
     let with = |change: &dyn Fn(&mut BuildConfig)| {
@@ -476,11 +480,11 @@ fn build_rejects_bad_input() {
     let short: Vec<u64> = (0..39).collect();
     assert!(matches!(
         build(&data, dim, Some(&short), &config),
-        Err(SearchError::DimensionMismatch {
+        Err(BuildError::Search(SearchError::DimensionMismatch {
             expected: 40,
             got: 39,
             ..
-        })
+        }))
     ));
     let mut padding: Vec<u64> = (0..40).collect();
     padding[7] = PADDING_ID;
@@ -512,7 +516,7 @@ fn index_from_codec_rejects_bad_input() {
     run(&data, None, Value::Null).unwrap();
     assert!(matches!(
         run(&[], None, Value::Null),
-        Err(SearchError::Empty { .. })
+        Err(BuildError::Search(SearchError::Empty { .. }))
     ));
     assert_eq!(
         invalid_parameter(run(&data[..6], None, Value::Null)),
@@ -522,12 +526,16 @@ fn index_from_codec_rejects_bad_input() {
     nan[9] = f32::NAN;
     assert!(matches!(
         run(&nan, None, Value::Null),
-        Err(SearchError::NonFinite { row: 2, col: 1, .. })
+        Err(BuildError::Search(SearchError::NonFinite {
+            row: 2,
+            col: 1,
+            ..
+        }))
     ));
     let ids: Vec<u64> = (0..41).collect();
     assert!(matches!(
         run(&data, Some(&ids), Value::Null),
-        Err(SearchError::DimensionMismatch { .. })
+        Err(BuildError::Search(SearchError::DimensionMismatch { .. }))
     ));
     assert_eq!(invalid_parameter(run(&data, None, json!(3))), "metadata");
     assert_eq!(
@@ -725,7 +733,11 @@ fn every_truncation_of_a_reference_file_is_an_error() {
     .unwrap();
     for bytes in [small, wide] {
         parse_reference(&bytes, Metric::L2).unwrap();
-        for len in 0..bytes.len() {
+        assert!(matches!(
+            parse_reference(&[], Metric::L2),
+            Err(BuildError::NotAReferenceFile { .. })
+        ));
+        for len in 1..bytes.len() {
             bad_field(parse_reference(&bytes[..len], Metric::L2));
         }
     }
@@ -748,13 +760,26 @@ fn reference_errors_name_the_field() {
     };
 
     match edited(&|f| f.use_residual = 0) {
-        Err(SearchError::BadReferenceFile { field, reason }) => {
+        Err(BuildError::BadReferenceFile { field, reason }) => {
             assert_eq!(field, "use_residual");
             assert!(reason.contains("residual"), "{reason}");
         }
         other => panic!("expected an error for use_residual = 0, got {other:?}"),
     }
-    assert_eq!(bad_field(edited(&|f| f.use_residual = 2)), "use_residual");
+    // A file that is plainly no reference file says so, whatever its first byte.
+    let not_reference = |result: Result<ReferenceImport, BuildError>| match result {
+        Err(e @ BuildError::NotAReferenceFile { .. }) => e.to_string(),
+        other => panic!("expected NotAReferenceFile, got {other:?}"),
+    };
+    let message = not_reference(edited(&|f| f.use_residual = 2));
+    assert!(
+        message.starts_with("not an index file of the reference implementation")
+            && message.contains("first byte is 0x02"),
+        "{message}"
+    );
+    assert!(not_reference(parse(b"")).contains("empty"));
+    assert!(not_reference(parse(b"POEEMIDX and the rest")).contains("poeem index file already"));
+    assert!(not_reference(parse(b"\x93NUMPY")).contains("first byte is 0x93"));
     assert_eq!(
         bad_field(edited(&|f| f.assignments[4] = 3)),
         "coarse assignments"
@@ -794,7 +819,7 @@ fn reference_errors_name_the_field() {
     short.norms.pop();
     assert!(matches!(
         encode_reference(&short),
-        Err(SearchError::DimensionMismatch { .. })
+        Err(BuildError::Search(SearchError::DimensionMismatch { .. }))
     ));
 }
 
@@ -812,6 +837,6 @@ fn import_reference_reads_a_file_and_records_its_name() {
     );
     assert!(matches!(
         import_reference(&dir.path().join("missing.idx"), Metric::L2),
-        Err(SearchError::Io { .. })
+        Err(BuildError::Search(SearchError::Io { .. }))
     ));
 }

@@ -13,15 +13,17 @@
 use std::borrow::Cow;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use faer::Par;
 use poeem_pq::{
     Code, IvfPqCodec, IvfPqConfig, KMeansInit, KMeansSettings, MAX_BITS, OpqConfig, PqTraining,
     ProgressFn, mean_squared_norm, train_opq,
 };
+use poeem_search::Par;
 use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 
-use crate::{IndexParams, IndexParts, Metric, PADDING_ID, SearchError};
+use poeem_search::{IndexParams, IndexParts, Metric, PADDING_ID, SearchError};
+
+use crate::BuildError;
 
 /// Rows encoded per batch: bounds the scratch memory of the encoder and of the distortion check.
 const ENCODE_CHUNK_ROWS: usize = 1 << 14;
@@ -65,7 +67,7 @@ impl BuildConfig {
     ///
     /// # Errors
     /// [`SearchError::InvalidParameter`] naming the first bad setting.
-    pub fn validate(&self) -> Result<(), SearchError> {
+    pub fn validate(&self) -> Result<(), BuildError> {
         if self.n_subspaces == 0 {
             return Err(invalid("n_subspaces", 0, "must be at least 1"));
         }
@@ -159,7 +161,7 @@ pub struct BuildReport {
 /// - [`SearchError::Empty`] when there are no vectors;
 /// - [`SearchError::NonFinite`] naming the row and column of a NaN or infinity;
 /// - [`SearchError::DimensionMismatch`] when `ids` is not `n` long;
-/// - [`SearchError::Pq`] when training fails.
+/// - [`BuildError::Pq`] when training fails.
 pub fn build_index(
     vectors: &[f32],
     dim: usize,
@@ -167,7 +169,7 @@ pub fn build_index(
     config: &BuildConfig,
     par: Par,
     progress: ProgressFn<'_>,
-) -> Result<(IndexParts, BuildReport), SearchError> {
+) -> Result<(IndexParts, BuildReport), BuildError> {
     let start = Instant::now();
     config.validate()?;
     let n = check_vectors(vectors, dim)?;
@@ -268,7 +270,7 @@ pub fn index_from_codec(
     metric: Metric,
     metadata: Value,
     par: Par,
-) -> Result<IndexParts, SearchError> {
+) -> Result<IndexParts, BuildError> {
     let extra = match metadata {
         Value::Null => Map::new(),
         Value::Object(map) => map,
@@ -314,7 +316,7 @@ fn encode_items(
     ids: &[u64],
     metric: Metric,
     par: Par,
-) -> Result<Encoded, SearchError> {
+) -> Result<Encoded, BuildError> {
     let start = Instant::now();
     let (parts, squared_error) = if codec.pq().n_bits() <= 8 {
         encode_parts::<u8>(codec, data, ids, metric, par)?
@@ -345,7 +347,7 @@ fn encode_parts<C: Code + Into<u32>>(
     ids: &[u64],
     metric: Metric,
     par: Par,
-) -> Result<(IndexParts, f64), SearchError> {
+) -> Result<(IndexParts, f64), BuildError> {
     let (dim, padded, m_count) = (codec.dim(), codec.padded_dim(), codec.pq().n_subspaces());
     let n = ids.len();
     let mut lists = vec![0u32; n];
@@ -405,7 +407,7 @@ fn encode_parts<C: Code + Into<u32>>(
 }
 
 /// Checks row-major vectors of width `dim`; returns the number of rows.
-fn check_vectors(vectors: &[f32], dim: usize) -> Result<usize, SearchError> {
+fn check_vectors(vectors: &[f32], dim: usize) -> Result<usize, BuildError> {
     if dim == 0 {
         return Err(invalid("dim", 0, "must be at least 1"));
     }
@@ -417,7 +419,7 @@ fn check_vectors(vectors: &[f32], dim: usize) -> Result<usize, SearchError> {
         ));
     }
     if vectors.is_empty() {
-        return Err(SearchError::Empty { what: "vectors" });
+        return Err(SearchError::Empty { what: "vectors" }.into());
     }
     // A branch-free pass that vectorises; the position only when something is wrong.
     if !vectors.iter().fold(true, |ok, v| ok & v.is_finite())
@@ -427,13 +429,14 @@ fn check_vectors(vectors: &[f32], dim: usize) -> Result<usize, SearchError> {
             what: "vectors",
             row: k / dim,
             col: k % dim,
-        });
+        }
+        .into());
     }
     Ok(vectors.len() / dim)
 }
 
 /// The ids of `n` items: the given ones after checking them, or `0..n`.
-fn item_ids(ids: Option<&[u64]>, n: usize) -> Result<Cow<'_, [u64]>, SearchError> {
+fn item_ids(ids: Option<&[u64]>, n: usize) -> Result<Cow<'_, [u64]>, BuildError> {
     let Some(ids) = ids else {
         return Ok(Cow::Owned((0..n as u64).collect()));
     };
@@ -442,7 +445,8 @@ fn item_ids(ids: Option<&[u64]>, n: usize) -> Result<Cow<'_, [u64]>, SearchError
             what: "ids (one per vector)",
             expected: n,
             got: ids.len(),
-        });
+        }
+        .into());
     }
     if let Some(row) = ids.iter().position(|&id| id == PADDING_ID) {
         return Err(invalid(
@@ -455,7 +459,7 @@ fn item_ids(ids: Option<&[u64]>, n: usize) -> Result<Cow<'_, [u64]>, SearchError
 }
 
 /// The vectors as the codec sees them: L2-normalised for cosine, as given otherwise.
-fn prepare(vectors: &[f32], dim: usize, metric: Metric) -> Result<Cow<'_, [f32]>, SearchError> {
+fn prepare(vectors: &[f32], dim: usize, metric: Metric) -> Result<Cow<'_, [f32]>, BuildError> {
     if metric != Metric::Cosine {
         return Ok(Cow::Borrowed(vectors));
     }
@@ -544,10 +548,11 @@ pub(crate) fn unix_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn invalid(name: &'static str, value: impl ToString, reason: &'static str) -> SearchError {
+fn invalid(name: &'static str, value: impl ToString, reason: &'static str) -> BuildError {
     SearchError::InvalidParameter {
         name,
         value: value.to_string(),
         reason,
     }
+    .into()
 }
