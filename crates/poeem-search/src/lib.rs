@@ -11,6 +11,8 @@
 //! - [`format`](mod@format): the versioned, checksummed file format ([`encode_index`], [`write_index`]) and
 //!   [`Index`], a file opened for search (memory-mapped by [`Index::open`], on the heap by
 //!   [`Index::read`] and [`Index::from_bytes`]), specified in `docs/index-format.md`;
+//! - [`stream`]: the same files written list by list ([`write_index_streaming`]), for converters
+//!   whose input does not fit in memory;
 #![deny(unsafe_code)]
 
 pub mod build;
@@ -22,6 +24,7 @@ pub mod layout;
 pub mod reference;
 mod searcher;
 mod storage;
+pub mod stream;
 mod topk;
 
 pub use build::{BuildConfig, BuildReport, build_index, index_from_codec};
@@ -36,3 +39,4 @@ pub use reference::{
     ReferenceFile, ReferenceImport, encode_reference, import_reference, parse_reference,
 };
 pub use searcher::{Probe, SearchIndex, SearchParams, Searcher};
+pub use stream::{IndexHead, ListBuffer, write_index_streaming};
