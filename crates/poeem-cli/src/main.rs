@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod faiss_commands;
 mod index_commands;
 mod progress;
 mod train_commands;
@@ -41,6 +42,10 @@ enum Command {
     Verify(index_commands::IndexArgs),
     /// Convert an index file of the reference (TensorFlow) implementation.
     ImportReference(index_commands::ImportArgs),
+    /// Write an index as a faiss IndexIVFPQ file (faiss.read_index loads and searches it).
+    ExportFaiss(faiss_commands::ExportFaissArgs),
+    /// Convert a faiss IndexIVFPQ file (optionally behind OPQ) into an index.
+    ImportFaiss(faiss_commands::ImportFaissArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +61,8 @@ fn main() -> ExitCode {
         Command::Info(args) => index_commands::info(args),
         Command::Verify(args) => index_commands::verify(args),
         Command::ImportReference(args) => index_commands::import(args),
+        Command::ExportFaiss(args) => faiss_commands::export(args),
+        Command::ImportFaiss(args) => faiss_commands::import(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@
 //! - [`pq`] (`poeem-pq`): k-means, the coarse quantizer, product quantization, OPQ, the IVF-PQ
 //!   codec;
 //! - [`search`] (`poeem-search`): the versioned, mmap-backed index file and IVF-PQ search;
+//! - [`faiss`] (`poeem-faiss`): native reading and writing of faiss IVF-PQ index files;
 //! - [`train`] (`poeem-train`): the two-tower model with the indexing layer, data loading,
 //!   training with exact-resume checkpoints, ranking metrics;
 //!
@@ -28,6 +29,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub use poeem_faiss as faiss;
 pub use poeem_pq as pq;
 pub use poeem_rotation as rotation;
 pub use poeem_search as search;
