@@ -429,23 +429,52 @@ fn rotation_from(t: &LinearTransform) -> Result<Option<Vec<f32>>, FaissError> {
     let mut rows: Vec<Vec<f64>> = (0..d_in)
         .map(|c| (0..d_out).map(|r| a(r, c)).collect())
         .collect();
+    // Column k of `rest` is e_k minus its projection on the rows so far. Each new row is the
+    // largest such column, orthogonalised once more against the rows and normalised; then every
+    // column loses its component along it. O(d_out² · d_out) in all.
+    let mut rest = vec![0.0f64; d_out * d_out]; // row-major: rest[i * d_out + k] = (column k)_i
     for k in 0..d_out {
-        if rows.len() == d_out {
-            break;
-        }
-        let mut v = vec![0.0f64; d_out];
-        v[k] = 1.0;
-        for _ in 0..2 {
-            for row in &rows {
-                let dot: f64 = row.iter().zip(&v).map(|(x, y)| x * y).sum();
-                v.iter_mut().zip(row).for_each(|(x, r)| *x -= dot * r);
+        rest[k * d_out + k] = 1.0;
+    }
+    let remove = |rest: &mut [f64], u: &[f64]| {
+        // rest -= u (uᵀ rest)
+        let mut dots = vec![0.0f64; d_out];
+        for (i, &ui) in u.iter().enumerate() {
+            for (d, &x) in dots.iter_mut().zip(&rest[i * d_out..(i + 1) * d_out]) {
+                *d += ui * x;
             }
         }
-        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if norm > 0.5 {
-            v.iter_mut().for_each(|x| *x /= norm);
-            rows.push(v);
+        for (i, &ui) in u.iter().enumerate() {
+            for (x, &d) in rest[i * d_out..(i + 1) * d_out].iter_mut().zip(&dots) {
+                *x -= ui * d;
+            }
         }
+    };
+    for row in &rows {
+        remove(&mut rest, row);
+    }
+    while rows.len() < d_out {
+        let norm_of = |k: usize| (0..d_out).map(|i| rest[i * d_out + k].powi(2)).sum::<f64>();
+        let norms: Vec<f64> = (0..d_out).map(norm_of).collect();
+        let best = (0..d_out)
+            .max_by(|&a, &b| norms[a].total_cmp(&norms[b]))
+            .unwrap_or(0);
+        let mut u: Vec<f64> = (0..d_out).map(|i| rest[i * d_out + best]).collect();
+        for row in &rows {
+            let dot: f64 = row.iter().zip(&u).map(|(x, y)| x * y).sum();
+            u.iter_mut().zip(row).for_each(|(x, r)| *x -= dot * r);
+        }
+        let norm = u.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if !(norm > 1e-6) {
+            return Err(FaissError::invalid(
+                "LinearTransform.A",
+                "rank deficient",
+                "its columns do not extend to an orthonormal basis",
+            ));
+        }
+        u.iter_mut().for_each(|x| *x /= norm);
+        remove(&mut rest, &u);
+        rows.push(u);
     }
     Ok(Some(rows.into_iter().flatten().map(|x| x as f32).collect()))
 }

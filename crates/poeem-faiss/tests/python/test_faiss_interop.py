@@ -237,7 +237,7 @@ def test_unsupported_files_are_refused_with_their_code(tmp_path):
 
     def trained(factory, metric=faiss.METRIC_L2):
         fi = faiss.index_factory(16, factory, metric)
-        if factory != "PQ4":
+        if factory != "PQ4x4":
             fast_training(faiss.extract_index_ivf(fi))
         fi.train(x)
         fi.add(x[:100])
@@ -246,10 +246,12 @@ def test_unsupported_files_are_refused_with_their_code(tmp_path):
     refused(tmp_path, trained("IVF16,Flat"), '"IwFl"', "supported: IwPQ")
     refused(tmp_path, trained("IVF16,PQ4x4fs"), '"IwPf"', "fast-scan")
     refused(tmp_path, trained("PCA8,IVF16,PQ4"), '"Pcam"', "supported: LTra")
-    refused(tmp_path, trained("PQ4"), '"IxPq"', "supported: IwPQ")
+    refused(tmp_path, trained("PQ4x4"), '"IxPq"', "supported: IwPQ")
     # OPQ to a wider space than poeem's padding (12 → 16 with M = 4: poeem pads 12 to 12).
     x12 = x[:, :12].copy()
     fi = faiss.index_factory(12, "OPQ4_16,IVF16,PQ4")
+    fast_training(faiss.extract_index_ivf(fi))
+    faiss.downcast_VectorTransform(fi.chain.at(0)).niter = 2
     fi.train(x12)
     refused(tmp_path, fi, "pads dimension 12 only to the next multiple of M = 4")
     # A normalised inner-product IVF whose lists are probed by inner product.
