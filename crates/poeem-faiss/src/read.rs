@@ -415,7 +415,7 @@ fn rotation_from(t: &LinearTransform) -> Result<Option<Vec<f32>>, FaissError> {
             worst = worst.max((dot - target).abs());
         }
     }
-    if !(worst <= ORTHONORMAL_TOLERANCE) {
+    if worst.is_nan() || worst > ORTHONORMAL_TOLERANCE {
         return Err(FaissError::invalid(
             "LinearTransform.A",
             format!("max |AᵀA − I| = {worst:.3e}"),
@@ -465,7 +465,7 @@ fn rotation_from(t: &LinearTransform) -> Result<Option<Vec<f32>>, FaissError> {
             u.iter_mut().zip(row).for_each(|(x, r)| *x -= dot * r);
         }
         let norm = u.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if !(norm > 1e-6) {
+        if norm.is_nan() || norm <= 1e-6 {
             return Err(FaissError::invalid(
                 "LinearTransform.A",
                 "rank deficient",
@@ -707,11 +707,7 @@ impl<R: Read + Seek> FaissReader<R> {
             FaissError::invalid("ntotal", ivf.header.ntotal, "does not fit in memory")
         })?;
         // The lists' bytes must be exactly what is left of the file.
-        let list_bytes = ivf
-            .header
-            .ntotal
-            .checked_mul(ivf.code_size as u64 + 8)
-            .unwrap_or(u64::MAX);
+        let list_bytes = ivf.header.ntotal.saturating_mul(ivf.code_size as u64 + 8);
         if list_bytes > input.remaining() {
             return Err(FaissError::Truncated {
                 what: "inverted lists",
