@@ -23,6 +23,7 @@ macro_rules! out {
 }
 
 mod demo;
+mod faiss_commands;
 mod index_commands;
 mod outputs;
 mod progress;
@@ -59,6 +60,10 @@ enum Command {
     Verify(index_commands::IndexArgs),
     /// Convert an index file of the reference (TensorFlow) implementation.
     ImportReference(index_commands::ImportArgs),
+    /// Write an index as a faiss IndexIVFPQ file (faiss.read_index loads and searches it).
+    ExportFaiss(faiss_commands::ExportFaissArgs),
+    /// Convert a faiss IndexIVFPQ file (optionally behind OPQ) into an index.
+    ImportFaiss(faiss_commands::ImportFaissArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +79,8 @@ fn main() -> ExitCode {
         Command::Info(args) => index_commands::info(args),
         Command::Verify(args) => index_commands::verify(args),
         Command::ImportReference(args) => index_commands::import(args),
+        Command::ExportFaiss(args) => faiss_commands::export(args),
+        Command::ImportFaiss(args) => faiss_commands::import(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

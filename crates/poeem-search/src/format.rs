@@ -675,6 +675,53 @@ pub(crate) fn check_padding(bytes: &[u8], layout: &Layout) -> Result<(), SearchE
     Ok(())
 }
 
+/// Encodes the header, the section table (one entry per `(kind, length, crc32)`, laid out in
+/// that order, each at the first 64-byte boundary after the previous one) and the header CRC.
+/// Returns the encoded bytes, each section's offset, and the file length.
+pub(crate) fn encode_header(
+    p: &IndexParams,
+    entries: &[(SectionKind, u64, u32)],
+) -> Result<(Vec<u8>, Vec<u64>, u64), SearchError> {
+    let table_end = HEADER_LEN + entries.len() * SECTION_ENTRY_LEN;
+    let mut header = Vec::with_capacity(table_end + 4);
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for value in [p.dim, p.padded_dim, p.n_lists, p.n_subspaces, p.n_items] {
+        header.extend_from_slice(&(value as u64).to_le_bytes());
+    }
+    for value in [
+        p.n_bits,
+        p.metric.code(),
+        BLOCK as u32,
+        p.code_width() as u32,
+    ] {
+        header.extend_from_slice(&value.to_le_bytes());
+    }
+    header.resize(HEADER_LEN, 0);
+    let mut offset = align_up(table_end as u64 + 4).ok_or(SearchError::Overflow {
+        what: "header size",
+    })?;
+    let mut offsets = Vec::with_capacity(entries.len());
+    let mut file_len = offset;
+    for &(kind, length, crc) in entries {
+        header.extend_from_slice(&kind.code().to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&offset.to_le_bytes());
+        header.extend_from_slice(&length.to_le_bytes());
+        header.extend_from_slice(&crc.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        offsets.push(offset);
+        file_len = offset
+            .checked_add(length)
+            .ok_or(SearchError::Overflow { what: "file size" })?;
+        offset = align_up(file_len).ok_or(SearchError::Overflow { what: "file size" })?;
+    }
+    let crc = crc32fast::hash(&header);
+    header.extend_from_slice(&crc.to_le_bytes());
+    Ok((header, offsets, file_len))
+}
+
 /// An index laid out for writing: the encoded header and table, and each section's bytes at
 /// its offset.
 struct Plan<'a> {
@@ -711,44 +758,16 @@ impl<'a> Plan<'a> {
             (SectionKind::Ids, bytemuck::cast_slice(&parts.ids)),
             (SectionKind::Codes, &parts.codes[..]),
         ]);
-        let table_end = HEADER_LEN + payloads.len() * SECTION_ENTRY_LEN;
-        let mut header = Vec::with_capacity(table_end + 4);
-        header.extend_from_slice(&MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header.extend_from_slice(&(payloads.len() as u32).to_le_bytes());
-        for value in [p.dim, p.padded_dim, p.n_lists, p.n_subspaces, p.n_items] {
-            header.extend_from_slice(&(value as u64).to_le_bytes());
-        }
-        for value in [
-            p.n_bits,
-            p.metric.code(),
-            BLOCK as u32,
-            p.code_width() as u32,
-        ] {
-            header.extend_from_slice(&value.to_le_bytes());
-        }
-        header.resize(HEADER_LEN, 0);
-        let mut offset = align_up(table_end as u64 + 4).ok_or(SearchError::Overflow {
-            what: "header size",
-        })?;
-        let mut sections = Vec::with_capacity(payloads.len());
-        let mut file_len = offset;
-        for (kind, bytes) in payloads {
-            let length = bytes.len() as u64;
-            header.extend_from_slice(&kind.code().to_le_bytes());
-            header.extend_from_slice(&0u32.to_le_bytes());
-            header.extend_from_slice(&offset.to_le_bytes());
-            header.extend_from_slice(&length.to_le_bytes());
-            header.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
-            header.extend_from_slice(&0u32.to_le_bytes());
-            sections.push((offset, bytes));
-            file_len = offset
-                .checked_add(length)
-                .ok_or(SearchError::Overflow { what: "file size" })?;
-            offset = align_up(file_len).ok_or(SearchError::Overflow { what: "file size" })?;
-        }
-        let crc = crc32fast::hash(&header);
-        header.extend_from_slice(&crc.to_le_bytes());
+        let entries: Vec<(SectionKind, u64, u32)> = payloads
+            .iter()
+            .map(|&(kind, bytes)| (kind, bytes.len() as u64, crc32fast::hash(bytes)))
+            .collect();
+        let (header, offsets, file_len) = encode_header(p, &entries)?;
+        let sections = offsets
+            .into_iter()
+            .zip(payloads)
+            .map(|(offset, (_, bytes))| (offset, bytes))
+            .collect();
         Ok(Self {
             header,
             sections,

@@ -8,6 +8,8 @@
 //! - [`format`](mod@format): the versioned, checksummed file format ([`encode_index`], [`write_index`]) and
 //!   [`Index`], a file opened for search (memory-mapped by [`Index::open`], on the heap by
 //!   [`Index::read`] and [`Index::from_bytes`]), specified in `docs/index-format.md`;
+//! - [`stream`]: the same files written list by list ([`write_index_streaming`]), for converters
+//!   whose input does not fit in memory;
 #![deny(unsafe_code)]
 
 mod error;
@@ -17,6 +19,7 @@ mod kernels;
 pub mod layout;
 mod searcher;
 mod storage;
+pub mod stream;
 mod topk;
 
 pub use error::SearchError;
@@ -30,3 +33,4 @@ pub use layout::{
     BLOCK, IndexParams, IndexParts, IndexView, ListView, Metric, PADDING_ID, padded_len,
 };
 pub use searcher::{Probe, SearchIndex, SearchParams, Searcher, SharedIndex};
+pub use stream::{IndexHead, ListBuffer, write_index_streaming};

@@ -10,6 +10,7 @@
 //! - [`search`] (`poeem-search`): the versioned, mmap-backed index file and IVF-PQ search;
 //! - [`build`] (`poeem-build`): post-hoc index building, indexes from trained codecs, import of
 //!   the reference implementation's index files;
+//! - [`faiss`] (`poeem-faiss`): native reading and writing of faiss IVF-PQ index files;
 //! - [`train`] (`poeem-train`): the two-tower model with the indexing layer, data loading,
 //!   training with exact-resume checkpoints, ranking metrics;
 //!
@@ -32,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub use poeem_build as build;
+pub use poeem_faiss as faiss;
 pub use poeem_fs as fs;
 pub use poeem_pq as pq;
 pub use poeem_rotation as rotation;

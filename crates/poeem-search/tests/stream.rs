@@ -1,0 +1,172 @@
+//! The streaming writer: byte-identical to `encode_index` for the same index (rotation or not,
+//! 1- and 2-byte codes, empty lists, an empty index), and errors that leave no file behind.
+
+use poeem_search::{
+    BLOCK, Index, IndexHead, IndexParams, IndexParts, ListBuffer, Metric, SearchError,
+    encode_index, write_index_streaming,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+fn random_parts(
+    seed: u64,
+    dim: usize,
+    n_subspaces: usize,
+    n_lists: usize,
+    n_bits: u32,
+    n_items: usize,
+    rotation: bool,
+) -> IndexParts {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let padded_dim = dim.div_ceil(n_subspaces) * n_subspaces;
+    let params = IndexParams {
+        dim,
+        padded_dim,
+        n_lists,
+        n_subspaces,
+        n_bits,
+        metric: Metric::L2,
+        n_items,
+    };
+    let mut f = |n: usize| (0..n).map(|_| rng.random::<f32>()).collect::<Vec<_>>();
+    let rotation = rotation.then(|| f(padded_dim * padded_dim));
+    let centroids = f(n_lists * padded_dim);
+    let codebooks = f((1 << n_bits) * padded_dim);
+    // List 1 stays empty: items go to lists other than 1.
+    let lists: Vec<u32> = (0..n_items)
+        .map(|_| {
+            let l = rng.random_range(0..n_lists as u32);
+            if l == 1 { 0 } else { l }
+        })
+        .collect();
+    let codes: Vec<u16> = (0..n_items * n_subspaces)
+        .map(|_| rng.random_range(0..(1u32 << n_bits)) as u16)
+        .collect();
+    let ids: Vec<u64> = (0..n_items).map(|_| rng.random::<u64>() >> 1).collect();
+    IndexParts::from_item_codes(
+        params,
+        rotation,
+        centroids,
+        codebooks,
+        &lists,
+        &codes,
+        &ids,
+        json!({"test": seed}),
+    )
+    .unwrap()
+}
+
+fn head_of(parts: &IndexParts) -> IndexHead {
+    IndexHead {
+        params: parts.params,
+        rotation: parts.rotation.clone(),
+        coarse_centroids: parts.coarse_centroids.clone(),
+        codebooks: parts.codebooks.clone(),
+        list_sizes: parts.list_sizes.clone(),
+        metadata: parts.metadata.clone(),
+    }
+}
+
+/// Fills list `j` from an in-memory index, un-transposing its codes.
+fn fill_from(parts: &IndexParts, j: usize, buf: &mut ListBuffer) {
+    let view = parts.view().unwrap();
+    let list = view.list(j);
+    buf.ids.extend_from_slice(list.ids);
+    for pos in 0..list.len() {
+        for m in 0..parts.params.n_subspaces {
+            buf.codes.push(view.code(j, pos, m));
+        }
+    }
+}
+
+#[test]
+fn streaming_writer_matches_encode_index() {
+    let cases = [
+        (1, 10, 4, 5, 4, 100, true),
+        (2, 8, 8, 3, 8, 70, false),
+        (3, 7, 2, 4, 12, 65, true),
+        (4, 5, 5, 2, 16, 33, false),
+        (5, 6, 3, 3, 1, 0, false),
+        (6, 16, 4, 6, 6, 2 * BLOCK + 1, true),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (seed, dim, m, lists, bits, n, rot) in cases {
+        let parts = random_parts(seed, dim, m, lists, bits, n, rot);
+        let path = dir.path().join(format!("s{seed}.poeem"));
+        write_index_streaming::<SearchError>(&path, &head_of(&parts), |j, buf| {
+            fill_from(&parts, j, buf);
+            Ok(())
+        })
+        .unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written, encode_index(&parts).unwrap(), "case {seed}");
+        let index = Index::open(&path).unwrap();
+        index.verify().unwrap();
+        assert_eq!(index.to_parts(), parts);
+    }
+}
+
+#[derive(Debug)]
+enum TestError {
+    Search(SearchError),
+    Source,
+}
+
+impl From<SearchError> for TestError {
+    fn from(e: SearchError) -> Self {
+        TestError::Search(e)
+    }
+}
+
+#[test]
+fn streaming_writer_errors_leave_no_file() {
+    let parts = random_parts(9, 8, 4, 4, 8, 90, false);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.poeem");
+    // The source fails on list 2: its own error comes back.
+    let result = write_index_streaming(&path, &head_of(&parts), |j, buf| {
+        if j == 2 {
+            return Err(TestError::Source);
+        }
+        fill_from(&parts, j, buf);
+        Ok(())
+    });
+    assert!(matches!(result, Err(TestError::Source)));
+    // A list one item short.
+    let result = write_index_streaming::<TestError>(&path, &head_of(&parts), |j, buf| {
+        fill_from(&parts, j, buf);
+        if j == 0 && !buf.ids.is_empty() {
+            buf.ids.pop();
+        }
+        Ok(())
+    });
+    assert!(matches!(
+        result,
+        Err(TestError::Search(SearchError::DimensionMismatch { .. }))
+    ));
+    // A code out of range.
+    let result = write_index_streaming::<TestError>(&path, &head_of(&parts), |j, buf| {
+        fill_from(&parts, j, buf);
+        if let Some(c) = buf.codes.first_mut() {
+            *c = 256;
+        }
+        Ok(())
+    });
+    assert!(matches!(
+        result,
+        Err(TestError::Search(SearchError::CodeOutOfRange {
+            code: 256,
+            ..
+        }))
+    ));
+    // A head whose sizes do not add up to n_items.
+    let mut head = head_of(&parts);
+    head.params.n_items += 1;
+    let result = write_index_streaming::<TestError>(&path, &head, |_, _| Ok(()));
+    assert!(matches!(
+        result,
+        Err(TestError::Search(SearchError::DimensionMismatch { .. }))
+    ));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
