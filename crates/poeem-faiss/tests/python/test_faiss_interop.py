@@ -274,3 +274,55 @@ def test_faiss_is_importable():
     """CI must never skip these tests: faiss has to be there, at the checked version."""
     assert faiss.__version__ == "1.15.1", faiss.__version__
     assert POEEM.exists(), f"no poeem binary at {POEEM} (set POEEM_BIN)"
+
+
+def test_a_trained_poeem_index_keeps_its_recall_through_faiss(tmp_path):
+    """A Poeem model trained by `poeem train`, exported and written as a faiss file: faiss's
+    search, scored like `poeem evaluate` (each user's last interaction held out, its training
+    items left out), gives the recall `poeem evaluate` reports through the poeem index."""
+    rng = np.random.default_rng(5)
+    users, items, k = 120, 300, 10
+    popularity = 1.0 / np.sqrt(1.0 + np.arange(items))
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    history = {}
+    t = 0
+    for u in range(users):
+        taste = rng.integers(0, 6)
+        weights = popularity * np.where(np.arange(items) % 6 == taste, 20.0, 1.0)
+        chosen = rng.choice(items, size=rng.integers(8, 20), replace=False, p=weights / weights.sum())
+        history[u] = [int(i) for i in chosen]
+        for i in chosen:
+            t += 1
+            lines.append(f"{u}\t{i}\t{t}")
+    data = tmp_path / "toy.inter"
+    data.write_text("\n".join(lines) + "\n")
+    model, index, fi = tmp_path / "model", tmp_path / "toy.poeem", tmp_path / "toy.faiss"
+    poeem_ok(
+        "train", "--interactions", data, "--n-lists", 8, "--n-subspaces", 4, "--n-bits", 6,
+        "--epochs", 30, "--batch-size", 128, "--warmup-steps", 40, "--buffer-size", 300,
+        "--dim", 16, "--hidden", 32, "--seed", 1, "--threads", 1, "--out", model,
+    )
+    poeem_ok("export", "--model", model, "--out", index)
+    poeem_ok("export-faiss", "--index", index, "--out", fi)
+    queries_path = tmp_path / "users.npy"
+    poeem_ok("embed", "--model", model, "--side", "query", "--out", queries_path)
+    user_ids = [int(line) for line in (tmp_path / "users.ids.txt").read_text().split()]
+    q = np.load(queries_path)
+    fi_index = faiss.read_index(str(fi))
+    for nprobe in (1, 4):
+        out = poeem_ok(
+            "evaluate", "--model", model, "--index", index, "--nprobe", nprobe, "-k", k,
+            "--threads", 1,
+        )
+        row = next(l for l in out.splitlines() if l.startswith(f"| index, nprobe {nprobe} "))
+        expected = float(row.split("|")[2])
+        extra = max(len(h) for h in history.values())
+        faiss.extract_index_ivf(fi_index).nprobe = nprobe
+        _, found = fi_index.search(q, k + extra)
+        hits = 0
+        for row_index, u in enumerate(user_ids):
+            held_out, seen = history[u][-1], set(history[u][:-1])
+            ranked = [int(i) for i in found[row_index] if i >= 0 and int(i) not in seen][:k]
+            hits += held_out in ranked
+        recall = hits / len(user_ids)
+        assert abs(recall - expected) <= 1.0 / len(user_ids) + 1e-4, (nprobe, recall, expected)
