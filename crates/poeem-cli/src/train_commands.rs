@@ -872,13 +872,13 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     header.push("seconds".to_owned());
     out!("{}", markdown_table(&header, &rows));
     if let Some(coarse) = coarse {
-        out!(
+        outln!(
             "\ncoarse level: the lists each query probes against its exact top-{} by this \
              model's embeddings",
             coarse.k
         );
         for line in coarse.summary_lines() {
-            out!("{line}");
+            outln!("{line}");
         }
     }
     Ok(())

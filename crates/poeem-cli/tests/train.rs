@@ -223,9 +223,9 @@ fn file_run<'a>(inter: &'a str, index: &'a str, out: &'a str) -> Vec<&'a str> {
 }
 
 /// Checks an `evaluate` table: a header with the given columns, then rows whose metrics are in
-/// [0, 1]. Returns the rows' cells.
+/// [0, 1] (up to the first line that is not a table row). Returns the rows' cells.
 fn parse_table(table: &str, ks: &[usize]) -> Vec<Vec<String>> {
-    let lines: Vec<&str> = table.lines().collect();
+    let lines: Vec<&str> = table.lines().take_while(|l| l.starts_with('|')).collect();
     let cells = |line: &str| -> Vec<String> {
         line.trim_matches('|')
             .split('|')
@@ -436,6 +436,27 @@ fn export_search_and_evaluate_round_trip() {
         ]
     );
     assert!(stderr(&out).contains("120 queries"), "{}", stderr(&out));
+    // The coarse level's diagnostics follow the table: a share per nprobe, the probes'
+    // concentration and the centroids.
+    let printed = stdout(&out);
+    let coarse = printed
+        .split_once("coarse level:")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no coarse-level diagnostics in\n{printed}"));
+    for nprobe in ["1", "4"] {
+        let share = coarse
+            .lines()
+            .find_map(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                (cells.first() == Some(&nprobe)).then(|| cells[1].parse::<f64>().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no nprobe {nprobe} row in\n{coarse}"));
+        assert!((0.0..=1.0).contains(&share), "{coarse}");
+    }
+    assert!(
+        coarse.contains("first probes: list") && coarse.contains("centroid norms"),
+        "{coarse}"
+    );
 
     // The post-hoc path: a plain model, its item embeddings, `poeem build`, then evaluate.
     assert_ok(&poeem(&file_run(
