@@ -1,5 +1,5 @@
 //! Side-by-side benchmarks against faiss, run through a Python interpreter that can
-//! `import faiss` (see `../shared/design/measuring.md` for installing one).
+//! `import faiss` (for example a virtual environment with `pip install faiss-cpu numpy`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

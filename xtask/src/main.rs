@@ -9,6 +9,8 @@
 //! - `cargo xtask bench-faiss search --vectors FILE`: IVF-PQ recall and queries per second,
 //!   poeem against faiss, on real vectors.
 //! - `cargo xtask bench-train`: training throughput with and without the indexing layer.
+//! - `cargo xtask fuzz-smoke --target <npy|fvecs|reference> --runs N`: the fuzz targets' checks
+//!   on deterministic random mutations of valid files, without cargo-fuzz.
 
 use std::path::PathBuf;
 
@@ -18,6 +20,7 @@ use clap::{Parser, Subcommand};
 mod bench_faiss;
 mod bench_faiss_search;
 mod bench_train;
+mod fuzz_smoke;
 mod reproduce;
 
 #[derive(Parser)]
@@ -46,6 +49,9 @@ enum Command {
     /// Training throughput (examples/s) on the synthetic tutorial, with and without the
     /// indexing layer, at several batch sizes and thread counts.
     BenchTrain(bench_train::BenchTrainArgs),
+    /// A deterministic random-mutation loop over a fuzz target's check, for machines without
+    /// cargo-fuzz (see fuzz/README.md).
+    FuzzSmoke(fuzz_smoke::FuzzSmokeArgs),
 }
 
 #[derive(Subcommand)]
@@ -72,6 +78,7 @@ fn main() -> Result<()> {
             target: BenchTarget::Search(args),
         } => bench_faiss_search::search(&args),
         Command::BenchTrain(args) => bench_train::run(&args),
+        Command::FuzzSmoke(args) => fuzz_smoke::run(&args),
     }
 }
 

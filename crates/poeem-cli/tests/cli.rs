@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{assert_ok, path_str, poeem, read_npy, stderr};
+use common::{assert_ok, error_of, path_str, poeem, read_npy, stderr};
 
 use poeem::build::{ReferenceFile, encode_reference};
 use poeem::io::{write_npy, write_npy_i64};
@@ -100,17 +100,7 @@ fn verify_fails_on_a_flipped_byte() {
     let dir = tempfile::tempdir().unwrap();
     let (vectors, _, _) = write_data(dir.path());
     let index = dir.path().join("x.poeem");
-    assert_ok(&poeem(&[
-        "build",
-        "--vectors",
-        path_str(&vectors),
-        "--n-lists",
-        "8",
-        "--n-subspaces",
-        "4",
-        "--out",
-        path_str(&index),
-    ]));
+    build_small(&vectors, &index);
     let mut bytes = std::fs::read(&index).unwrap();
     let last = bytes.len() - 1;
     // The last section's final byte and a byte in the middle of the file (the codes or ids).
@@ -168,17 +158,7 @@ fn bad_input_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let (vectors, _, _) = write_data(dir.path());
     let index = dir.path().join("x.poeem");
-    assert_ok(&poeem(&[
-        "build",
-        "--vectors",
-        path_str(&vectors),
-        "--n-lists",
-        "8",
-        "--n-subspaces",
-        "4",
-        "--out",
-        path_str(&index),
-    ]));
+    build_small(&vectors, &index);
 
     // Queries of the wrong dimension.
     let queries = dir.path().join("q.npy");
@@ -262,15 +242,19 @@ fn bad_input_gets_a_clear_error() {
     assert!(stderr(&out).contains("--queries"), "{}", stderr(&out));
 }
 
-/// Runs `poeem args`, which must fail, and returns its message.
-fn error_of(args: &[&str]) -> String {
-    let out = poeem(args);
-    assert!(
-        !out.status.success(),
-        "poeem {args:?} should fail:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    stderr(&out)
+/// Builds a small index (8 lists, 4 subspaces) of `vectors` into `index`.
+fn build_small(vectors: &Path, index: &Path) {
+    assert_ok(&poeem(&[
+        "build",
+        "--vectors",
+        path_str(vectors),
+        "--n-lists",
+        "8",
+        "--n-subspaces",
+        "4",
+        "--out",
+        path_str(index),
+    ]));
 }
 
 #[test]
@@ -378,17 +362,7 @@ fn messages_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let (vectors, _, queries) = write_data(dir.path());
     let index = dir.path().join("x.poeem");
-    assert_ok(&poeem(&[
-        "build",
-        "--vectors",
-        path_str(&vectors),
-        "--n-lists",
-        "8",
-        "--n-subspaces",
-        "4",
-        "--out",
-        path_str(&index),
-    ]));
+    build_small(&vectors, &index);
 
     // A missing directory of --out is named, before any work.
     let missing_dir = dir.path().join("no").join("such");
@@ -456,17 +430,7 @@ fn a_closed_stdout_ends_the_command_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let (vectors, _, _) = write_data(dir.path());
     let index = dir.path().join("x.poeem");
-    assert_ok(&poeem(&[
-        "build",
-        "--vectors",
-        path_str(&vectors),
-        "--n-lists",
-        "8",
-        "--n-subspaces",
-        "4",
-        "--out",
-        path_str(&index),
-    ]));
+    build_small(&vectors, &index);
     // `poeem info --index X | head -0`: the reader is gone before the first line is written.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);

@@ -6,23 +6,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{assert_ok, path_str, poeem, read_npy, stderr, stdout};
+use common::{assert_ok, error_of, path_str, poeem, read_npy, stderr, stdout};
 
 use poeem::pq::Par;
 use poeem::search::Index;
 use poeem::train::Model;
 use poeem::train::checkpoint::checkpoint_path;
-
-/// Runs `poeem args` and returns its error message (the command must fail).
-fn error_of(args: &[&str]) -> String {
-    let out = poeem(args);
-    assert!(
-        !out.status.success(),
-        "poeem {args:?} should fail: {}",
-        stdout(&out)
-    );
-    stderr(&out)
-}
 
 /// `train` arguments of a small synthetic run with the indexing layer (4 lists, 4 subspaces of 4
 /// bits), long enough (about 4,700 steps) to be killed mid-run, checkpointing every 25 steps.

@@ -250,11 +250,10 @@ impl SharedIndex {
     /// # Errors
     /// [`SearchError::InvalidParameter`] when this CPU does not run `kernel`.
     pub fn with_kernel(index: impl Into<Arc<Index>>, kernel: Kernel) -> Result<Self, SearchError> {
-        if !kernel.is_available() {
-            return Err(kernel.unavailable());
-        }
         let index = index.into();
-        let tables = Tables::new(&index.view(), kernel);
+        let tables = SearchIndex::with_kernel(index.view(), kernel)?
+            .tables
+            .into_owned();
         Ok(Self {
             index,
             tables: Arc::new(tables),

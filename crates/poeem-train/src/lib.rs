@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod data;
 mod error;
+mod f32_bytes;
 pub mod layer;
 pub mod loss;
 pub mod metrics;

@@ -2,7 +2,7 @@
 //! (per row: a little-endian i32 dimension, then that many f32).
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use npyz::WriterBuilder;
@@ -91,7 +91,23 @@ fn format_error(path: &Path, reason: impl Into<String>) -> IoError {
 /// As [`read_vectors`].
 pub fn read_npy(path: &Path) -> Result<Vectors, IoError> {
     let file = poeem_fs::open_input(path).map_err(io_error(path))?;
-    let npy = npyz::NpyFile::new(BufReader::new(file))
+    npy_vectors(path, BufReader::new(file))
+}
+
+/// Where errors of the `parse_*` functions say the bytes came from.
+const IN_MEMORY: &str = "(in-memory bytes)";
+
+/// Parses the bytes of a `.npy` file as [`read_npy`] reads the file.
+///
+/// # Errors
+/// As [`read_npy`].
+pub fn parse_npy(bytes: &[u8]) -> Result<Vectors, IoError> {
+    npy_vectors(Path::new(IN_MEMORY), bytes)
+}
+
+/// Reads `.npy` vectors from `reader` (errors name `path`).
+fn npy_vectors(path: &Path, reader: impl Read) -> Result<Vectors, IoError> {
+    let npy = npyz::NpyFile::new(reader)
         .map_err(|e| format_error(path, format!("not a .npy file: {e}")))?;
     let shape = npy.shape().to_vec();
     if shape.len() != 2 {
@@ -141,6 +157,19 @@ pub fn read_npy(path: &Path) -> Result<Vectors, IoError> {
 /// As [`read_vectors`]; also when rows disagree in dimension or the file ends mid-row.
 pub fn read_fvecs(path: &Path) -> Result<Vectors, IoError> {
     let bytes = poeem_fs::read_input(path).map_err(io_error(path))?;
+    fvecs_vectors(path, &bytes)
+}
+
+/// Parses the bytes of an `.fvecs` file as [`read_fvecs`] reads the file.
+///
+/// # Errors
+/// As [`read_fvecs`].
+pub fn parse_fvecs(bytes: &[u8]) -> Result<Vectors, IoError> {
+    fvecs_vectors(Path::new(IN_MEMORY), bytes)
+}
+
+/// The vectors of `.fvecs` bytes (errors name `path`).
+fn fvecs_vectors(path: &Path, bytes: &[u8]) -> Result<Vectors, IoError> {
     let mut data = Vec::new();
     let mut dim = None;
     let mut offset = 0usize;
@@ -221,7 +250,20 @@ fn write_matrix<T: npyz::AutoSerialize + Copy>(
 /// On I/O failure, another shape or type, or a negative id.
 pub fn read_ids(path: &Path) -> Result<Vec<u64>, IoError> {
     let file = poeem_fs::open_input(path).map_err(io_error(path))?;
-    let npy = npyz::NpyFile::new(BufReader::new(file))
+    npy_ids(path, BufReader::new(file))
+}
+
+/// Parses the bytes of a `.npy` file of ids as [`read_ids`] reads the file.
+///
+/// # Errors
+/// As [`read_ids`].
+pub fn parse_ids(bytes: &[u8]) -> Result<Vec<u64>, IoError> {
+    npy_ids(Path::new(IN_MEMORY), bytes)
+}
+
+/// Reads ids from `.npy` bytes in `reader` (errors name `path`).
+fn npy_ids(path: &Path, reader: impl Read) -> Result<Vec<u64>, IoError> {
+    let npy = npyz::NpyFile::new(reader)
         .map_err(|e| format_error(path, format!("not a .npy file: {e}")))?;
     let shape = npy.shape().to_vec();
     if !(shape.len() == 1 || (shape.len() == 2 && shape[1] == 1)) {

@@ -40,6 +40,8 @@ pub use poeem_rotation as rotation;
 pub use poeem_search as search;
 pub use poeem_train as train;
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod pipeline;
 pub mod synthetic;

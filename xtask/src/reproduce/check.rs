@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use super::Experiment;
@@ -181,13 +181,11 @@ fn check_synthetic(results: &Value) -> Result<()> {
         };
         check().with_context(|| format!("results.seeds.{s}"))?;
     }
-    let ordering = array(results, "results.ordering_at_nprobe_1")?;
-    ensure!(
-        ordering.len() == 5,
-        "results.ordering_at_nprobe_1 has {} entries, expected 5",
-        ordering.len()
-    );
-    for (i, o) in ordering.iter().enumerate() {
+    expect_len(results, "results.ordering_at_nprobe_1", 5)?;
+    for (i, o) in array(results, "results.ordering_at_nprobe_1")?
+        .iter()
+        .enumerate()
+    {
         expect_len(o, "holds", 3).with_context(|| format!("ordering_at_nprobe_1.{i}"))?;
     }
     expect_len(results, "results.summary", expected.len())
@@ -202,31 +200,21 @@ fn check_movielens(results: &Value) -> Result<()> {
     expect_eq(run, "models.1.name", &json!("Poeem"))?;
     let curve = array(run, "models.1.layer_curve")?.len();
     ensure!(curve > 5, "models.1.layer_curve has only {curve} points");
-    for (i, index) in array(run, "indexes")?.iter().enumerate() {
-        let by_nprobe = array(index, "by_nprobe")?;
-        ensure!(
-            by_nprobe.len() == 6,
-            "indexes.{i}.by_nprobe has {} entries, expected 6",
-            by_nprobe.len()
-        );
-        for (j, metrics) in by_nprobe.iter().enumerate() {
-            let n = metrics.as_array().map_or(0, Vec::len);
-            if n != 3 {
-                bail!("indexes.{i}.by_nprobe.{j} has {n} metrics, expected 3");
-            }
+    for i in 0..array(run, "indexes")?.len() {
+        let by_nprobe = format!("indexes.{i}.by_nprobe");
+        expect_len(run, &by_nprobe, 6)?;
+        for j in 0..6 {
+            expect_len(run, &format!("{by_nprobe}.{j}"), 3)?;
         }
+        let index = at(run, &format!("indexes.{i}"))?;
         if index["made_by"] == "export"
             || index["name"]
                 .as_str()
                 .is_some_and(|n| n.starts_with("post-hoc"))
         {
-            let coverage = array(index, "coarse.coverage")?;
-            ensure!(
-                coverage.len() == 6,
-                "indexes.{i}.coarse.coverage has {} entries, expected 6",
-                coverage.len()
-            );
-            for (j, c) in coverage.iter().enumerate() {
+            let coverage = format!("indexes.{i}.coarse.coverage");
+            expect_len(run, &coverage, 6)?;
+            for (j, c) in array(run, &coverage)?.iter().enumerate() {
                 for key in ["top_k_share", "best_item_share"] {
                     let share = c[key].as_f64().unwrap_or(f64::NAN);
                     ensure!(

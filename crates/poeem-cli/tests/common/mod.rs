@@ -41,3 +41,14 @@ pub fn read_npy<T: npyz::Deserialize>(path: &Path) -> (Vec<T>, Vec<u64>) {
     let shape = npy.shape().to_vec();
     (npy.into_vec::<T>().unwrap(), shape)
 }
+
+/// Runs `poeem args`, which must fail, and returns its message.
+pub fn error_of(args: &[&str]) -> String {
+    let out = poeem(args);
+    assert!(
+        !out.status.success(),
+        "poeem {args:?} should fail: {}",
+        stdout(&out)
+    );
+    stderr(&out)
+}

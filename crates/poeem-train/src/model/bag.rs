@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::linalg::for_row_blocks;
 use crate::TrainError;
-use crate::checkpoint::f32_bytes;
 use crate::data::Field;
+use crate::f32_bytes;
 
 /// A row-major `n_rows × dim` embedding table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use rand_distr::{Distribution, Normal, Uniform};
 use serde::{Deserialize, Serialize};
 
 use super::linalg::{for_row_blocks, gemm, resize};
-use crate::checkpoint::f32_bytes;
+use crate::f32_bytes;
 
 /// One dense layer: row-major `n_in × n_out` weights and `n_out` biases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -36,8 +36,8 @@ pub use tower::{
     Fields, Tower, TowerCache, TowerConfig, TowerGrads, TowerOptimizer, validate_features,
 };
 
-use crate::checkpoint::f32_bytes;
 use crate::data::{Dataset, EntityFeatures, Vocab};
+use crate::f32_bytes;
 use crate::layer::{IndexingLayer, IndexingLayerConfig, LayerStep, Phase};
 use crate::loss::{
     LossReduction, LossScratch, LossValue, SoftmaxLoss, normalize_rows, normalize_rows_backward,
