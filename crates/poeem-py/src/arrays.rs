@@ -26,7 +26,10 @@ impl Rows<'_> {
     }
 }
 
-fn untyped<'a, 'py>(x: &'a Bound<'py, PyAny>, what: &str) -> PyResult<&'a Bound<'py, PyUntypedArray>> {
+fn untyped<'a, 'py>(
+    x: &'a Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<&'a Bound<'py, PyUntypedArray>> {
     x.cast::<PyUntypedArray>().map_err(|_| {
         let type_name = x
             .get_type()
@@ -124,7 +127,11 @@ pub fn ids(x: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u64>> {
             let converted = astype(array, "uint64")?.call_method1("reshape", (-1,))?;
             let typed: PyReadonlyArray1<'_, u64> = converted.extract()?;
             let values = typed.as_slice()?.to_vec();
-            if let Some((row, v)) = values.iter().enumerate().find(|&(_, &v)| v > i64::MAX as u64) {
+            if let Some((row, v)) = values
+                .iter()
+                .enumerate()
+                .find(|&(_, &v)| v > i64::MAX as u64)
+            {
                 return Err(invalid(format!(
                     "{what}: id {v} at row {row} does not fit int64 (ids are returned as int64)"
                 )));
@@ -139,9 +146,8 @@ pub fn ids(x: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u64>> {
                 .iter()
                 .enumerate()
                 .map(|(row, &v)| {
-                    u64::try_from(v).map_err(|_| {
-                        invalid(format!("{what}: id {v} at row {row} is negative"))
-                    })
+                    u64::try_from(v)
+                        .map_err(|_| invalid(format!("{what}: id {v} at row {row} is negative")))
                 })
                 .collect()
         }

@@ -111,8 +111,7 @@ pub fn build_index(
     .config();
     let (data, dim) = (rows.data(), rows.dim);
     let built = interruptible(py, progress, |callback| -> Result<RsIndex, BuildError> {
-        let (parts, _report) =
-            rs_build_index(data, dim, ids.as_deref(), &config, par, callback)?;
+        let (parts, _report) = rs_build_index(data, dim, ids.as_deref(), &config, par, callback)?;
         let bytes = encode_index(&parts)?;
         Ok(RsIndex::from_bytes(&bytes)?)
     })?;

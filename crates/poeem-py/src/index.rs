@@ -109,8 +109,8 @@ impl Index {
     /// The index's parameters, file version and size, sections and build metadata, as a dict.
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let index = self.index();
-        let mut value = serde_json::to_value(index.info())
-            .map_err(|e| invalid(format!("info: {e}")))?;
+        let mut value =
+            serde_json::to_value(index.info()).map_err(|e| invalid(format!("info: {e}")))?;
         value["metadata"] = index.metadata().clone();
         value["kernel"] = self.shared.kernel().name().into();
         let text = value.to_string();
@@ -207,7 +207,9 @@ impl Index {
         let par = par(threads)?;
         let rows = float_rows(xq, "xq", Some(self.dim()), true)?;
         let (n, dim) = (rows.n, rows.dim);
-        let total = n.checked_mul(k).ok_or_else(|| invalid("nq × k overflows"))?;
+        let total = n
+            .checked_mul(k)
+            .ok_or_else(|| invalid("nq × k overflows"))?;
         let queries = rows.data();
         let shared = &self.shared;
         let (ids, scores) = py.detach(|| -> PyResult<(Vec<i64>, Vec<f32>)> {

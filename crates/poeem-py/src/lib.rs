@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod arrays;
+mod blocks;
 mod build;
 mod errors;
 mod index;
@@ -19,7 +20,11 @@ use crate::errors::invalid;
 fn par(threads: Option<usize>) -> PyResult<Par> {
     let n = match threads {
         None => std::thread::available_parallelism().map_or(1, usize::from),
-        Some(0) => return Err(invalid("threads = 0: must be at least 1 (or None: every core)")),
+        Some(0) => {
+            return Err(invalid(
+                "threads = 0: must be at least 1 (or None: every core)",
+            ));
+        }
         Some(n) => n,
     };
     Ok(if n == 1 { Par::Seq } else { Par::rayon(n) })
@@ -28,6 +33,8 @@ fn par(threads: Option<usize>) -> PyResult<Par> {
 #[pymodule]
 fn _poeem(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<index::Index>()?;
+    m.add_class::<blocks::KMeans>()?;
+    m.add_class::<blocks::IvfPqCodec>()?;
     m.add_function(wrap_pyfunction!(build::build_index, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -25,6 +25,17 @@ def clustered(n, dim, n_clusters=32, seed=0):
     return (centres[labels] + rng.standard_normal((n, dim))).astype(np.float32)
 
 
+def anisotropic(n, dim, seed=0):
+    """Clustered vectors whose columns' scales decay like real embeddings' spectra (1/i^0.7),
+    so that PQ is neither trivial nor hopeless."""
+    rng = np.random.default_rng(seed)
+    scale = (1.0 / np.arange(1, dim + 1) ** 0.7).astype(np.float32)
+    centres = rng.standard_normal((200, dim)).astype(np.float32) * 2
+    labels = rng.integers(0, 200, n)
+    noise = rng.standard_normal((n, dim)).astype(np.float32)
+    return ((centres[labels] + noise) * scale).astype(np.float32)
+
+
 @pytest.fixture(scope="session")
 def poeem_bin():
     candidates = [os.environ.get("POEEM_BIN")] if os.environ.get("POEEM_BIN") else [

@@ -13,12 +13,14 @@ computes, so Python threads can search one index at once.
 """
 
 from ._errors import CorruptIndexError, InvalidArgumentError, PoeemError
-from ._poeem import Index, __version__, build_index
+from ._poeem import Index, IvfPqCodec, KMeans, __version__, build_index
 
 __all__ = [
     "CorruptIndexError",
     "Index",
     "InvalidArgumentError",
+    "IvfPqCodec",
+    "KMeans",
     "PoeemError",
     "__version__",
     "build_index",
