@@ -197,3 +197,16 @@ def test_ctrl_c_interrupts_a_long_build(tmp_path):
     timer.cancel()
     assert time.monotonic() - start < 60
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signals reach the main thread only")
+def test_ctrl_c_interrupts_a_long_search(index):
+    queries = clustered(400_000, 24, seed=6)  # about 10 s at nprobe = n_lists on one thread
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        index.search(queries, 10, nprobe=index.n_lists, threads=1)
+    timer.cancel()
+    assert time.monotonic() - start < 5

@@ -162,7 +162,7 @@ def test_threads_searching_one_index_get_the_sequential_results(xb):
 
     def work(t):
         try:
-            for _ in range(20):
+            for _ in range(50):
                 got = index.search(queries[t::8], 10, nprobe=4, threads=2 if t % 2 else 1)
                 for a, b in zip(expected[t], got):
                     np.testing.assert_array_equal(a, b)
