@@ -16,7 +16,7 @@ pub mod posthoc;
 pub mod reference;
 
 pub use error::BuildError;
-pub use posthoc::{BuildConfig, BuildReport, build_index, index_from_codec};
+pub use posthoc::{BuildConfig, BuildOptions, BuildReport, build_index, index_from_codec};
 pub use reference::{
     ReferenceFile, ReferenceImport, encode_reference, import_reference, parse_reference,
 };

@@ -122,6 +122,64 @@ impl BuildConfig {
     }
 }
 
+/// The settings a user picks for a post-hoc build, as `poeem build` and the Python package's
+/// `build_index` take them, with their defaults; [`BuildOptions::config`] is the one mapping
+/// from these options to a [`BuildConfig`], so both front ends build the same index from the
+/// same options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildOptions {
+    /// Coarse lists J.
+    pub n_lists: usize,
+    /// PQ subspaces M.
+    pub n_subspaces: usize,
+    /// Bits per PQ code ([`BuildOptions::DEFAULT_N_BITS`] by default).
+    pub n_bits: u32,
+    /// The similarity the index serves (inner product by default).
+    pub metric: Metric,
+    /// `Some(rounds)` learns an OPQ rotation in that many rounds; `None` builds without one.
+    pub opq_rounds: Option<usize>,
+    /// Lloyd iterations of each k-means ([`BuildOptions::DEFAULT_KMEANS_ITERATIONS`]).
+    pub kmeans_iterations: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl BuildOptions {
+    /// Default bits per code.
+    pub const DEFAULT_N_BITS: u32 = 8;
+    /// Default OPQ rounds when OPQ is asked for.
+    pub const DEFAULT_OPQ_ROUNDS: usize = 10;
+    /// Default Lloyd iterations of each k-means.
+    pub const DEFAULT_KMEANS_ITERATIONS: usize = 20;
+
+    /// `n_lists` lists and `n_subspaces` subspaces, every other option at its default.
+    pub fn new(n_lists: usize, n_subspaces: usize) -> Self {
+        Self {
+            n_lists,
+            n_subspaces,
+            n_bits: Self::DEFAULT_N_BITS,
+            metric: Metric::InnerProduct,
+            opq_rounds: None,
+            kmeans_iterations: Self::DEFAULT_KMEANS_ITERATIONS,
+            seed: 0,
+        }
+    }
+
+    /// The build configuration these options stand for (everything not named here at
+    /// [`BuildConfig::new`]'s and [`OpqConfig::default`]'s defaults).
+    pub fn config(&self) -> BuildConfig {
+        let mut config = BuildConfig::new(self.n_lists, self.n_subspaces, self.n_bits);
+        config.metric = self.metric;
+        config.seed = self.seed;
+        config.kmeans.max_iter = self.kmeans_iterations;
+        config.opq = self.opq_rounds.map(|n_rounds| OpqConfig {
+            n_rounds,
+            ..OpqConfig::default()
+        });
+        config
+    }
+}
+
 /// What [`build_index`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildReport {

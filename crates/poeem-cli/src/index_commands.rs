@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use poeem::build::{BuildConfig, build_index, import_reference};
+use poeem::build::{BuildOptions, build_index, import_reference};
 use poeem::io::{read_ids, read_vectors, write_npy, write_npy_i64};
-use poeem::pq::{OpqConfig, Par};
+use poeem::pq::Par;
 use poeem::search::format::write_index;
-use poeem::search::{Index, Metric, SearchIndex, SearchParams};
+use poeem::search::{Index, Metric, SearchIndex, SearchParams, Searcher};
 
 use crate::outputs::{Named, check_outputs, optional};
 use crate::progress::StageBar;
@@ -49,19 +49,19 @@ pub struct BuildArgs {
     #[arg(long)]
     n_subspaces: usize,
     /// Bits per PQ code (1 to 16); 8 gives 256 codewords per subspace.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = BuildOptions::DEFAULT_N_BITS)]
     n_bits: u32,
     /// Learn a rotation first (OPQ), for lower quantization error at a higher build cost.
     #[arg(long)]
     opq: bool,
     /// OPQ alternation rounds (with --opq).
-    #[arg(long, default_value_t = 10, requires = "opq")]
+    #[arg(long, default_value_t = BuildOptions::DEFAULT_OPQ_ROUNDS, requires = "opq")]
     opq_rounds: usize,
     /// Similarity the index serves: ip (inner product), l2 (squared distance) or cosine.
     #[arg(long, default_value = "ip")]
     metric: Metric,
     /// Lloyd iterations of each k-means.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = BuildOptions::DEFAULT_KMEANS_ITERATIONS)]
     kmeans_iterations: usize,
     /// Seed of every random choice (same seed and data: same index).
     #[arg(long, default_value_t = 0)]
@@ -85,16 +85,16 @@ pub fn build(args: &BuildArgs) -> Result<()> {
     )?;
     let vectors = read_vectors(&args.vectors)?;
     let ids = args.ids.as_deref().map(read_ids).transpose()?;
-    let mut config = BuildConfig::new(args.n_lists, args.n_subspaces, args.n_bits);
-    config.metric = args.metric;
-    config.seed = args.seed;
-    config.kmeans.max_iter = args.kmeans_iterations;
-    if args.opq {
-        config.opq = Some(OpqConfig {
-            n_rounds: args.opq_rounds,
-            ..OpqConfig::default()
-        });
+    let config = BuildOptions {
+        n_lists: args.n_lists,
+        n_subspaces: args.n_subspaces,
+        n_bits: args.n_bits,
+        metric: args.metric,
+        opq_rounds: args.opq.then_some(args.opq_rounds),
+        kmeans_iterations: args.kmeans_iterations,
+        seed: args.seed,
     }
+    .config();
     eprintln!(
         "building IVF{},PQ{}x{}{} ({}) over {} vectors of dimension {}",
         args.n_lists,
@@ -145,6 +145,11 @@ pub struct SearchArgs {
     nprobe: usize,
     #[command(flatten)]
     threads: Threads,
+    /// Search one query per call on the calling thread (a `Searcher` reused across queries)
+    /// instead of one batch (--threads is then ignored); the same results up to float rounding. For timing single-query
+    /// serving.
+    #[arg(long)]
+    one_at_a_time: bool,
     /// Ids found, an int64 n × k `.npy`, best first; −1 where fewer than k were found.
     #[arg(long)]
     out: PathBuf,
@@ -182,23 +187,41 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     let mut ids = vec![-1i64; n * args.k];
     let mut scores = vec![0.0f32; n * args.k];
     let start = Instant::now();
-    searchable.search_batch(
-        &queries.data,
-        &params,
-        &mut ids,
-        &mut scores,
-        args.threads.par(),
-    )?;
+    if args.one_at_a_time {
+        let mut searcher = Searcher::new(&searchable);
+        for ((query, ids), scores) in queries
+            .data
+            .chunks_exact(dim)
+            .zip(ids.chunks_exact_mut(args.k))
+            .zip(scores.chunks_exact_mut(args.k))
+        {
+            searcher.search_one(query, &params, ids, scores)?;
+        }
+    } else {
+        searchable.search_batch(
+            &queries.data,
+            &params,
+            &mut ids,
+            &mut scores,
+            args.threads.par(),
+        )?;
+    }
     let seconds = start.elapsed().as_secs_f64();
     write_npy_i64(&args.out, &ids, args.k)?;
     if let Some(path) = &args.scores {
         write_npy(path, &scores, args.k)?;
     }
     eprintln!(
-        "searched {n} queries (k {}, nprobe {}) in {seconds:.3} s ({:.0} queries/s, kernel {})",
+        "searched {n} queries{} (k {}, nprobe {}) in {seconds:.3} s ({:.0} queries/s, {:.2} µs per query, kernel {})",
+        if args.one_at_a_time {
+            " one at a time"
+        } else {
+            ""
+        },
         args.k,
         args.nprobe,
         n as f64 / seconds.max(1e-9),
+        seconds * 1e6 / n.max(1) as f64,
         searchable.kernel().name()
     );
     Ok(())
