@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use numpy::ndarray::{Array1, Array2};
 use numpy::prelude::*;
 use poeem::search::format::write_index;
-use poeem::search::{Index as RsIndex, SearchError, SearchParams, SharedIndex};
+use poeem::search::{Index as RsIndex, SearchError, SearchParams, Searcher, SharedIndex};
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
 
@@ -187,7 +187,9 @@ impl Index {
     /// `scores, ids = index.search(xq, k, nprobe=8, threads=None)`.
     ///
     /// `xq` is an `(nq, dim)` float32 or float64 array (C or Fortran order; anything but
-    /// C-ordered float32 is converted to it once). Returns float32 scores and int64 ids, both
+    /// C-ordered float32 is converted to it once). One query is searched by the single-query
+    /// searcher, several by the batch search (matrix products over chunks of queries); the two
+    /// agree up to float rounding of the scores. Returns float32 scores and int64 ids, both
     /// `(nq, k)`, best first: for `"ip"` and `"cosine"` the highest scores, for `"l2"` the
     /// smallest squared distances. Where fewer than `k` items are found, ids are -1 (and scores
     /// -inf for `ip`/`cosine`, +inf for `l2`). `nprobe` lists are scanned per query (more:
@@ -215,6 +217,15 @@ impl Index {
         let (ids, scores) = py.detach(|| -> PyResult<(Vec<i64>, Vec<f32>)> {
             let mut ids = vec![-1i64; total];
             let mut scores = vec![0.0f32; total];
+            if n == 1 {
+                // One query: the single-query searcher (small scratch, no batch matrix
+                // products), as `poeem search --one-at-a-time` runs it.
+                let search_index = shared.search_index();
+                Searcher::new(&search_index)
+                    .search_one(queries, &params, &mut ids, &mut scores)
+                    .map_err(|e| search_error(e, false))?;
+                return Ok((ids, scores));
+            }
             let mut start = 0;
             for ((q, i), s) in queries
                 .chunks(SIGNAL_ROWS * dim)

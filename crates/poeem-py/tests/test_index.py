@@ -72,6 +72,15 @@ def test_cli_and_python_search_agree_both_ways(tmp_path, run_cli, xb, xq, metric
         scores, ids = poeem.Index.open(path).search(xq, 7, nprobe=3)
         np.testing.assert_array_equal(ids, np.load(tmp_path / "ids.npy"))
         np.testing.assert_array_equal(scores, np.load(tmp_path / "s.npy"))
+        # One query per call: the single-query searcher, as `--one-at-a-time` runs it.
+        run_cli("search", "--index", path, "--queries", tmp_path / "xq.npy", "-k", 7,
+                "--nprobe", 3, "--one-at-a-time", "--out", tmp_path / "ids.npy", "--scores",
+                tmp_path / "s.npy")
+        index = poeem.Index.open(path)
+        one = [index.search(xq[i:i + 1], 7, nprobe=3) for i in range(len(xq))]
+        np.testing.assert_array_equal(np.vstack([s for s, _ in one]), np.load(tmp_path / "s.npy"))
+        np.testing.assert_array_equal(np.vstack([i for _, i in one]), np.load(tmp_path / "ids.npy"))
+        np.testing.assert_allclose(np.vstack([s for s, _ in one]), scores, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])

@@ -401,7 +401,9 @@ impl<'a> SearchIndex<'a> {
         };
         let rows = n.div_ceil(tasks).next_multiple_of(chunk);
         let run = |part: BatchPart<'_>| {
-            let mut batch = Batch::new(self, chunk);
+            // Scratch for at most one chunk, no more rows than this part has (a one-query
+            // call should not allocate and zero 64 queries' lookup tables).
+            let mut batch = Batch::new(self, chunk.min(part.scales.len()));
             for (((q, s), i), o) in part
                 .queries
                 .chunks(chunk * dim)
