@@ -69,16 +69,33 @@ impl Accumulator {
 
     /// Adds one query. `relevant` need not be sorted; repeats count once.
     fn add(&mut self, ranked: impl IntoIterator<Item = u32>, relevant: &[u32]) {
+        let mut sorted = std::mem::take(&mut self.sorted);
         let relevant = if relevant.is_sorted_by(|a, b| a < b) {
             relevant
         } else {
-            self.sorted.clear();
-            self.sorted.extend_from_slice(relevant);
-            self.sorted.sort_unstable();
-            self.sorted.dedup();
-            &self.sorted
+            sorted.clear();
+            sorted.extend_from_slice(relevant);
+            sorted.sort_unstable();
+            sorted.dedup();
+            &sorted
         };
-        if relevant.is_empty() {
+        let n_relevant = relevant.len();
+        self.add_judged(
+            ranked,
+            |item| relevant.binary_search(&item).is_ok(),
+            n_relevant,
+        );
+        self.sorted = sorted;
+    }
+
+    /// Adds one query whose relevant items (`n_relevant` of them) `is_relevant` tells.
+    fn add_judged(
+        &mut self,
+        ranked: impl IntoIterator<Item = u32>,
+        is_relevant: impl Fn(u32) -> bool,
+        n_relevant: usize,
+    ) {
+        if n_relevant == 0 {
             return;
         }
         self.n_queries += 1;
@@ -87,7 +104,7 @@ impl Accumulator {
         let mut dcg = 0.0f64;
         let mut prefix: Vec<(usize, f64)> = Vec::with_capacity(self.max_k());
         for (i, item) in ranked.into_iter().take(self.max_k()).enumerate() {
-            if relevant.binary_search(&item).is_ok() {
+            if is_relevant(item) {
                 hits += 1;
                 dcg += self.discount[i];
             }
@@ -98,8 +115,8 @@ impl Accumulator {
                 0 => (0, 0.0),
                 n => prefix[n - 1],
             };
-            let ideal: f64 = self.discount[..relevant.len().min(k)].iter().sum();
-            sums[0] += h as f64 / relevant.len() as f64;
+            let ideal: f64 = self.discount[..n_relevant.min(k)].iter().sum();
+            sums[0] += h as f64 / n_relevant as f64;
             sums[1] += h as f64 / k as f64;
             sums[2] += dcg / ideal;
         }
@@ -133,6 +150,22 @@ pub fn ranking_metrics<'a>(
     let mut acc = Accumulator::new(ks)?;
     for (ranked, relevant) in lists {
         acc.add(ranked.iter().copied(), relevant);
+    }
+    Ok(acc.finish())
+}
+
+/// [`ranking_metrics`] for relevance given by a rule: one `(ranked list, is relevant, number of
+/// relevant items)` per query. Unranked (`u32::MAX`) slots must not be judged relevant.
+///
+/// # Errors
+/// [`TrainError::InvalidConfig`] for a cut-off of 0.
+pub fn ranking_metrics_judged<'a, F: Fn(u32) -> bool + 'a>(
+    lists: impl IntoIterator<Item = (&'a [u32], F, usize)>,
+    ks: &[usize],
+) -> Result<Vec<RankingMetrics>, TrainError> {
+    let mut acc = Accumulator::new(ks)?;
+    for (ranked, is_relevant, n_relevant) in lists {
+        acc.add_judged(ranked.iter().copied(), is_relevant, n_relevant);
     }
     Ok(acc.finish())
 }

@@ -8,10 +8,10 @@ use poeem_train::data::{
     DataConfig, Dataset, Delimiter, FeatureSource, Field, FieldKind, FieldSpec, InteractionsSource,
     Separator, SplitConfig, TextFormat, Vocab, fnv1a_64, hash_bucket, split_pairs,
 };
-use poeem_train::metrics::{HeldOut, ranking_metrics, top_k_inner_product};
+use poeem_train::metrics::{HeldOut, ranking_metrics, ranking_metrics_judged, top_k_inner_product};
 use poeem_train::synthetic::{
-    TUTORIAL_VOCAB, tutorial_brute_force_precision, tutorial_dataset, tutorial_is_relevant,
-    tutorial_pairs, tutorial_precision, tutorial_relevant,
+    ScaledTutorial, TUTORIAL_VOCAB, tutorial_brute_force_precision, tutorial_dataset,
+    tutorial_is_relevant, tutorial_pairs, tutorial_precision, tutorial_relevant,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
@@ -629,6 +629,118 @@ fn tutorial_relevance_counts() {
     assert!(!tutorial_is_relevant(12, 1345));
     assert!(!tutorial_is_relevant(33, 3456));
     assert!(!tutorial_is_relevant(12, 10_000));
+}
+
+#[test]
+fn the_scaled_tutorial_at_10_000_items_is_the_tutorial() {
+    assert_eq!(
+        ScaledTutorial::new(TUTORIAL_VOCAB),
+        ScaledTutorial::TUTORIAL
+    );
+    let rule = ScaledTutorial::TUTORIAL;
+    let counts = rule.relevant_counts();
+    for q in 0..100u32 {
+        let expected = tutorial_relevant(q).len() as u32;
+        assert_eq!(counts[q as usize], expected, "type {q}");
+    }
+    for &(q, i) in &rule.pairs(5_000, 1) {
+        assert!(tutorial_is_relevant(q, i), "({q}, {i})");
+    }
+}
+
+#[test]
+fn scaled_tutorial_shapes_rule_and_counts() {
+    let rule = ScaledTutorial::new(2_000_000);
+    assert_eq!(rule.base, 38);
+    assert_eq!(rule.queries % (38 * 38), 0);
+    assert!(rule.queries <= 2_000_000 && rule.queries > 2_000_000 - 38 * 38);
+    // An odd size: base 8 (7⁴ = 2,401 < 3,001 ≤ 4,096), 3,001 items.
+    let rule = ScaledTutorial::new(3_001);
+    assert_eq!((rule.base, rule.queries), (8, 2_944));
+    assert_eq!(rule.digits(3_000), [5, 6, 7, 0]);
+    let counts = rule.relevant_counts();
+    for t in 0..64u32 {
+        let brute = (0..rule.items).filter(|&i| rule.is_relevant(t, i)).count() as u32;
+        assert_eq!(counts[t as usize], brute, "type {t}");
+        // Every query of the type has the same relevant items.
+        assert!(
+            (0..rule.items).all(|i| rule.is_relevant(t, i) == rule.is_relevant(t + 64 * 45, i))
+        );
+    }
+    assert!(!rule.is_relevant(rule.queries, 0));
+    assert!(!rule.is_relevant(0, rule.items));
+}
+
+#[test]
+fn scaled_tutorial_pairs_are_seeded_relevant_and_thread_independent() {
+    let rule = ScaledTutorial::new(50_000);
+    let n = 200_000; // several generation chunks
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let pairs = one.install(|| rule.pairs(n, 5));
+    assert_eq!(pairs, two.install(|| rule.pairs(n, 5)));
+    assert_ne!(pairs, rule.pairs(n, 6));
+    let mut items_seen = vec![false; rule.items as usize];
+    for &(q, i) in &pairs {
+        assert!(q < rule.queries && i < rule.items);
+        assert!(rule.is_relevant(q, i), "({q}, {i})");
+        items_seen[i as usize] = true;
+    }
+    // 200,000 uniform draws over 50,000 items miss about e⁻⁴ ≈ 1.8 % of them.
+    let missed = items_seen.iter().filter(|&&s| !s).count();
+    assert!((500..1_500).contains(&missed), "{missed} items never drawn");
+    let data = rule.dataset(1_000, 5);
+    assert_eq!(
+        (data.n_queries(), data.n_items()),
+        (rule.queries as usize, 50_000)
+    );
+    assert_eq!(data.train, rule.pairs(1_000, 5));
+}
+
+#[test]
+fn judged_metrics_equal_listed_metrics() {
+    let rule = ScaledTutorial::new(3_001);
+    let counts = rule.relevant_counts();
+    let width = 20;
+    let queries: Vec<u32> = (0..200).map(|q| q * 13 % rule.queries).collect();
+    let rankings: Vec<u32> = (0..queries.len() * width)
+        .map(|i| ((i as u64 * 2_654_435_761) % u64::from(rule.items)) as u32)
+        .collect();
+    let relevant: Vec<Vec<u32>> = queries
+        .iter()
+        .map(|&q| {
+            (0..rule.items)
+                .filter(|&i| rule.is_relevant(q, i))
+                .collect()
+        })
+        .collect();
+    let listed = ranking_metrics(
+        rankings
+            .chunks(width)
+            .zip(&relevant)
+            .map(|(r, v)| (r, v.as_slice())),
+        &[5, 20],
+    )
+    .unwrap();
+    let judged = ranking_metrics_judged(
+        rankings.chunks(width).zip(&queries).map(|(r, &q)| {
+            let (x, y) = rule.query_type(q);
+            (
+                r,
+                move |i| rule.is_relevant(q, i),
+                counts[(x * rule.base + y) as usize] as usize,
+            )
+        }),
+        &[5, 20],
+    )
+    .unwrap();
+    assert_eq!(listed, judged);
 }
 
 #[test]

@@ -3,12 +3,9 @@
 use super::{DataSource, IdMap, PipelineError};
 use crate::pq::Par;
 use crate::search::{SearchIndex, SearchParams};
-use crate::train::metrics::{HeldOut, RankingMetrics, ranking_metrics, top_k_inner_product};
-use crate::train::synthetic::{TUTORIAL_VOCAB, tutorial_relevant};
+use crate::train::metrics::{HeldOut, RankingMetrics, ranking_metrics_judged, top_k_inner_product};
+use crate::train::synthetic::ScaledTutorial;
 use crate::train::{Dataset, Model};
-
-/// The tutorial's relevance depends on a query id modulo this (its last two digits).
-const LAST_TWO_DIGITS: u32 = 100;
 
 /// The queries of an evaluation and which items are relevant to each.
 #[derive(Debug, Clone)]
@@ -21,8 +18,12 @@ pub struct EvalSet {
 enum Judge {
     /// A dataset's held-out pairs, the query's training items removed from its ranking.
     HeldOut(HeldOut),
-    /// The synthetic tutorial's rule over all its queries and items.
-    Tutorial,
+    /// The (scaled) synthetic tutorial's rule over all its items, with how many items are
+    /// relevant to each query type.
+    Rule {
+        rule: ScaledTutorial,
+        relevant_counts: Vec<u32>,
+    },
 }
 
 impl EvalSet {
@@ -49,9 +50,32 @@ impl EvalSet {
     /// ([`crate::train::synthetic::tutorial_is_relevant`]), no exclusion. Item and query index
     /// `i` must be id `i` (as in [`crate::train::synthetic::tutorial_dataset`]).
     pub fn tutorial() -> Self {
+        let rule = ScaledTutorial::TUTORIAL;
+        Self::by_rule(rule, (0..rule.queries).collect())
+    }
+
+    /// The scaled tutorial's evaluation ([`ScaledTutorial`]): `n_queries` query ids sampled
+    /// without replacement (seeded; all of them when there are no more), ascending, relevance
+    /// by its rule over all its items, no exclusion.
+    pub fn scaled_tutorial(rule: ScaledTutorial, n_queries: usize, seed: u64) -> Self {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let total = rule.queries as usize;
+        let mut queries: Vec<u32> = rand::seq::index::sample(&mut rng, total, n_queries.min(total))
+            .into_iter()
+            .map(|q| q as u32)
+            .collect();
+        queries.sort_unstable();
+        Self::by_rule(rule, queries)
+    }
+
+    fn by_rule(rule: ScaledTutorial, queries: Vec<u32>) -> Self {
         Self {
-            queries: (0..TUTORIAL_VOCAB).collect(),
-            judge: Judge::Tutorial,
+            queries,
+            judge: Judge::Rule {
+                relevant_counts: rule.relevant_counts(),
+                rule,
+            },
         }
     }
 
@@ -92,7 +116,7 @@ impl EvalSet {
     pub fn extra_results(&self) -> usize {
         match &self.judge {
             Judge::HeldOut(h) => h.max_excluded(),
-            Judge::Tutorial => 0,
+            Judge::Rule { .. } => 0,
         }
     }
 
@@ -111,12 +135,12 @@ impl EvalSet {
     ) -> Result<Vec<RankingMetrics>, PipelineError> {
         match &self.judge {
             Judge::HeldOut(h) => Ok(h.evaluate(query_vectors, item_vectors, dim, ks, par)?),
-            Judge::Tutorial => {
+            Judge::Rule { rule, .. } => {
                 check_rows(query_vectors, self.queries.len(), dim, "query vectors")?;
-                check_rows(item_vectors, TUTORIAL_VOCAB as usize, dim, "item vectors")?;
+                check_rows(item_vectors, rule.items as usize, dim, "item vectors")?;
                 let k = ks.iter().copied().max().unwrap_or(1).max(1);
                 let rankings = top_k_inner_product(query_vectors, item_vectors, dim, k, par);
-                let width = k.min(TUTORIAL_VOCAB as usize);
+                let width = k.min(rule.items as usize);
                 self.score(&rankings, width, ks)
             }
         }
@@ -153,9 +177,22 @@ impl EvalSet {
     ) -> Result<Vec<RankingMetrics>, PipelineError> {
         match &self.judge {
             Judge::HeldOut(h) => Ok(h.score_rankings(rankings, width, ks)?),
-            Judge::Tutorial => {
+            Judge::Rule {
+                rule,
+                relevant_counts,
+            } => {
                 check_rows(rankings, self.queries.len(), width, "rankings")?;
-                tutorial_metrics(&self.queries, rankings, width, ks)
+                let lists = self.queries.iter().enumerate().map(|(r, &q)| {
+                    let (x, y) = rule.query_type(q);
+                    let n_relevant = if q < rule.queries {
+                        relevant_counts[(x * rule.base + y) as usize] as usize
+                    } else {
+                        0
+                    };
+                    let ranked = &rankings[r * width..(r + 1) * width];
+                    (ranked, move |item| rule.is_relevant(q, item), n_relevant)
+                });
+                Ok(ranking_metrics_judged(lists, ks)?)
             }
         }
     }
@@ -225,30 +262,10 @@ fn check_rows<T>(
     }
 }
 
-/// Ranking metrics of the tutorial's queries. Relevance depends only on a query's last two
-/// digits, so the 100 relevant sets are computed once and shared.
-fn tutorial_metrics(
-    queries: &[u32],
-    rankings: &[u32],
-    width: usize,
-    ks: &[usize],
-) -> Result<Vec<RankingMetrics>, PipelineError> {
-    let by_last_digits: Vec<Vec<u32>> = (0..LAST_TWO_DIGITS).map(tutorial_relevant).collect();
-    let lists = queries.iter().enumerate().map(|(r, &q)| {
-        let relevant: &[u32] = if q < TUTORIAL_VOCAB {
-            &by_last_digits[(q % LAST_TWO_DIGITS) as usize]
-        } else {
-            &[]
-        };
-        (&rankings[r * width..(r + 1) * width], relevant)
-    });
-    Ok(ranking_metrics(lists, ks)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::synthetic::tutorial_precision;
+    use crate::train::synthetic::{TUTORIAL_VOCAB, tutorial_precision};
 
     #[test]
     fn tutorial_metrics_agree_with_the_tutorial_precision() {
