@@ -89,9 +89,50 @@ pub(crate) fn check_quick_run(root: &Path) -> Result<()> {
             Experiment::Movielens => check_movielens(&results),
             Experiment::Ablation => expect_len(&results, "results.variants", 8),
             Experiment::Rotation => expect_len(&results, "results.synthetic.methods", 5),
+            Experiment::Scale => check_scale(&results),
             Experiment::All => unreachable!("EACH lists single experiments"),
         };
         specific.with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The scale run: both models, the post-hoc indexes and the export at every nprobe, every
+/// stage timed with its peak memory.
+fn check_scale(results: &Value) -> Result<()> {
+    let nprobes = array(results, "results.nprobes")?.len();
+    ensure!(nprobes > 0, "results.nprobes is empty");
+    let runs = array(results, "results.runs")?;
+    ensure!(!runs.is_empty(), "results.runs is empty");
+    for (r, run) in runs.iter().enumerate() {
+        let base = format!("results.runs.{r}");
+        for m in 0..2 {
+            unit_interval(results, &format!("{base}.models.{m}.brute_force_precision"))?;
+            positive(results, &format!("{base}.models.{m}.examples_per_second"))?;
+        }
+        let names: Vec<&str> = array(run, "indexes")?
+            .iter()
+            .filter_map(|i| i.get("name")?.as_str())
+            .collect();
+        for name in ["post-hoc IVF-PQ", "post-hoc OPQ+IVF-PQ", "Poeem (exported)"] {
+            ensure!(names.contains(&name), "{base}.indexes lacks {name}");
+        }
+        for i in 0..names.len() {
+            expect_len(results, &format!("{base}.indexes.{i}.precision"), nprobes)?;
+            for p in 0..nprobes {
+                unit_interval(results, &format!("{base}.indexes.{i}.precision.{p}"))?;
+            }
+        }
+        let stages = array(run, "stages")?;
+        ensure!(
+            stages.len() >= 10,
+            "{base}.stages has {} entries",
+            stages.len()
+        );
+        for s in 0..stages.len() {
+            number(results, &format!("{base}.stages.{s}.seconds"))?;
+        }
+        expect_len(results, &format!("{base}.poeem_ahead"), nprobes)?;
     }
     Ok(())
 }

@@ -84,9 +84,14 @@ pub(crate) struct DataHash(Sha256);
 impl DataHash {
     /// Feeds (query, item) pairs, each as two little-endian u32.
     pub(crate) fn pairs(&mut self, pairs: &[(u32, u32)]) {
-        for &(q, i) in pairs {
-            self.0.update(q.to_le_bytes());
-            self.0.update(i.to_le_bytes());
+        let mut bytes = Vec::with_capacity(8 * pairs.len().min(1 << 16));
+        for chunk in pairs.chunks(1 << 16) {
+            bytes.clear();
+            for &(q, i) in chunk {
+                bytes.extend_from_slice(&q.to_le_bytes());
+                bytes.extend_from_slice(&i.to_le_bytes());
+            }
+            self.0.update(&bytes);
         }
     }
 

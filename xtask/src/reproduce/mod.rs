@@ -8,6 +8,7 @@
 //! - `movielens`: the same comparison on RecBole-layout MovieLens files;
 //! - `ablation`: warm start, PQ init, regularizer weight and Givens step size on the tutorial;
 //! - `rotation`: rotation learning on fixed embeddings;
+//! - `scale`: the tutorial's generator with millions of items, and the cost of each stage;
 //! - `all`: each in turn.
 
 mod ablation;
@@ -17,6 +18,7 @@ mod meta;
 mod movielens;
 pub(crate) mod plot;
 pub(crate) mod rotation;
+mod scale;
 mod synthetic;
 
 use std::borrow::Cow;
@@ -73,13 +75,24 @@ pub(crate) struct Args {
     /// columns are standardised first).
     #[arg(long)]
     pub(crate) vectors: Option<PathBuf>,
-    /// `movielens` only: train every model this many epochs instead of the preset's 20 (long
-    /// training is where a jointly trained coarse level can drift; see docs/reproduce.md).
+    /// `movielens` and `scale`: train every model this many epochs instead of the preset's (20
+    /// for movielens: long training is where a jointly trained coarse level can drift, see
+    /// docs/reproduce.md; 2 for scale).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub(crate) epochs: Option<u64>,
     /// `rotation` only: Givens step size, relative to the data's mean squared norm.
     #[arg(long, default_value_t = DEFAULT_GIVENS_LR)]
     pub(crate) givens_lr: f32,
+    /// `scale` only: items (and queries) [default: 2,000,000; 40,000 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(256..))]
+    pub(crate) items: Option<u32>,
+    /// `scale` only: interactions [default: 25 per item, 50,000,000 for 2,000,000 items].
+    #[arg(long)]
+    pub(crate) interactions: Option<usize>,
+    /// `scale` only: run each of these catalogue sizes (comma-separated), interactions in
+    /// proportion, and plot each stage's time and memory against the size.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) sweep: Vec<u32>,
 }
 
 /// The default of `--givens-lr`.
@@ -97,17 +110,21 @@ pub(crate) enum Experiment {
     Ablation,
     /// Rotation learning on fixed embeddings: plain PQ, OPQ, Givens.
     Rotation,
+    /// The tutorial's generator with millions of items: plain vs Poeem, post-hoc indexes, the
+    /// time and memory of each stage.
+    Scale,
     /// Every experiment in turn.
     All,
 }
 
 impl Experiment {
     /// Every single experiment, in the order `all` runs them.
-    const EACH: [Experiment; 4] = [
+    const EACH: [Experiment; 5] = [
         Experiment::Synthetic,
         Experiment::Movielens,
         Experiment::Ablation,
         Experiment::Rotation,
+        Experiment::Scale,
     ];
 
     /// The name on the command line and of the output folder.
@@ -117,6 +134,7 @@ impl Experiment {
             Experiment::Movielens => "movielens",
             Experiment::Ablation => "ablation",
             Experiment::Rotation => "rotation",
+            Experiment::Scale => "scale",
             Experiment::All => "all",
         }
     }
@@ -125,7 +143,10 @@ impl Experiment {
 impl Args {
     /// The seeds 1..=N of `experiment`.
     pub(crate) fn seed_list(&self, experiment: Experiment) -> Vec<u64> {
-        let default = if self.quick && experiment != Experiment::Synthetic {
+        // A scale run takes an hour: one seed unless asked.
+        let default = if (self.quick && experiment != Experiment::Synthetic)
+            || experiment == Experiment::Scale
+        {
             1
         } else {
             3
@@ -169,11 +190,28 @@ impl Args {
             cmd += &format!(" --data {}", data.display());
         }
         if let Some(epochs) = self.epochs
-            && experiment == Experiment::Movielens
+            && matches!(experiment, Experiment::Movielens | Experiment::Scale)
         {
             cmd += &format!(" --epochs {epochs}");
         }
-        if self.faiss && matches!(experiment, Experiment::Synthetic | Experiment::Movielens) {
+        if experiment == Experiment::Scale {
+            if let Some(items) = self.items {
+                cmd += &format!(" --items {items}");
+            }
+            if let Some(interactions) = self.interactions {
+                cmd += &format!(" --interactions {interactions}");
+            }
+            if !self.sweep.is_empty() {
+                let sizes: Vec<String> = self.sweep.iter().map(u32::to_string).collect();
+                cmd += &format!(" --sweep {}", sizes.join(","));
+            }
+        }
+        if self.faiss
+            && matches!(
+                experiment,
+                Experiment::Synthetic | Experiment::Movielens | Experiment::Scale
+            )
+        {
             cmd += " --faiss";
         }
         if let Some(vectors) = &self.vectors
@@ -260,6 +298,7 @@ fn run_one(experiment: Experiment, args: &Args, progress: &Progress) -> Result<P
         Experiment::Movielens => movielens::run(args, progress)?,
         Experiment::Ablation => ablation::run(args, progress)?,
         Experiment::Rotation => rotation::run(args, progress)?,
+        Experiment::Scale => scale::run(args, progress)?,
         Experiment::All => bail!("`all` is not a single experiment"),
     };
     let dir = args.out_root().join(experiment.name());
@@ -745,6 +784,9 @@ mod tests {
             vectors: None,
             epochs: None,
             givens_lr: DEFAULT_GIVENS_LR,
+            items: None,
+            interactions: None,
+            sweep: Vec::new(),
         };
         assert_eq!(args.seed_list(Experiment::Synthetic), [1, 2, 3]);
         assert_eq!(args.seed_list(Experiment::Ablation), [1]);

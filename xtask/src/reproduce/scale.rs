@@ -1,0 +1,828 @@
+//! `reproduce scale`: the tutorial's generator at the paper's scale ([`ScaledTutorial`]: 2,000,000
+//! items and queries, 50,000,000 interactions by default). A plain model and a Poeem model (the
+//! coarse level of issue 18: list means from a catalogue sample) are trained on it; post-hoc
+//! IVF-PQ and OPQ+IVF-PQ (ours, and faiss's with `--faiss`) are built on the plain model's items;
+//! precision@100 on sampled queries at several nprobes; the time and peak memory of every stage.
+//! `--sweep N1,N2,…` runs several catalogue sizes (interactions in proportion) and plots the cost
+//! of each stage against the size.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use poeem::build::BuildConfig;
+use poeem::pipeline::{
+    CoarseDiagnostics, EvalSet, IdMap, ItemIds, TimedIndex, build_post_hoc, export_timed,
+    markdown_table,
+};
+use poeem::pq::{OpqConfig, Par};
+use poeem::search::{IndexParts, Probe, SearchIndex};
+use poeem::train::synthetic::ScaledTutorial;
+use poeem::train::{
+    CoarseObjective, IndexingLayerConfig, LayerUpdateItems, Model, OptimizerConfig, TrainConfig,
+};
+use serde_json::{Value, json};
+
+use super::faiss::FaissSettings;
+use super::meta::DataHash;
+use super::plot::{LineChart, Series};
+use super::synthetic::faiss_python;
+use super::{
+    Args, DataInfo, Experiment, IndexRun, Outcome, Progress, coarse_table, mean_pm, over_seeds,
+    seed_series, train_with_bar,
+};
+
+/// Default catalogue size (items and queries).
+pub(crate) const DEFAULT_ITEMS: u32 = 2_000_000;
+/// Default interactions.
+pub(crate) const DEFAULT_INTERACTIONS: usize = 50_000_000;
+
+/// The settings of one size.
+#[derive(Debug, Clone)]
+struct ScaleConfig {
+    rule: ScaledTutorial,
+    interactions: usize,
+    plain: TrainConfig,
+    poeem: TrainConfig,
+    build: BuildConfig,
+    opq: OpqConfig,
+    eval_queries: usize,
+    k: usize,
+    nprobes: Vec<usize>,
+    probe: Probe,
+}
+
+impl ScaleConfig {
+    /// `items` items and `interactions` interactions; with `quick`, a smaller index shape.
+    fn new(args: &Args, items: u32, interactions: usize) -> Self {
+        let quick = args.quick;
+        let (n_lists, n_subspaces, n_bits) = if quick { (64, 16, 8) } else { (1024, 16, 8) };
+        let mut plain = TrainConfig::tutorial();
+        plain.batch_size = 1024;
+        plain.epochs = args
+            .epochs
+            .map_or(if quick { 1 } else { 2 }, |e| e as usize);
+        plain.threads = args.train_threads();
+        plain.log_every_steps = 200;
+        let mut poeem = plain.clone();
+        poeem.model.layer_update_items = LayerUpdateItems::Catalogue { rows: 1024 };
+        poeem.index = Some(IndexingLayerConfig {
+            n_lists,
+            n_subspaces,
+            n_bits,
+            warmup_steps: if quick { 200 } else { 2048 },
+            buffer_size: 64 * n_lists,
+            coarse_objective: CoarseObjective::ListMeans,
+            optimizer: OptimizerConfig::adagrad(0.1),
+            ..IndexingLayerConfig::tutorial()
+        });
+        Self {
+            rule: ScaledTutorial::new(items),
+            interactions,
+            plain,
+            poeem,
+            build: BuildConfig::new(n_lists, n_subspaces, n_bits),
+            opq: OpqConfig::default(),
+            eval_queries: if quick { 2_000 } else { 10_000 },
+            k: 100,
+            nprobes: if quick {
+                vec![1, 4, 16]
+            } else {
+                vec![1, 4, 16, 64]
+            },
+            probe: Probe::L2,
+        }
+    }
+
+    fn seeded(mut self, seed: u64) -> Self {
+        for train in [&mut self.plain, &mut self.poeem] {
+            train.seed = seed;
+            train.model.seed = seed;
+            if let Some(layer) = &mut train.index {
+                layer.seed = seed;
+            }
+        }
+        self.build.seed = seed;
+        self
+    }
+
+    fn json(&self) -> Value {
+        let layer = self.poeem.index.as_ref();
+        json!({
+            "items": self.rule.items,
+            "queries": self.rule.queries,
+            "base": self.rule.base,
+            "interactions": self.interactions,
+            "epochs": self.plain.epochs,
+            "batch_size": self.plain.batch_size,
+            "dim": self.plain.model.dim,
+            "n_lists": self.build.n_lists,
+            "n_subspaces": self.build.n_subspaces,
+            "n_bits": self.build.n_bits,
+            "warmup_steps": layer.map(|l| l.warmup_steps),
+            "buffer_size": layer.map(|l| l.buffer_size),
+            "coarse_objective": layer.map(|l| format!("{:?}", l.coarse_objective)),
+            "layer_update_items": format!("{:?}", self.poeem.model.layer_update_items),
+            "eval_queries": self.eval_queries,
+            "k": self.k,
+            "nprobes": self.nprobes,
+            "probe": self.probe.to_string(),
+        })
+    }
+}
+
+/// The time and peak resident memory of one stage.
+#[derive(Debug, Clone)]
+struct Stage {
+    name: String,
+    seconds: f64,
+    /// The process's peak resident set during the stage (bytes), where the system tells it.
+    peak_bytes: Option<u64>,
+}
+
+/// Times stages and measures their peak memory.
+#[derive(Default)]
+struct Stages(Vec<Stage>);
+
+impl Stages {
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        reset_peak_memory();
+        let start = Instant::now();
+        let out = f()?;
+        self.0.push(Stage {
+            name: name.to_owned(),
+            seconds: start.elapsed().as_secs_f64(),
+            peak_bytes: peak_memory(),
+        });
+        Ok(out)
+    }
+
+    fn peak(&self) -> Option<u64> {
+        self.0.iter().filter_map(|s| s.peak_bytes).max()
+    }
+}
+
+/// Resets the kernel's peak resident set counter of this process (Linux; a no-op elsewhere).
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The peak resident set of this process since the last reset, in bytes (Linux).
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn gib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".to_owned(), |b| {
+        format!("{:.2}", b as f64 / (1u64 << 30) as f64)
+    })
+}
+
+/// A model of a run.
+struct ModelRun {
+    name: &'static str,
+    training_seconds: f64,
+    examples_per_second: f64,
+    brute_force_precision: f64,
+}
+
+impl ModelRun {
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "training_seconds": self.training_seconds,
+            "examples_per_second": self.examples_per_second,
+            "brute_force_precision": self.brute_force_precision,
+        })
+    }
+}
+
+/// An index of a run: precision@k at each nprobe.
+type PrecisionRun = IndexRun<f64>;
+
+/// One seed at one size.
+struct SizeRun {
+    seed: u64,
+    config: ScaleConfig,
+    plain: ModelRun,
+    poeem: ModelRun,
+    indexes: Vec<PrecisionRun>,
+    stages: Stages,
+    faiss_version: Option<String>,
+}
+
+impl SizeRun {
+    fn index(&self, name: &str) -> Option<&PrecisionRun> {
+        self.indexes.iter().find(|i| i.name == name)
+    }
+
+    /// Whether the Poeem index is ahead of every post-hoc index at nprobe index `p`.
+    fn poeem_ahead(&self, p: usize) -> bool {
+        let Some(poeem) = self.index(POEEM) else {
+            return false;
+        };
+        self.indexes
+            .iter()
+            .filter(|i| i.made_by == "build")
+            .all(|i| poeem.by_nprobe[p] > i.by_nprobe[p])
+    }
+}
+
+const POEEM: &str = "Poeem (exported)";
+
+/// The evaluation of one size: sampled queries judged by the rule.
+struct Evaluation<'a> {
+    config: &'a ScaleConfig,
+    eval: EvalSet,
+    par: Par,
+}
+
+impl Evaluation<'_> {
+    fn brute_force(&self, queries: &[f32], items: &[f32], dim: usize) -> Result<f64> {
+        let m = self
+            .eval
+            .brute_force(queries, items, dim, &[self.config.k], self.par)?;
+        Ok(m.first().map_or(f64::NAN, |m| m.precision))
+    }
+
+    /// Precision@k through `parts` at each nprobe, and its coarse-level diagnostics.
+    fn through(
+        &self,
+        parts: &IndexParts,
+        queries: &[f32],
+        items: &[f32],
+        ids: &IdMap,
+    ) -> Result<super::Measured<f64>> {
+        let c = self.config;
+        let metrics = self.eval.through_index_at(
+            parts,
+            queries,
+            ids,
+            &[c.k],
+            &c.nprobes,
+            c.probe,
+            self.par,
+        )?;
+        let index = SearchIndex::new(parts.view()?);
+        let coarse = CoarseDiagnostics::measure(
+            &index, queries, items, ids, c.k, &c.nprobes, c.probe, self.par,
+        )?;
+        Ok((
+            metrics
+                .iter()
+                .map(|m| m.first().map_or(f64::NAN, |m| m.precision))
+                .collect(),
+            Some(coarse),
+        ))
+    }
+
+    fn precision_of_ranking(&self, ranking: &[u32]) -> Result<f64> {
+        let m = self.eval.score(ranking, self.config.k, &[self.config.k])?;
+        Ok(m.first().map_or(f64::NAN, |m| m.precision))
+    }
+}
+
+/// The sizes to run: `--sweep`, else `--items` (default 2,000,000; 40,000 with `--quick`).
+fn sizes(args: &Args) -> Vec<(u32, usize)> {
+    let default_items = if args.quick { 40_000 } else { DEFAULT_ITEMS };
+    let items = args.items.unwrap_or(default_items);
+    // Interactions per item, as the default 50,000,000 over 2,000,000 (25).
+    let per_item = args.interactions.map_or(
+        DEFAULT_INTERACTIONS as f64 / f64::from(DEFAULT_ITEMS),
+        |m| m as f64 / f64::from(items),
+    );
+    let list = if args.sweep.is_empty() {
+        vec![items]
+    } else {
+        args.sweep.clone()
+    };
+    list.into_iter()
+        .map(|n| (n, (per_item * f64::from(n)).round() as usize))
+        .collect()
+}
+
+pub(super) fn run(args: &Args, progress: &Progress) -> Result<Outcome> {
+    let seeds = args.seed_list(Experiment::Scale);
+    let sizes = sizes(args);
+    if sizes.iter().any(|&(n, m)| n < 256 || m == 0) {
+        bail!("every size needs at least 256 items and one interaction");
+    }
+    let python = faiss_python(args, progress);
+    progress.jobs(sizes.len() * seeds.len() * (5 + usize::from(python.is_some())));
+    let mut hash = DataHash::default();
+    let mut runs = Vec::new();
+    for &(items, interactions) in &sizes {
+        for &seed in &seeds {
+            let config = ScaleConfig::new(args, items, interactions).seeded(seed);
+            runs.push(run_size(
+                args,
+                config,
+                seed,
+                python.as_deref(),
+                &mut hash,
+                progress,
+            )?);
+        }
+    }
+    Ok(outcome(args, &seeds, &sizes, runs, hash))
+}
+
+fn run_size(
+    args: &Args,
+    config: ScaleConfig,
+    seed: u64,
+    python: Option<&std::path::Path>,
+    hash: &mut DataHash,
+    progress: &Progress,
+) -> Result<SizeRun> {
+    let par = args.par();
+    let rule = config.rule;
+    let n = rule.items;
+    let mut stages = Stages::default();
+    progress.job(format!(
+        "{n} items, seed {seed}: generating {} interactions",
+        config.interactions
+    ));
+    let dataset = stages.run("generate the interactions", || {
+        Ok(rule.dataset(config.interactions, seed))
+    })?;
+    hash.pairs(&dataset.train);
+    let eval = stages.run("relevance counts, sampled queries", || {
+        Ok(EvalSet::scaled_tutorial(rule, config.eval_queries, seed))
+    })?;
+    let evaluation = Evaluation {
+        config: &config,
+        eval,
+        par,
+    };
+    progress.job_done();
+
+    progress.job(format!("{n} items, seed {seed}: training the plain model"));
+    let (plain_model, plain_report) = stages.run("train the plain model", || {
+        train_with_bar(progress, "plain", &config.plain, &dataset, &mut |_| {})
+    })?;
+    let (queries, items) =
+        stages.run("embed (plain model)", || embed(&plain_model, &evaluation))?;
+    let dim = plain_model.dim();
+    let plain_brute = stages.run("brute force (plain model)", || {
+        evaluation.brute_force(&queries, &items, dim)
+    })?;
+    let plain = ModelRun {
+        name: "plain",
+        training_seconds: plain_report.elapsed.as_secs_f64(),
+        examples_per_second: plain_report.examples_per_second,
+        brute_force_precision: plain_brute,
+    };
+    let ids = IdMap::new(ItemIds::Dense, plain_model.items());
+    drop(plain_model);
+    progress.job_done();
+
+    let mut indexes = Vec::new();
+    for (name, opq) in [
+        ("post-hoc IVF-PQ", None),
+        ("post-hoc OPQ+IVF-PQ", Some(config.opq.clone())),
+    ] {
+        progress.job(format!("{n} items, seed {seed}: building {name}"));
+        let build = BuildConfig {
+            opq,
+            ..config.build.clone()
+        };
+        let index: TimedIndex = stages.run(&format!("build {name}"), || {
+            Ok(build_post_hoc(&items, dim, &build, 1, par, &mut |_| {})?)
+        })?;
+        let measured = stages.run(&format!("search {name}"), || {
+            evaluation.through(&index.parts, &queries, &items, &ids)
+        })?;
+        indexes.push(IndexRun::of(name, "build", &index, measured));
+        progress.job_done();
+    }
+    let mut faiss_version = None;
+    if let Some(python) = python {
+        progress.job(format!("{n} items, seed {seed}: faiss post-hoc indexes"));
+        let settings = FaissSettings {
+            n_lists: config.build.n_lists,
+            n_subspaces: config.build.n_subspaces,
+            n_bits: config.build.n_bits,
+            inner_product: true,
+            k: config.k,
+            nprobes: config.nprobes.clone(),
+            seed,
+            threads: par.degree(),
+        };
+        let (rows, version) = stages.run("faiss post-hoc indexes (a child process)", || {
+            super::faiss_rows(python, &items, &queries, dim, &settings, &|ranking| {
+                evaluation.precision_of_ranking(ranking)
+            })
+        })?;
+        indexes.extend(rows);
+        faiss_version = Some(version);
+        progress.job_done();
+    }
+    drop((queries, items));
+
+    progress.job(format!("{n} items, seed {seed}: training the Poeem model"));
+    let (poeem_model, poeem_report) = stages.run("train the Poeem model", || {
+        train_with_bar(progress, "Poeem", &config.poeem, &dataset, &mut |_| {})
+    })?;
+    drop(dataset);
+    progress.job_done();
+    progress.job(format!("{n} items, seed {seed}: exporting the Poeem index"));
+    let (exported, poeem_ids, _) = stages.run("export the Poeem index", || {
+        Ok(export_timed(&poeem_model, 1, par)?)
+    })?;
+    let (queries, items) =
+        stages.run("embed (Poeem model)", || embed(&poeem_model, &evaluation))?;
+    let dim = poeem_model.dim();
+    let poeem_brute = stages.run("brute force (Poeem model)", || {
+        evaluation.brute_force(&queries, &items, dim)
+    })?;
+    let measured = stages.run("search the Poeem index", || {
+        evaluation.through(&exported.parts, &queries, &items, &poeem_ids)
+    })?;
+    indexes.push(IndexRun::of(POEEM, "export", &exported, measured));
+    progress.job_done();
+    Ok(SizeRun {
+        seed,
+        config,
+        plain,
+        poeem: ModelRun {
+            name: "Poeem",
+            training_seconds: poeem_report.elapsed.as_secs_f64(),
+            examples_per_second: poeem_report.examples_per_second,
+            brute_force_precision: poeem_brute,
+        },
+        indexes,
+        stages,
+        faiss_version,
+    })
+}
+
+/// The evaluated queries' and every item's embeddings.
+fn embed(model: &Model, evaluation: &Evaluation<'_>) -> Result<(Vec<f32>, Vec<f32>)> {
+    let queries = model.embed_queries(evaluation.eval.queries(), evaluation.par)?;
+    let all: Vec<u32> = (0..model.n_items() as u32).collect();
+    let items = model.embed_items(&all, evaluation.par)?;
+    Ok((queries, items))
+}
+
+fn outcome(
+    args: &Args,
+    seeds: &[u64],
+    sizes: &[(u32, usize)],
+    runs: Vec<SizeRun>,
+    hash: DataHash,
+) -> Outcome {
+    let largest = sizes.iter().map(|&(n, _)| n).max().unwrap_or(0);
+    let main: Vec<&SizeRun> = runs
+        .iter()
+        .filter(|r| r.config.rule.items == largest)
+        .collect();
+    let config = &main[0].config;
+    let nprobes = &config.nprobes;
+    let k = config.k;
+    let index_names: Vec<String> = main[0].indexes.iter().map(|i| i.name.clone()).collect();
+    let mut report = String::new();
+
+    // Precision against nprobe at the largest size.
+    let mut header = vec!["method".to_owned()];
+    header.extend(nprobes.iter().map(|p| format!("nprobe {p}")));
+    let mut rows = Vec::new();
+    for (name, pick) in [
+        (
+            "brute force (plain model)",
+            (|r: &SizeRun| r.plain.brute_force_precision) as fn(&SizeRun) -> f64,
+        ),
+        ("brute force (Poeem model, unquantized)", |r: &SizeRun| {
+            r.poeem.brute_force_precision
+        }),
+    ] {
+        let values: Vec<f64> = main.iter().map(|r| pick(r)).collect();
+        let mut row = vec![name.to_owned()];
+        row.extend(nprobes.iter().map(|_| mean_pm(&values, 4)));
+        rows.push(row);
+    }
+    let across = |name: &str, p: usize| -> Vec<f64> {
+        main.iter()
+            .filter_map(|r| r.index(name).map(|i| i.by_nprobe[p]))
+            .collect()
+    };
+    for name in &index_names {
+        let mut row = vec![name.clone()];
+        row.extend((0..nprobes.len()).map(|p| mean_pm(&across(name, p), 4)));
+        rows.push(row);
+    }
+    let layer = config.poeem.index.as_ref();
+    report += &format!(
+        "{} items and {} queries (base {}), {} interactions; two-tower model of {}-d id \
+         embeddings, batch {}, {} epoch(s); index J = {} lists, K = {} codewords, D = {} \
+         subspaces; Poeem warm-up {} steps, coarse level {:?} from {:?}; precision@{k} over {} \
+         sampled queries, lists probed by {}; {}.\n\n",
+        config.rule.items,
+        config.rule.queries,
+        config.rule.base,
+        config.interactions,
+        config.plain.model.dim,
+        config.plain.batch_size,
+        config.plain.epochs,
+        config.build.n_lists,
+        1u64 << config.build.n_bits,
+        config.build.n_subspaces,
+        layer.map_or(0, |l| l.warmup_steps),
+        layer.map(|l| l.coarse_objective),
+        config.poeem.model.layer_update_items,
+        config.eval_queries,
+        config.probe,
+        over_seeds(main.len()),
+    );
+    report += &markdown_table(&header, &rows);
+    let ahead: Vec<String> = (0..nprobes.len())
+        .map(|p| {
+            format!(
+                "nprobe {}: {} of {}",
+                nprobes[p],
+                main.iter().filter(|r| r.poeem_ahead(p)).count(),
+                main.len()
+            )
+        })
+        .collect();
+    report += &format!(
+        "\nSeeds on which the Poeem index is ahead of every post-hoc index: {}.\n",
+        ahead.join("; ")
+    );
+    report += &super::faiss_note(
+        args.faiss,
+        main.iter().find_map(|r| r.faiss_version.as_deref()),
+    );
+
+    // Index time, training.
+    let rows: Vec<Vec<String>> = index_names
+        .iter()
+        .map(|name| {
+            let seconds: Vec<f64> = main
+                .iter()
+                .filter_map(|r| r.index(name).map(|i| i.seconds))
+                .collect();
+            let export: Vec<f64> = main
+                .iter()
+                .filter_map(|r| r.index(POEEM).map(|i| i.seconds))
+                .collect();
+            let ratio = super::mean_std(&seconds).0 / super::mean_std(&export).0.max(1e-9);
+            let made_by = main[0].index(name).map_or("", |i| i.made_by);
+            vec![
+                name.clone(),
+                format!("{} ({made_by})", mean_pm(&seconds, 2)),
+                format!("{ratio:.0}x"),
+            ]
+        })
+        .collect();
+    report += "\n";
+    report += &markdown_table(
+        &["index", "index time (s)", "time / Poeem export"].map(str::to_owned),
+        &rows,
+    );
+    report += "\nThe export's time is its encoding with the learned codec (the items' embeddings \
+               are computed once for it, as for the post-hoc builds).\n\n";
+    let rows: Vec<Vec<String>> = [false, true]
+        .iter()
+        .map(|&poeem| {
+            let models: Vec<&ModelRun> = main
+                .iter()
+                .map(|r| if poeem { &r.poeem } else { &r.plain })
+                .collect();
+            let seconds: Vec<f64> = models.iter().map(|m| m.training_seconds).collect();
+            let rate: Vec<f64> = models.iter().map(|m| m.examples_per_second).collect();
+            vec![
+                models[0].name.to_owned(),
+                mean_pm(&seconds, 0),
+                mean_pm(&rate, 0),
+            ]
+        })
+        .collect();
+    report += &markdown_table(
+        &["model", "training time (s)", "examples/s"].map(str::to_owned),
+        &rows,
+    );
+
+    // Stages of the largest size (first seed).
+    let stages = &main[0].stages;
+    let rows: Vec<Vec<String>> = stages
+        .0
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                format!("{:.1}", s.seconds),
+                gib(s.peak_bytes),
+            ]
+        })
+        .collect();
+    report += &format!(
+        "\n## Time and peak memory per stage ({} items, seed {})\n\nPeak memory is the \
+         process's peak resident set during the stage (what earlier stages still hold \
+         included); the whole run peaked at {} GiB. The faiss stage runs in a child process, \
+         whose memory is not counted.\n\n",
+        config.rule.items,
+        main[0].seed,
+        gib(runs.iter().filter_map(|r| r.stages.peak()).max())
+    );
+    report += &markdown_table(
+        &["stage", "seconds", "peak memory (GiB)"].map(str::to_owned),
+        &rows,
+    );
+
+    if let Some(table) = coarse_table(
+        &index_names,
+        &main
+            .iter()
+            .map(|r| r.indexes.as_slice())
+            .collect::<Vec<_>>(),
+    ) {
+        report += &format!(
+            "\n## The coarse level\n\nFor each index, against its model's exact top-{k}: the \
+             share inside the probed lists, and how the probes spread over the lists.\n\n"
+        );
+        report += &table;
+    }
+
+    let mut plots = Vec::new();
+    let mut series: Vec<Series> = index_names
+        .iter()
+        .map(|name| {
+            seed_series(
+                name,
+                nprobes,
+                &(0..nprobes.len())
+                    .map(|p| across(name, p))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    series.push(super::flat_series(
+        "brute force (plain model)",
+        nprobes,
+        &main
+            .iter()
+            .map(|r| r.plain.brute_force_precision)
+            .collect::<Vec<_>>(),
+    ));
+    plots.push((
+        "precision_vs_nprobe".to_owned(),
+        LineChart {
+            title: format!(
+                "Scale ({} items): precision@{k} against nprobe",
+                config.rule.items
+            ),
+            x_label: "nprobe (lists probed)".to_owned(),
+            y_label: format!("precision@{k}"),
+            log2_x: true,
+            series,
+        },
+    ));
+
+    // The sweep: cost of each stage against the size.
+    let distinct: Vec<u32> = {
+        let mut d: Vec<u32> = sizes.iter().map(|&(n, _)| n).collect();
+        d.dedup();
+        d
+    };
+    if distinct.len() > 1 {
+        let first_seed: Vec<&SizeRun> = distinct
+            .iter()
+            .filter_map(|&n| runs.iter().find(|r| r.config.rule.items == n))
+            .collect();
+        let stage_names: Vec<String> = first_seed[0]
+            .stages
+            .0
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let mut header = vec!["stage".to_owned()];
+        header.extend(
+            first_seed
+                .iter()
+                .map(|r| format!("{} items: s / GiB", r.config.rule.items)),
+        );
+        header.push("time growth, last size over first / size ratio".to_owned());
+        let size_ratio = f64::from(*distinct.last().unwrap_or(&1)) / f64::from(distinct[0]);
+        let mut rows = Vec::new();
+        let mut time_series = Vec::new();
+        let mut memory_points = Vec::new();
+        for name in &stage_names {
+            let found: Vec<Option<&Stage>> = first_seed
+                .iter()
+                .map(|r| r.stages.0.iter().find(|s| &s.name == name))
+                .collect();
+            let mut row = vec![name.clone()];
+            row.extend(found.iter().map(|s| {
+                s.map_or("-".to_owned(), |s| {
+                    format!("{:.1} / {}", s.seconds, gib(s.peak_bytes))
+                })
+            }));
+            let (first, last) = (found[0], found[found.len() - 1]);
+            row.push(match (first, last) {
+                (Some(a), Some(b)) if a.seconds > 0.0 => {
+                    format!("{:.2}", b.seconds / a.seconds / size_ratio)
+                }
+                _ => "-".to_owned(),
+            });
+            rows.push(row);
+            time_series.push(Series {
+                name: name.clone(),
+                points: first_seed
+                    .iter()
+                    .zip(&found)
+                    .filter_map(|(r, s)| Some((f64::from(r.config.rule.items), (*s)?.seconds)))
+                    .collect(),
+                spread: None,
+            });
+        }
+        for r in &first_seed {
+            if let Some(peak) = r.stages.peak() {
+                memory_points.push((
+                    f64::from(r.config.rule.items),
+                    peak as f64 / (1u64 << 30) as f64,
+                ));
+            }
+        }
+        report += &format!(
+            "\n## Cost against the size (interactions in proportion; first seed)\n\nThe last \
+             column is how much faster than linearly a stage's time grew from {} to {} items \
+             (1: linear).\n\n",
+            distinct[0],
+            distinct[distinct.len() - 1]
+        );
+        report += &markdown_table(&header, &rows);
+        plots.push((
+            "time_vs_size".to_owned(),
+            LineChart {
+                title: "Scale: time of each stage against the catalogue size".to_owned(),
+                x_label: "items (and queries)".to_owned(),
+                y_label: "seconds".to_owned(),
+                log2_x: true,
+                series: time_series,
+            },
+        ));
+        plots.push((
+            "memory_vs_size".to_owned(),
+            LineChart {
+                title: "Scale: peak memory of the run against the catalogue size".to_owned(),
+                x_label: "items (and queries)".to_owned(),
+                y_label: "peak resident memory (GiB)".to_owned(),
+                log2_x: true,
+                series: vec![Series {
+                    name: "whole run".to_owned(),
+                    points: memory_points,
+                    spread: None,
+                }],
+            },
+        ));
+    }
+
+    let results = json!({
+        "k": k,
+        "nprobes": nprobes,
+        "runs": runs.iter().map(|r| json!({
+            "seed": r.seed,
+            "settings": r.config.json(),
+            "models": [r.plain.json(), r.poeem.json()],
+            "indexes": r.indexes.iter().map(|i| json!({
+                "name": i.name,
+                "made_by": i.made_by,
+                "seconds": i.seconds,
+                "relative_distortion": i.relative_distortion,
+                "precision": i.by_nprobe,
+                "coarse": i.coarse.as_ref().map(|c| c.coverage.iter().map(|p| json!({
+                    "nprobe": p.nprobe,
+                    "top_k_share": p.top_k_share,
+                    "best_item_share": p.best_item_share,
+                })).collect::<Vec<_>>()),
+            })).collect::<Vec<_>>(),
+            "stages": r.stages.0.iter().map(|s| json!({
+                "name": s.name,
+                "seconds": s.seconds,
+                "peak_bytes": s.peak_bytes,
+            })).collect::<Vec<_>>(),
+            "peak_bytes": r.stages.peak(),
+            "poeem_ahead": (0..r.config.nprobes.len()).map(|p| r.poeem_ahead(p)).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    });
+    Outcome {
+        title: "The paper's scale on one machine: the tutorial's generator with millions of items"
+            .to_owned(),
+        seeds: seeds.to_vec(),
+        data: DataInfo {
+            description: format!(
+                "generated: the tutorial's rule in base {} ({} items, {} interactions per seed \
+                 at the largest size)",
+                config.rule.base, config.rule.items, config.interactions
+            ),
+            sha256: hash.hex(),
+        },
+        settings: config.json(),
+        results,
+        report,
+        plots,
+    }
+}
