@@ -77,13 +77,13 @@ pub(crate) struct Args {
     pub(crate) vectors: Option<PathBuf>,
     /// `movielens` and `scale`: train every model this many epochs instead of the preset's (20
     /// for movielens: long training is where a jointly trained coarse level can drift, see
-    /// docs/reproduce.md; 2 for scale).
+    /// docs/reproduce.md; 3 for scale).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub(crate) epochs: Option<u64>,
     /// `rotation` only: Givens step size, relative to the data's mean squared norm.
     #[arg(long, default_value_t = DEFAULT_GIVENS_LR)]
     pub(crate) givens_lr: f32,
-    /// `scale` only: items (and queries) [default: 2,000,000; 40,000 with --quick].
+    /// `scale` only: items (and queries) [default: 2,000,000; 20,000 with --quick].
     #[arg(long, value_parser = clap::value_parser!(u32).range(256..))]
     pub(crate) items: Option<u32>,
     /// `scale` only: interactions [default: 25 per item, 50,000,000 for 2,000,000 items].

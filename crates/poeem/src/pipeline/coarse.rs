@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{IdMap, PipelineError};
 use crate::pq::Par;
-use crate::search::{Probe, SearchIndex};
+use crate::search::{IndexView, Probe, SearchIndex};
 use crate::train::metrics::top_k_inner_product;
 
 /// Coarse-level diagnostics of an index for a set of queries
@@ -111,11 +111,52 @@ impl CoarseDiagnostics {
         probe: Probe,
         par: Par,
     ) -> Result<Self, PipelineError> {
+        let dim = index.view().params().dim;
+        let whole_rows =
+            query_vectors.len().is_multiple_of(dim) && item_vectors.len().is_multiple_of(dim);
+        let width = k.min(item_vectors.len() / dim);
+        // Bad shapes get their error from `measure_against`.
+        let exact = if whole_rows && width > 0 {
+            top_k_inner_product(query_vectors, item_vectors, dim, width, par)
+        } else {
+            Vec::new()
+        };
+        Self::measure_against(
+            index,
+            query_vectors,
+            item_vectors,
+            ids,
+            &exact,
+            width,
+            nprobes,
+            probe,
+        )
+    }
+
+    /// [`measure`](Self::measure) against given exact rankings: `exact` holds `width` item
+    /// indices per query, best first (as [`top_k_inner_product`] returns them), so that a
+    /// caller who has them already (from a brute-force evaluation) does not compute them
+    /// again.
+    ///
+    /// # Errors
+    /// As [`measure`](Self::measure), and [`PipelineError::Mismatch`] when `exact` does not
+    /// hold `width` items per query.
+    #[allow(clippy::too_many_arguments)]
+    pub fn measure_against(
+        index: &SearchIndex<'_>,
+        query_vectors: &[f32],
+        item_vectors: &[f32],
+        ids: &IdMap,
+        exact: &[u32],
+        width: usize,
+        nprobes: &[usize],
+        probe: Probe,
+    ) -> Result<Self, PipelineError> {
         let view = index.view();
         let params = view.params();
         let (dim, p, n_lists) = (params.dim, params.padded_dim, params.n_lists);
         let mismatch = |reason: String| PipelineError::Mismatch { reason };
-        if k == 0 || nprobes.contains(&0) {
+        if width == 0 || nprobes.contains(&0) {
             return Err(mismatch("k and every nprobe must be at least 1".into()));
         }
         if !query_vectors.len().is_multiple_of(dim) || !item_vectors.len().is_multiple_of(dim) {
@@ -125,26 +166,13 @@ impl CoarseDiagnostics {
         }
         let n_items = item_vectors.len() / dim;
         let n_queries = query_vectors.len() / dim;
-
-        // The list of each item, from the index.
-        let mut list_of = vec![u32::MAX; n_items];
-        let mut list_sizes = vec![0usize; n_lists];
-        for (j, size) in list_sizes.iter_mut().enumerate() {
-            let list = view.list(j);
-            *size = list.len();
-            for &id in list.ids {
-                let item = ids.index_of(id as i64)? as usize;
-                if item >= n_items {
-                    return Err(mismatch(format!(
-                        "the index holds item {item}, but only {n_items} item vectors were given"
-                    )));
-                }
-                list_of[item] = j as u32;
-            }
+        if exact.len() != n_queries * width || exact.iter().any(|&i| i as usize >= n_items) {
+            return Err(mismatch(format!(
+                "the exact rankings must hold {width} of the {n_items} items for each of the \
+                 {n_queries} queries"
+            )));
         }
-
-        let width = k.min(n_items);
-        let exact = top_k_inner_product(query_vectors, item_vectors, dim, width, par);
+        let (list_of, list_sizes) = list_of_items(&view, ids, n_items)?;
         let max_nprobe = nprobes.iter().copied().max().unwrap_or(1).min(n_lists);
         let mut first_probes = vec![0usize; n_lists];
         let mut found = vec![(0usize, 0usize); nprobes.len()];
@@ -289,4 +317,32 @@ fn rotate(x: &[f32], dim: usize, p: usize, rotation: Option<&[f32]>) -> Vec<f32>
         }
     }
     out
+}
+
+/// The list of each of `n_items` items (`u32::MAX`: in no list) and each list's size, read
+/// from the index; `ids` maps index ids to items.
+fn list_of_items(
+    view: &IndexView<'_>,
+    ids: &IdMap,
+    n_items: usize,
+) -> Result<(Vec<u32>, Vec<usize>), PipelineError> {
+    let n_lists = view.params().n_lists;
+    let mut list_of = vec![u32::MAX; n_items];
+    let mut list_sizes = vec![0usize; n_lists];
+    for (j, size) in list_sizes.iter_mut().enumerate() {
+        let list = view.list(j);
+        *size = list.len();
+        for &id in list.ids {
+            let item = ids.index_of(id as i64)? as usize;
+            if item >= n_items {
+                return Err(PipelineError::Mismatch {
+                    reason: format!(
+                        "the index holds item {item}, but only {n_items} item vectors were given"
+                    ),
+                });
+            }
+            list_of[item] = j as u32;
+        }
+    }
+    Ok((list_of, list_sizes))
 }
