@@ -113,7 +113,7 @@ pub(crate) enum Experiment {
     /// The tutorial's generator with millions of items: plain vs Poeem, post-hoc indexes, the
     /// time and memory of each stage.
     Scale,
-    /// Every experiment in turn.
+    /// Every experiment in turn (`scale` only with `--quick`: in full it takes an hour).
     All,
 }
 
@@ -261,6 +261,17 @@ pub(crate) struct Outcome {
 /// An experiment's errors (bad data, a failed write, …).
 pub(crate) fn run(args: &Args) -> Result<()> {
     let experiments: Vec<Experiment> = match args.experiment {
+        // The full scale run takes about an hour on 2 cores: `all` leaves it to its own command.
+        Experiment::All if !args.quick => {
+            eprintln!(
+                "all: `reproduce scale` is left out (it takes about an hour on 2 cores); run it \
+                 on its own, or `reproduce all --quick` for its short form"
+            );
+            Experiment::EACH
+                .into_iter()
+                .filter(|&e| e != Experiment::Scale)
+                .collect()
+        }
         Experiment::All => Experiment::EACH.to_vec(),
         one => vec![one],
     };
@@ -445,7 +456,10 @@ impl Progress {
             "{prefix:>10} [{bar:30}] {pos}/{len} steps ({eta}) {msg}",
         )));
         bar.set_prefix(name.to_owned());
-        TrainingBar(bar)
+        TrainingBar {
+            bar,
+            logged_tenths: self.multi.is_hidden().then_some(0),
+        }
     }
 
     /// Prints a line above the bars.
@@ -654,28 +668,47 @@ pub(crate) fn train_with_bar(
     dataset: &Dataset,
     on_report: &mut dyn FnMut(&TrainProgress),
 ) -> Result<(Model, TrainReport)> {
-    let bar = progress.training(name);
+    let mut bar = progress.training(name);
     Ok(train_model(config, dataset, &mut |p| {
         bar.update(p);
         on_report(p);
     })?)
 }
 
-/// The bar of one training run; cleared when dropped.
-pub(crate) struct TrainingBar(ProgressBar);
+/// The bar of one training run; cleared when dropped. Where the bars are hidden (stderr is
+/// not a terminal), each tenth of the run is logged as a line instead.
+pub(crate) struct TrainingBar {
+    bar: ProgressBar,
+    /// Tenths of the run logged so far, when logging lines.
+    logged_tenths: Option<u64>,
+}
 
 impl TrainingBar {
     /// Shows a trainer's report.
-    pub(crate) fn update(&self, p: &TrainProgress) {
-        self.0.set_length(p.total_steps);
-        self.0.set_position(p.step);
-        self.0.set_message(format!("loss {:.3}", p.loss));
+    pub(crate) fn update(&mut self, p: &TrainProgress) {
+        self.bar.set_length(p.total_steps);
+        self.bar.set_position(p.step);
+        self.bar.set_message(format!("loss {:.3}", p.loss));
+        if let Some(logged) = &mut self.logged_tenths {
+            let tenths = p.step * 10 / p.total_steps.max(1);
+            if tenths > *logged {
+                *logged = tenths;
+                eprintln!(
+                    "[{}] {}/{} steps, loss {:.3}, {:.0} examples/s",
+                    self.bar.prefix(),
+                    p.step,
+                    p.total_steps,
+                    p.loss,
+                    p.examples_per_second
+                );
+            }
+        }
     }
 }
 
 impl Drop for TrainingBar {
     fn drop(&mut self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
     }
 }
 
@@ -803,6 +836,15 @@ mod tests {
         assert_eq!(
             args.command(Experiment::Ablation),
             "cargo xtask reproduce ablation --seeds 2"
+        );
+        args.seeds = None;
+        assert_eq!(args.seed_list(Experiment::Scale), [1]);
+        args.items = Some(250_000);
+        args.sweep = vec![250_000, 500_000];
+        args.epochs = Some(1);
+        assert_eq!(
+            args.command(Experiment::Scale),
+            "cargo xtask reproduce scale --epochs 1 --items 250000 --sweep 250000,500000 --faiss"
         );
     }
 }
