@@ -116,4 +116,4 @@ def test_codec_from_parts_errors():
     with pytest.raises(poeem.InvalidArgumentError, match="dim = 5"):
         poeem.IvfPqCodec.from_parts(np.zeros((2, 12), np.float32), books, dim=5)
     flat = poeem.IvfPqCodec.from_parts(np.zeros((0, 12), np.float32), books)
-    assert flat.n_lists == 0
+    assert flat.n_lists == 1 and flat.coarse_centroids.shape == (0, 12)  # one list at the origin

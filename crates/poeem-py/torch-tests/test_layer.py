@@ -20,8 +20,8 @@ def small_layer(**kw):
     settings = dict(warmup_steps=2, buffer_size=96, regularizer_weight=0.5, seed=3,
                     kmeans_iterations=6, threads=1)
     settings.update(kw)
-    return pt.IndexingLayer(DIM, kw.pop("n_lists", 4), 4, 4, **{
-        k: v for k, v in settings.items() if k != "n_lists"})
+    n_lists, n_bits = settings.pop("n_lists", 4), settings.pop("n_bits", 4)
+    return pt.IndexingLayer(DIM, n_lists, 4, n_bits, **settings)
 
 
 def batches(n_batches, n=32, seed=0):

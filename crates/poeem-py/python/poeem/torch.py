@@ -173,8 +173,8 @@ class IndexingLayer(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         #: Givens steps taken (fixes the pair stream of the next one).
         self.register_buffer("givens_steps", torch.zeros((), dtype=torch.int64))
-        #: Whether the warm start has run.
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        #: Whether the warm start has run (0 or 1; int64, as gloo broadcasts no bool tensors).
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.int64))
         # The warm-start buffer and whether it is full: the module's extra state (in state_dict;
         # DistributedDataParallel does not broadcast it, the layer gathers it itself).
         self._buffer = torch.zeros(0, self.dim)
@@ -404,7 +404,7 @@ class IndexingLayer(nn.Module):
             self.coarse_centroids.copy_(coarse)
             self.codebooks.copy_(books)
             self.rotation.copy_(rotation)
-            self.initialized.fill_(True)
+            self.initialized.fill_(1)
         self._buffer = torch.zeros(0, self.dim)
 
     def _givens_step(self, rotated, dy):
