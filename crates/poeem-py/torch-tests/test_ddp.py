@@ -58,4 +58,8 @@ def test_two_processes_hold_identical_layer_state(tmp_path):
         assert torch.allclose(init[key], ranks[0]["init"][key], atol=1e-4), key
     for key in ("coarse_centroids", "codebooks", "rotation"):
         a, b = model.layer.state_dict()[key], layer_state[key]
-        assert torch.allclose(a, b, atol=1e-3), (key, float((a - b).abs().max()))
+        print(f"DDP against one process, {key}: largest difference {float((a - b).abs().max()):.2e}")
+        assert torch.allclose(a, b, rtol=0, atol=1e-5), (key, float((a - b).abs().max()))
+    for key, value in model.state_dict().items():
+        if not key.startswith("layer."):
+            assert torch.allclose(value, ranks[0]["model"][key], rtol=0, atol=1e-5), key
