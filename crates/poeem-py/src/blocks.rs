@@ -319,8 +319,8 @@ impl IvfPqCodec {
                 "dim = {dim}: does not pad to the parts' dimension {padded} with {m} subspaces"
             )));
         }
-        let pq = ProductQuantizer::from_codebooks(padded, m, n_bits, books.data())
-            .map_err(pq_error)?;
+        let pq =
+            ProductQuantizer::from_codebooks(padded, m, n_bits, books.data()).map_err(pq_error)?;
         let coarse = if coarse.n == 0 {
             None
         } else {
@@ -438,9 +438,7 @@ impl IvfPqCodec {
         let metric: Metric = metric.parse().map_err(|e| search_error(e, false))?;
         let par = par(threads)?;
         let rows = float_rows(x, "x", Some(self.codec.dim()), false)?;
-        let ids = ids
-            .map(|ids| crate::arrays::ids(ids, "ids"))
-            .transpose()?;
+        let ids = ids.map(|ids| crate::arrays::ids(ids, "ids")).transpose()?;
         if let Some(ids) = &ids
             && ids.len() != rows.n
         {

@@ -197,11 +197,12 @@ def test_exported_index_reconstructs_tau_and_scores_inner_products(tmp_path, run
         expected = exact[q, (found[q] - 1) // 3]
         np.testing.assert_allclose(scores[q], expected, rtol=1e-4, atol=1e-4)
     # The `poeem` command opens and searches it too.
-    run_cli("verify", path)
+    run_cli("verify", "--index", path)
     np.save(tmp_path / "q.npy", queries)
-    out = run_cli("search", "--index", path, "--queries", tmp_path / "q.npy", "-k", 5,
-                  "--nprobe", 4)
-    assert out.stdout.strip()
+    run_cli("search", "--index", path, "--queries", tmp_path / "q.npy", "-k", 5, "--nprobe", 4,
+            "--threads", 1, "--out", tmp_path / "ids.npy", "--scores", tmp_path / "s.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), found[:, :5])
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), scores[:, :5], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
