@@ -11,7 +11,7 @@ gender, occupation; item: id, release year, genres), each field embedded in 32 d
 128-wide hidden layer, 64-d outputs normalised, temperature 0.05, in-batch softmax with log-Q
 correction and duplicates masked; Adam 0.001, batch 1024; leave-last-out split (each user's
 last interaction held out, training items removed from the results). The layer: J = 32,
-K = 256, D = 8, warm-up of half the training, a 8,192-row buffer, its parameters at Adam 0.01;
+K = 256, D = 8, warm-up of half the training, a 8,192-row buffer, its parameters moved by SGD;
 each step it sees the batch's distinct items plus a uniform sample of 1,024 catalogue items
 (the Rust preset's catalogue sample, which keeps the lists weighted as a post-hoc index's).
 `--time` measures the training step at batch 1024 with and without the layer (CPU time of the
@@ -152,9 +152,13 @@ def train(d, train_idx, seed, layer_settings, epochs, batch, rank=0, world=1, ti
     model = TwoTower(d, layer)
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("layer.")],
                "lr": 1e-3}]
-    if layer is not None:
-        groups.append({"params": list(layer.parameters()), "lr": 1e-2})
     opt = torch.optim.Adam(groups)
+    # The layer's centroids and codebooks: plain SGD on the regularizer (a mean over the rows the
+    # layer saw), an online k-means whose step moves a centroid by 2·lr·(its share of the rows)
+    # towards its rows' mean. Not Adam: a dense Adam's momentum keeps moving the centroids and
+    # codewords a batch did not use (the Rust layer steps only the rows used).
+    layer_opt = torch.optim.SGD([{"params": [layer.coarse_centroids], "lr": 1.0},
+                                 {"params": [layer.codebooks], "lr": 4.0}]) if layer else None
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
@@ -180,8 +184,12 @@ def train(d, train_idx, seed, layer_settings, epochs, batch, rank=0, world=1, ti
             if layer is not None:
                 loss = loss + layer.regularizer_loss() / (len(distinct) + len(catalogue))
             opt.zero_grad()
+            if layer_opt is not None:
+                layer_opt.zero_grad()
             loss.backward()
             opt.step()
+            if layer_opt is not None:
+                layer_opt.step()
             step_times.append(time.process_time() - began)
             if timing is not None and len(step_times) >= timing:
                 return model, step_times
