@@ -41,6 +41,11 @@ fn untyped<'a, 'py>(
     })
 }
 
+/// The shape of a numpy array (any dtype), or the error naming `what`.
+pub fn shape_of(x: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<usize>> {
+    Ok(untyped(x, what)?.shape().to_vec())
+}
+
 fn dtype_name(array: &Bound<'_, PyUntypedArray>) -> String {
     array
         .dtype()

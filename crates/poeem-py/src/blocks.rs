@@ -4,17 +4,20 @@
 use numpy::ndarray::{Array1, Array2};
 use numpy::prelude::*;
 use numpy::{PyReadonlyArray2, PyUntypedArray};
-use poeem::build::BuildOptions;
+use poeem::build::{BuildError, BuildOptions, index_from_codec};
 use poeem::pq::{
-    IvfPqCodec as RsCodec, KMeans as RsKMeans, KMeansConfig, KMeansInit, KMeansSettings, OpqConfig,
-    PqTraining, Stage, train_opq,
+    Centroids, CoarseQuantizer, IvfPqCodec as RsCodec, KMeans as RsKMeans, KMeansConfig,
+    KMeansInit, KMeansSettings, OpqConfig, PqTraining, ProductQuantizer, Stage, train_opq,
 };
-use poeem::search::Metric;
+use poeem::rotation::Rotation;
+use poeem::search::format::encode_index;
+use poeem::search::{Index as RsIndex, Metric};
 use pyo3::prelude::*;
 
 use crate::arrays::{Rows, float_rows};
 use crate::build::interruptible;
-use crate::errors::{invalid, pq_error};
+use crate::errors::{build_error, invalid, pq_error, search_error};
+use crate::index::Index;
 use crate::par;
 
 /// `NonFinite`-style check for the calls whose Rust side assumes finite input.
@@ -262,6 +265,204 @@ impl IvfPqCodec {
         })?
         .map_err(pq_error)?;
         Ok(Self { codec })
+    }
+
+    /// Assembles a codec from learned parts (what `poeem.torch.IndexingLayer` learns):
+    /// `coarse_centroids` `(n_lists, padded_dim)` (0 rows: a flat PQ with one list at the
+    /// origin), `codebooks` `(n_subspaces, 2**n_bits, padded_dim / n_subspaces)` and an
+    /// orthonormal `rotation` `(padded_dim, padded_dim)` (None: the identity). `dim` is the
+    /// vectors' dimension before zero padding (default `padded_dim`). The values are kept bit
+    /// for bit, so `encode`/`decode` and `index` see exactly these parts.
+    #[staticmethod]
+    #[pyo3(signature = (coarse_centroids, codebooks, rotation = None, *, dim = None))]
+    fn from_parts(
+        coarse_centroids: &Bound<'_, PyAny>,
+        codebooks: &Bound<'_, PyAny>,
+        rotation: Option<&Bound<'_, PyAny>>,
+        dim: Option<usize>,
+    ) -> PyResult<Self> {
+        let book_shape = crate::arrays::shape_of(codebooks, "codebooks")?;
+        let [m, k, sub] = book_shape[..] else {
+            return Err(invalid(format!(
+                "codebooks: expected a 3-D array (n_subspaces, 2**n_bits, sub_dim), got shape \
+                 {book_shape:?}"
+            )));
+        };
+        if m == 0 || sub == 0 || !k.is_power_of_two() || k < 2 {
+            return Err(invalid(format!(
+                "codebooks: shape {book_shape:?}: expected at least one subspace of at least one \
+                 value and a power of two (≥ 2) of codewords"
+            )));
+        }
+        let n_bits = k.trailing_zeros();
+        let padded = m * sub;
+        let flat = codebooks.call_method1("reshape", (m * k, sub))?;
+        let books = float_rows(&flat, "codebooks", Some(sub), false)?;
+        let coarse = float_rows(coarse_centroids, "coarse_centroids", Some(padded), true)?;
+        let rotation = match rotation {
+            None => Rotation::identity(padded),
+            Some(r) => {
+                let r = float_rows(r, "rotation", Some(padded), false)?;
+                if r.n != padded {
+                    return Err(invalid(format!(
+                        "rotation: expected shape ({padded}, {padded}), got ({}, {padded})",
+                        r.n
+                    )));
+                }
+                Rotation::from_row_major_exact(padded, r.data().to_vec())
+                    .map_err(|e| invalid(format!("rotation: {e}")))?
+            }
+        };
+        let dim = dim.unwrap_or(padded);
+        if dim == 0 || poeem::pq::padded_dim(dim, m) != padded {
+            return Err(invalid(format!(
+                "dim = {dim}: does not pad to the parts' dimension {padded} with {m} subspaces"
+            )));
+        }
+        let pq =
+            ProductQuantizer::from_codebooks(padded, m, n_bits, books.data()).map_err(pq_error)?;
+        let coarse = if coarse.n == 0 {
+            None
+        } else {
+            let centroids = Centroids::new(padded, coarse.data().to_vec()).map_err(pq_error)?;
+            Some(CoarseQuantizer::from_centroids(centroids))
+        };
+        let codec = RsCodec::from_parts(dim, rotation, coarse, pq).map_err(pq_error)?;
+        Ok(Self { codec })
+    }
+
+    /// The `(n_lists, padded_dim)` float32 coarse centroids (0 rows for a flat PQ).
+    #[getter]
+    fn coarse_centroids<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        let p = self.codec.padded_dim();
+        let values = self
+            .codec
+            .coarse()
+            .map(|c| c.centroids().as_slice().to_vec())
+            .unwrap_or_default();
+        Array2::from_shape_vec((values.len() / p, p), values)
+            .expect("n_lists × padded_dim")
+            .into_pyarray(py)
+            .into_any()
+    }
+
+    /// The `(n_subspaces, 2**n_bits, padded_dim / n_subspaces)` float32 codebooks.
+    #[getter]
+    fn codebooks<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        let pq = self.codec.pq();
+        numpy::ndarray::Array3::from_shape_vec(
+            (pq.n_subspaces(), pq.n_codewords(), pq.sub_dim()),
+            pq.codebooks_flat(),
+        )
+        .expect("M × K × sub_dim")
+        .into_pyarray(py)
+        .into_any()
+    }
+
+    /// The `(padded_dim, padded_dim)` float32 rotation (rows: `x ↦ x R`; the identity when the
+    /// codec has none).
+    #[getter]
+    fn rotation<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        let r = self.codec.rotation();
+        Array2::from_shape_vec((r.dim(), r.dim()), r.as_slice().to_vec())
+            .expect("d × d")
+            .into_pyarray(py)
+            .into_any()
+    }
+
+    /// The dimension after zero padding to a multiple of `n_subspaces`.
+    #[getter]
+    fn padded_dim(&self) -> usize {
+        self.codec.padded_dim()
+    }
+
+    /// `lists, codes, rotated, reconstructions = codec.quantize(x)`: `encode` and `decode` in
+    /// one call, plus the padded, rotated rows `x R` `(n, padded_dim)` the codes were chosen
+    /// for. `reconstructions` equals `decode(*encode(x))` bit for bit. NaN or infinity raises.
+    #[pyo3(signature = (x, *, threads = None))]
+    #[allow(clippy::type_complexity)]
+    fn quantize<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        threads: Option<usize>,
+    ) -> PyResult<(
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
+    )> {
+        let par = par(threads)?;
+        let rows = float_rows(x, "x", Some(self.codec.dim()), true)?;
+        check_finite(&rows, "x")?;
+        let (data, n, m) = (rows.data(), rows.n, self.n_subspaces());
+        let (p, dim) = (self.codec.padded_dim(), self.codec.dim());
+        let (lists, codes, rotated, out) = py
+            .detach(|| {
+                let rotated = self.codec.rotate(data, par)?;
+                let mut lists = vec![0u32; n];
+                let mut codes = vec![0u16; n * m];
+                self.codec.encode(data, &mut lists, &mut codes, par)?;
+                let mut out = vec![0.0f32; n * dim];
+                self.codec.decode(&lists, &codes, &mut out, par)?;
+                Ok::<_, poeem::pq::PqError>((lists, codes, rotated, out))
+            })
+            .map_err(pq_error)?;
+        let lists: Array1<i64> = lists.into_iter().map(i64::from).collect();
+        Ok((
+            lists.into_pyarray(py).into_any(),
+            codes_array(py, codes, n, m, self.n_bits() > 8),
+            Array2::from_shape_vec((n, p), rotated)
+                .expect("n × padded_dim")
+                .into_pyarray(py)
+                .into_any(),
+            Array2::from_shape_vec((n, dim), out)
+                .expect("n × dim")
+                .into_pyarray(py)
+                .into_any(),
+        ))
+    }
+
+    /// `codec.index(x, *, ids=None, metric="ip")`: an index of the rows of `x` encoded with this
+    /// codec, no k-means (the encode-only export `poeem export` uses; `metric="cosine"`
+    /// normalises the rows first). Returns a `poeem.Index` in memory; `save` writes it.
+    #[pyo3(signature = (x, *, ids = None, metric = "ip", threads = None))]
+    fn index(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        ids: Option<&Bound<'_, PyAny>>,
+        metric: &str,
+        threads: Option<usize>,
+    ) -> PyResult<Index> {
+        let metric: Metric = metric.parse().map_err(|e| search_error(e, false))?;
+        let par = par(threads)?;
+        let rows = float_rows(x, "x", Some(self.codec.dim()), false)?;
+        let ids = ids.map(|ids| crate::arrays::ids(ids, "ids")).transpose()?;
+        if let Some(ids) = &ids
+            && ids.len() != rows.n
+        {
+            return Err(invalid(format!(
+                "ids: {} ids for {} vectors",
+                ids.len(),
+                rows.n
+            )));
+        }
+        let data = rows.data();
+        let built = py.detach(|| -> Result<RsIndex, BuildError> {
+            let parts = index_from_codec(
+                &self.codec,
+                data,
+                ids.as_deref(),
+                metric,
+                serde_json::Value::Null,
+                par,
+            )?;
+            let bytes = encode_index(&parts)?;
+            Ok(RsIndex::from_bytes(&bytes)?)
+        });
+        let index = built.map_err(build_error)?;
+        Ok(Index::wrap(py, index, None))
     }
 
     /// The vectors' dimension.

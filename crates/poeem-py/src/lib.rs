@@ -9,6 +9,7 @@ mod arrays;
 mod blocks;
 mod build;
 mod errors;
+mod givens;
 mod index;
 
 use poeem::pq::Par;
@@ -36,6 +37,8 @@ fn _poeem(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<blocks::KMeans>()?;
     m.add_class::<blocks::IvfPqCodec>()?;
     m.add_function(wrap_pyfunction!(build::build_index, m)?)?;
+    m.add_function(wrap_pyfunction!(givens::givens_skew, m)?)?;
+    m.add_function(wrap_pyfunction!(givens::givens_step, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

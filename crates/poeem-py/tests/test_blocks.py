@@ -68,3 +68,52 @@ def test_codec_matches_build_index(xb):
     lists, codes = codec.encode(xb)
     np.testing.assert_allclose(codec.decode(lists, codes), index.reconstruct(np.arange(len(xb))),
                                rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("opq", [False, True])
+def test_codec_parts_round_trip_quantize_and_index(xb, opq):
+    """from_parts(parts of a codec) is the same codec bit for bit; quantize is encode + decode;
+    index() is the encode-only index, equal to build_index's for the codec build_index trains."""
+    x = xb[:, :22]  # 22 columns, 4 subspaces: padded to 24
+    codec = poeem.IvfPqCodec.train(x, n_lists=8, n_subspaces=4, n_bits=5, opq=opq,
+                                   opq_rounds=2, kmeans_iterations=5, seed=2)
+    assert codec.padded_dim == 24
+    assert codec.coarse_centroids.shape == (8, 24)
+    assert codec.codebooks.shape == (4, 32, 6)
+    assert codec.rotation.shape == (24, 24)
+    again = poeem.IvfPqCodec.from_parts(codec.coarse_centroids, codec.codebooks,
+                                        codec.rotation, dim=22)
+    lists, codes = codec.encode(x)
+    for a, b in zip((lists, codes), again.encode(x)):
+        np.testing.assert_array_equal(a, b)
+    q_lists, q_codes, rotated, decoded = again.quantize(x)
+    np.testing.assert_array_equal(q_lists, lists)
+    np.testing.assert_array_equal(q_codes, codes)
+    np.testing.assert_array_equal(decoded, codec.decode(lists, codes))
+    assert rotated.shape == (len(x), 24)
+    np.testing.assert_allclose(rotated[:, :22] if not opq else rotated,
+                               x if not opq else np.c_[x, np.zeros((len(x), 2))] @ codec.rotation,
+                               rtol=0, atol=1e-4)
+    built = poeem.build_index(x, n_lists=8, n_subspaces=4, n_bits=5, opq=opq, opq_rounds=2,
+                              kmeans_iterations=5, seed=2)
+    ours = again.index(x)
+    sections = [{s["name"]: (s["length"], s["crc32"]) for s in i.info()["sections"]
+                 if s["name"] != "metadata"} for i in (built, ours)]
+    assert sections[0] == sections[1]
+
+
+def test_codec_from_parts_errors():
+    books = np.zeros((4, 16, 3), dtype=np.float32)
+    with pytest.raises(poeem.InvalidArgumentError, match="3-D"):
+        poeem.IvfPqCodec.from_parts(np.zeros((2, 12), np.float32), books[0])
+    with pytest.raises(poeem.InvalidArgumentError, match="power of two"):
+        poeem.IvfPqCodec.from_parts(np.zeros((2, 12), np.float32), books[:, :15])
+    with pytest.raises(poeem.InvalidArgumentError, match="12 columns"):
+        poeem.IvfPqCodec.from_parts(np.zeros((2, 11), np.float32), books)
+    with pytest.raises(poeem.InvalidArgumentError, match="rotation"):
+        poeem.IvfPqCodec.from_parts(np.zeros((2, 12), np.float32), books,
+                                    np.ones((12, 12), np.float32))
+    with pytest.raises(poeem.InvalidArgumentError, match="dim = 5"):
+        poeem.IvfPqCodec.from_parts(np.zeros((2, 12), np.float32), books, dim=5)
+    flat = poeem.IvfPqCodec.from_parts(np.zeros((0, 12), np.float32), books)
+    assert flat.n_lists == 1 and flat.coarse_centroids.shape == (0, 12)  # one list at the origin

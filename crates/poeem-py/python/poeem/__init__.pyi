@@ -107,3 +107,35 @@ class IvfPqCodec:
     def decode(
         self, lists: _Ids, codes: _Ids, *, threads: Optional[int] = None
     ) -> npt.NDArray[np.float32]: ...
+    @staticmethod
+    def from_parts(
+        coarse_centroids: _Floats,
+        codebooks: _Floats,
+        rotation: Optional[_Floats] = None,
+        *,
+        dim: Optional[int] = None,
+    ) -> IvfPqCodec: ...
+    @property
+    def coarse_centroids(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def codebooks(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def rotation(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def padded_dim(self) -> int: ...
+    def quantize(
+        self, x: _Floats, *, threads: Optional[int] = None
+    ) -> Tuple[
+        npt.NDArray[np.int64],
+        npt.NDArray[Union[np.uint8, np.uint16]],
+        npt.NDArray[np.float32],
+        npt.NDArray[np.float32],
+    ]: ...
+    def index(
+        self,
+        x: _Floats,
+        *,
+        ids: Optional[_Ids] = None,
+        metric: str = "ip",
+        threads: Optional[int] = None,
+    ) -> Index: ...
