@@ -41,6 +41,7 @@ fn synthetic_index(n_items: usize, n_lists: usize, seed: u64) -> IndexParts {
         n_bits: 8,
         metric: Metric::L2,
         n_items: 0,
+        code_layout: Default::default(),
     };
     let centroids = poeem::synthetic::anisotropic_gaussian(n_lists, DIM, 1.0, seed + 1);
     let codebooks: Vec<f32> = poeem::synthetic::anisotropic_gaussian(256, DIM, 1.0, seed + 2)

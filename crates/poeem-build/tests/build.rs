@@ -139,6 +139,7 @@ fn build_reconstructs_every_item_once_with_its_id_and_the_codecs_list() {
             n_bits: 6,
             metric: Metric::L2,
             n_items: n,
+            code_layout: Default::default(),
         }
     );
     assert_eq!(view.rotation(), None);
@@ -567,6 +568,7 @@ fn random_parts(
         n_bits,
         metric: Metric::InnerProduct,
         n_items: n,
+        code_layout: Default::default(),
     };
     let k = 1u32 << n_bits;
     let lists: Vec<u32> = (0..n).map(|_| r.random_range(0..n_lists as u32)).collect();

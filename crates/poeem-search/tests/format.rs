@@ -49,6 +49,7 @@ fn params(
         n_bits,
         metric,
         n_items: 0,
+        code_layout: Default::default(),
     }
 }
 
@@ -326,6 +327,7 @@ fn golden_v1_file_opens_and_matches() {
         );
         let expected = IndexParams {
             n_items: GOLDEN_ITEMS,
+            code_layout: Default::default(),
             ..params(6, 4, 3, 4, Metric::InnerProduct)
         };
         assert_eq!(*index.params(), expected);
