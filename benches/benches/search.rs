@@ -54,9 +54,9 @@ fn synthetic_index_bits(n_items: usize, n_lists: usize, n_bits: u32, seed: u64) 
     let centroids = poeem::synthetic::anisotropic_gaussian(n_lists, DIM, 1.0, seed + 1);
     let codebooks: Vec<f32> =
         poeem::synthetic::anisotropic_gaussian(1 << n_bits, DIM, 1.0, seed + 2)
-        .into_iter()
-        .map(|v| 0.3 * v)
-        .collect();
+            .into_iter()
+            .map(|v| 0.3 * v)
+            .collect();
     let lists: Vec<u32> = (0..n_items)
         .map(|_| rng.random_range(0..n_lists as u32))
         .collect();

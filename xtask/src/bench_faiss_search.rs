@@ -15,9 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use faer::{Accum, MatMut, MatRef};
 use poeem::build::{BuildConfig, build_index};
 use poeem::pq::Par;
-use poeem::search::{
-    Index, Metric, RefineKind, SearchIndex, SearchParams, Searcher, write_index,
-};
+use poeem::search::{Index, Metric, RefineKind, SearchIndex, SearchParams, Searcher, write_index};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;

@@ -87,10 +87,12 @@ fn by_slot(parts: &IndexParts, vectors: &[f32], n_items: usize) -> Vec<f32> {
     let dim = parts.params.dim;
     let mut out = vec![0.0f32; parts.ids.len() * dim];
     for (slot, &id) in parts.ids.iter().enumerate() {
-        if let Some(item) = (0..n_items as u64).find(|&i| (i * 7919 + 13) % 1_000_003 + (1 << 40) == id)
+        if let Some(item) =
+            (0..n_items as u64).find(|&i| (i * 7919 + 13) % 1_000_003 + (1 << 40) == id)
         {
             let item = item as usize;
-            out[slot * dim..(slot + 1) * dim].copy_from_slice(&vectors[item * dim..(item + 1) * dim]);
+            out[slot * dim..(slot + 1) * dim]
+                .copy_from_slice(&vectors[item * dim..(item + 1) * dim]);
         }
     }
     out
@@ -368,7 +370,16 @@ fn sum_blocks_4bit_rejects_bad_lengths() {
     let k = Kernel::Scalar;
     assert!(k.sum_blocks_4bit(&entries, 3, &codes, &mut out).is_ok());
     assert!(k.sum_blocks_4bit(&entries, 0, &codes, &mut out).is_err());
-    assert!(k.sum_blocks_4bit(&entries[..32], 3, &codes, &mut out).is_err());
-    assert!(k.sum_blocks_4bit(&entries, 3, &codes[..63], &mut out).is_err());
-    assert!(k.sum_blocks_4bit(&entries, 3, &codes, &mut out[..31]).is_err());
+    assert!(
+        k.sum_blocks_4bit(&entries[..32], 3, &codes, &mut out)
+            .is_err()
+    );
+    assert!(
+        k.sum_blocks_4bit(&entries, 3, &codes[..63], &mut out)
+            .is_err()
+    );
+    assert!(
+        k.sum_blocks_4bit(&entries, 3, &codes, &mut out[..31])
+            .is_err()
+    );
 }

@@ -16,8 +16,8 @@ use poeem_search::format::{
 };
 use poeem_search::refine::{encode_float_refine, encode_pq8_refine};
 use poeem_search::{
-    BLOCK, CodeLayout, Index, IndexParams, IndexParts, Metric, PADDING_ID, RefineKind,
-    SearchError, encode_index, padded_len, write_index,
+    BLOCK, CodeLayout, Index, IndexParams, IndexParts, Metric, PADDING_ID, RefineKind, SearchError,
+    encode_index, padded_len, write_index,
 };
 use proptest::prelude::{ProptestConfig, any, prop_assert, prop_assert_eq, proptest};
 use proptest::test_runner::RngSeed;
@@ -357,9 +357,10 @@ fn golden_v2_parts() -> (IndexParts, Vec<u32>, Vec<u8>, Vec<u64>) {
         "generator": "splitmix64, seed 2026 (crates/poeem-search/tests/format.rs)",
         "format_version": 2,
     });
-    let mut parts =
-        IndexParts::from_item_codes(p, None, centroids, codebooks, &lists, &codes, &ids, metadata)
-            .expect("golden v2 parts");
+    let mut parts = IndexParts::from_item_codes(
+        p, None, centroids, codebooks, &lists, &codes, &ids, metadata,
+    )
+    .expect("golden v2 parts");
     let values: Vec<f32> = parts
         .ids
         .iter()
