@@ -39,7 +39,7 @@ pub(crate) struct SearchArgs {
     n_subspaces: usize,
     /// Bits per code: 8 (faiss `IVF{n},PQ{M}`) or 4 (poeem's fast-scan layout against faiss
     /// `IVF{n},PQ{M}x4fsr`).
-    #[arg(long, default_value_t = 8, value_parser = clap::builder::PossibleValuesParser::new(["4", "8"]).map(|s| s.parse::<u32>().unwrap()))]
+    #[arg(long, default_value_t = 8)]
     n_bits: u32,
     /// Re-rank the best k·R candidates exactly: poeem stores `--refine f32` data, faiss wraps
     /// its index in `,RFlat` with `k_factor` R (0: no re-ranking).
@@ -384,6 +384,10 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
 
 fn check_args(args: &SearchArgs) -> Result<()> {
     ensure!(args.k >= 1, "--k must be at least 1");
+    ensure!(
+        matches!(args.n_bits, 4 | 8),
+        "--n-bits must be 4 (fast-scan) or 8"
+    );
     ensure!(args.queries >= 1, "--queries must be at least 1");
     ensure!(args.n_lists >= 1, "--n-lists must be at least 1");
     ensure!(args.n_subspaces >= 1, "--n-subspaces must be at least 1");

@@ -556,7 +556,7 @@ fn add_refine(
             let train = residuals(0..n_train)?;
             let mut pq_config = PqConfig::new(m_count, 8);
             pq_config.kmeans = config.kmeans.clone();
-            pq_config.seed = config.seed.wrapping_add(0x5EF1_4E);
+            pq_config.seed = config.seed.wrapping_add(0x005E_F14E);
             let pq = ProductQuantizer::train(&train, padded, &pq_config, par, &mut |_| {})?;
             let mut by_slot = vec![0u8; n_slots * m_count];
             let mut codes = vec![0u8; ENCODE_CHUNK_ROWS * m_count];

@@ -78,8 +78,9 @@ impl QuantizedTable {
             let lo = row.iter().fold(f32::INFINITY, |lo, &v| lo.min(v));
             let dst = &mut self.entries[m * CODEWORDS..(m + 1) * CODEWORDS];
             for (d, &v) in dst.iter_mut().zip(row) {
-                // `as` saturates, and NaN becomes 0.
-                *d = ((v - lo) * scale).round().min(q_max) as u8;
+                // Round half up (the value is ≥ 0): `as` truncates, saturates, and maps NaN to
+                // 0; no libm call, so the loop vectorizes.
+                *d = ((v - lo) * scale + 0.5).min(q_max) as u8;
             }
         }
         self.base = base;
@@ -100,7 +101,7 @@ impl QuantizedTable {
 pub(crate) fn int_threshold(offset: f32, step: f32, threshold: f32) -> i32 {
     let key = |s: i32| QuantizedTable::key(offset, step, s as u16);
     // NaN offsets fail every comparison: no slot passes.
-    if !(key(0) <= threshold) {
+    if key(0).partial_cmp(&threshold).is_none_or(|o| o.is_gt()) {
         return -1;
     }
     if key(65535) <= threshold {
