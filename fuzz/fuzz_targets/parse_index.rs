@@ -1,7 +1,7 @@
 //! Feeds arbitrary bytes to the index-file parser, both as they are and with their checksums
 //! repaired (so that mutations reach the checks behind the CRCs). An input that opens must
 //! verify or fail cleanly, report consistent info, and support reading every list through the
-//! view: no input may panic or read out of bounds.
+//! view (refinement data included) and a search: no input may panic or read out of bounds.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -45,6 +45,31 @@ fn check(data: &[u8]) {
             }
         }
     }
+    // Refinement data (optional section): every slot decodes.
+    if let Some(refine) = view.refine() {
+        let width = if refine.kind() == poeem_search::RefineKind::Pq8 {
+            p.padded_dim
+        } else {
+            p.dim
+        };
+        let mut refined = vec![0.0f32; width];
+        for slot in 0..view.slot_ids().len() {
+            refine.decode(slot, &mut refined);
+            let _ = view.locate_slot(slot);
+        }
+        std::hint::black_box(&refined);
+    }
+    // A search reads every probed code through the scan kernels (fast-scan included) and, with
+    // refinement data, re-ranks.
+    let search = poeem_search::SearchIndex::new(view);
+    let query = vec![0.5f32; p.dim];
+    let (mut ids, mut scores) = ([0i64; 4], [0f32; 4]);
+    let _ = poeem_search::Searcher::new(&search).search_one(
+        &query,
+        &poeem_search::SearchParams::new(4, 2).with_rerank_factor(2),
+        &mut ids,
+        &mut scores,
+    );
     std::hint::black_box((checksum, &out, &rotated));
     let _ = index.to_parts();
 }

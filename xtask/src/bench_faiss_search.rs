@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use faer::{Accum, MatMut, MatRef};
 use poeem::build::{BuildConfig, build_index};
 use poeem::pq::Par;
-use poeem::search::{Index, Metric, SearchIndex, SearchParams, Searcher, write_index};
+use poeem::search::{Index, Metric, RefineKind, SearchIndex, SearchParams, Searcher, write_index};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -34,9 +34,17 @@ pub(crate) struct SearchArgs {
     /// Coarse lists (IVF).
     #[arg(long, default_value_t = 1024)]
     n_lists: usize,
-    /// PQ subspaces, 8 bits each; the dimension is zero-padded to a multiple of it.
+    /// PQ subspaces; the dimension is zero-padded to a multiple of it.
     #[arg(long, default_value_t = 16)]
     n_subspaces: usize,
+    /// Bits per code: 8 (faiss `IVF{n},PQ{M}`) or 4 (poeem's fast-scan layout against faiss
+    /// `IVF{n},PQ{M}x4fsr`).
+    #[arg(long, default_value_t = 8)]
+    n_bits: u32,
+    /// Re-rank the best k·R candidates exactly: poeem stores `--refine f32` data, faiss wraps
+    /// its index in `,RFlat` with `k_factor` R (0: no re-ranking).
+    #[arg(long, default_value_t = 0)]
+    rerank_factor: usize,
     /// Lists probed per query, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
     nprobe: Vec<usize>,
@@ -137,9 +145,19 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
         );
     }
     println!(
-        "index: IVF{},PQ{m}x8, residuals encoded, metric {}; k = {k}",
+        "index: IVF{},PQ{m}x{}{}, residuals encoded, metric {}; k = {k}{}",
         args.n_lists,
-        args.metric.name()
+        args.n_bits,
+        if args.n_bits == 4 { " (fast-scan)" } else { "" },
+        args.metric.name(),
+        if args.rerank_factor > 0 {
+            format!(
+                "; exact re-ranking of the best k·{} (poeem --refine f32, faiss RFlat)",
+                args.rerank_factor
+            )
+        } else {
+            String::new()
+        }
     );
 
     let start = Instant::now();
@@ -182,13 +200,18 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
             args.seed as usize,
             args.build_threads,
             args.kmeans_iterations.unwrap_or(0),
+            args.n_bits as usize,
+            args.rerank_factor,
         ],
     )?;
     let faiss = peer.receive()?;
 
     // poeem: build, write the index file, and search it through the mmap, as a server would.
-    let mut config = BuildConfig::new(args.n_lists, m, 8);
+    let mut config = BuildConfig::new(args.n_lists, m, args.n_bits);
     config.metric = args.metric.poeem();
+    if args.rerank_factor > 0 {
+        config.refine = Some(RefineKind::F32);
+    }
     config.seed = args.seed;
     if let Some(iterations) = args.kmeans_iterations {
         config.kmeans.max_iter = iterations;
@@ -214,7 +237,7 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
     let mut rows = Vec::new();
     for (mode, label) in MODES {
         for &nprobe in &args.nprobe {
-            let params = SearchParams::new(k, nprobe);
+            let params = SearchParams::new(k, nprobe).with_rerank_factor(args.rerank_factor);
             let mut ids = vec![-1i64; nq * k];
             let mut scores = vec![0.0f32; nq * k];
             let mut searcher = Searcher::new(&search_index);
@@ -271,6 +294,10 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
     }
     peer.finish()?;
 
+    println!(
+        "faiss index: {}",
+        faiss["settings"]["factory"].as_str().unwrap_or("?")
+    );
     println!(
         "faiss {} ({}); recall@{k} = mean over queries of |returned k ∩ true k| / k (missing results count as misses); QPS = queries / median of {repeats} timed runs",
         faiss["faiss_version"].as_str().unwrap_or("?"),
@@ -357,6 +384,10 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
 
 fn check_args(args: &SearchArgs) -> Result<()> {
     ensure!(args.k >= 1, "--k must be at least 1");
+    ensure!(
+        matches!(args.n_bits, 4 | 8),
+        "--n-bits must be 4 (fast-scan) or 8"
+    );
     ensure!(args.queries >= 1, "--queries must be at least 1");
     ensure!(args.n_lists >= 1, "--n-lists must be at least 1");
     ensure!(args.n_subspaces >= 1, "--n-subspaces must be at least 1");

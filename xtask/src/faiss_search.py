@@ -21,6 +21,9 @@ import faiss
 
 (base_path, query_path, out_dir, metric_name) = sys.argv[1:5]
 (n_lists, n_subspaces, k, seed, build_threads, kmeans_iterations) = map(int, sys.argv[5:11])
+# 8: IVF{n},PQ{M} (8-bit codes); 4: IVF{n},PQ{M}x4fsr (4-bit fast-scan, residuals encoded).
+# rerank_factor > 0 wraps the index in an exact re-ranking (",RFlat", k_factor = rerank_factor).
+(n_bits, rerank_factor) = map(int, sys.argv[11:13]) if len(sys.argv) > 11 else (8, 0)
 
 base = np.ascontiguousarray(np.load(base_path), dtype=np.float32)
 queries = np.ascontiguousarray(np.load(query_path), dtype=np.float32)
@@ -28,21 +31,33 @@ n, d = base.shape
 nq = queries.shape[0]
 metric = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}[metric_name]
 
-index = faiss.index_factory(d, f"IVF{n_lists},PQ{n_subspaces}", metric)
-assert isinstance(index, faiss.IndexIVFPQ) and index.by_residual and index.pq.nbits == 8
-# Polysemous training only permutes the codes for Hamming filtering, which is off
-# (polysemous_ht = 0); poeem has no such step, so it would only add to faiss's build time.
-index.do_polysemous_training = False
-index.cp.seed = seed
-index.pq.cp.seed = seed + 1
+key = f"IVF{n_lists},PQ{n_subspaces}" + ("x4fsr" if n_bits == 4 else "")
+if rerank_factor > 0:
+    key += ",RFlat"
+index = faiss.index_factory(d, key, metric)
+if rerank_factor > 0:
+    index.k_factor = rerank_factor
+    ivf = faiss.downcast_index(index.base_index)
+else:
+    ivf = index
+if n_bits == 4:
+    assert isinstance(ivf, faiss.IndexIVFPQFastScan) and ivf.by_residual and ivf.pq.nbits == 4
+else:
+    assert isinstance(ivf, faiss.IndexIVFPQ) and ivf.by_residual and ivf.pq.nbits == 8
+    # Polysemous training only permutes the codes for Hamming filtering, which is off
+    # (polysemous_ht = 0); poeem has no such step, so it would only add to faiss's build time.
+    ivf.do_polysemous_training = False
+ivf.cp.seed = seed
+ivf.pq.cp.seed = seed + 1
 if kmeans_iterations > 0:  # 0: faiss's defaults
-    index.cp.niter = kmeans_iterations
-    index.pq.cp.niter = kmeans_iterations
+    ivf.cp.niter = kmeans_iterations
+    ivf.pq.cp.niter = kmeans_iterations
 settings = {
-    "coarse_kmeans_iterations": index.cp.niter,
-    "coarse_max_points_per_centroid": index.cp.max_points_per_centroid,
-    "pq_kmeans_iterations": index.pq.cp.niter,
-    "pq_max_points_per_centroid": index.pq.cp.max_points_per_centroid,
+    "factory": key,
+    "coarse_kmeans_iterations": ivf.cp.niter,
+    "coarse_max_points_per_centroid": ivf.cp.max_points_per_centroid,
+    "pq_kmeans_iterations": ivf.pq.cp.niter,
+    "pq_max_points_per_centroid": ivf.pq.cp.max_points_per_centroid,
 }
 
 faiss.omp_set_num_threads(build_threads)
@@ -94,7 +109,7 @@ for line in sys.stdin:
     mode, nprobe = line.split()
     threads, run = modes[mode]
     faiss.omp_set_num_threads(threads)
-    index.nprobe = int(nprobe)
+    ivf.nprobe = int(nprobe)
     labels.fill(-1)
     seconds = run()
     np.save(f"{out_dir}/faiss_ids_{mode}_{nprobe}.npy", labels)

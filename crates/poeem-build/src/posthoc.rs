@@ -21,7 +21,11 @@ use poeem_search::Par;
 use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 
-use poeem_search::{IndexParams, IndexParts, Metric, PADDING_ID, SearchError};
+use poeem_pq::{PqConfig, ProductQuantizer};
+use poeem_search::refine::{REFINE_PQ_CODEWORDS, encode_float_refine, encode_pq8_refine};
+use poeem_search::{
+    CodeLayout, IndexParams, IndexParts, Metric, PADDING_ID, RefineKind, SearchError,
+};
 
 use crate::BuildError;
 
@@ -46,6 +50,8 @@ pub struct BuildConfig {
     pub kmeans: KMeansSettings,
     /// Seed of every random choice: the same seed, data and settings give the same index.
     pub seed: u64,
+    /// Refinement data stored for re-ranking (`None`: none). See [`poeem_search::refine`].
+    pub refine: Option<RefineKind>,
 }
 
 impl BuildConfig {
@@ -60,6 +66,7 @@ impl BuildConfig {
             opq: None,
             kmeans: KMeansSettings::default(),
             seed: 0,
+            refine: None,
         }
     }
 
@@ -142,6 +149,8 @@ pub struct BuildOptions {
     pub kmeans_iterations: usize,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Refinement data stored for re-ranking (none by default).
+    pub refine: Option<RefineKind>,
 }
 
 impl BuildOptions {
@@ -162,6 +171,7 @@ impl BuildOptions {
             opq_rounds: None,
             kmeans_iterations: Self::DEFAULT_KMEANS_ITERATIONS,
             seed: 0,
+            refine: None,
         }
     }
 
@@ -171,6 +181,7 @@ impl BuildOptions {
         let mut config = BuildConfig::new(self.n_lists, self.n_subspaces, self.n_bits);
         config.metric = self.metric;
         config.seed = self.seed;
+        config.refine = self.refine;
         config.kmeans.max_iter = self.kmeans_iterations;
         config.opq = self.opq_rounds.map(|n_rounds| OpqConfig {
             n_rounds,
@@ -270,7 +281,11 @@ pub fn build_index(
     };
     let train_seconds = train_start.elapsed().as_secs_f64();
 
-    let mut encoded = encode_items(&codec, &data, &ids, config.metric, par)?;
+    let keep_codes = config.refine == Some(RefineKind::Pq8);
+    let mut encoded = encode_items(&codec, &data, &ids, config.metric, keep_codes, par)?;
+    if let Some(kind) = config.refine {
+        add_refine(&mut encoded, &codec, &data, kind, config, par)?;
+    }
     let total_seconds = start.elapsed().as_secs_f64();
 
     let mut metadata = codec_metadata("poeem-search build_index", &codec, &encoded);
@@ -283,6 +298,7 @@ pub fn build_index(
             "kmeans": kmeans_json(&config.kmeans),
             "seed": config.seed,
             "n_train": n_train,
+            "refine": config.refine.map(RefineKind::name),
         }),
     );
     metadata.insert("opq_distortion".into(), json!(opq_distortion));
@@ -343,7 +359,7 @@ pub fn index_from_codec(
     let n = check_vectors(vectors, codec.dim())?;
     let ids = item_ids(ids, n)?;
     let data = prepare(vectors, codec.dim(), metric)?;
-    let mut encoded = encode_items(codec, &data, &ids, metric, par)?;
+    let mut encoded = encode_items(codec, &data, &ids, metric, false, par)?;
     let mut meta = codec_metadata("poeem-search index_from_codec", codec, &encoded);
     meta.insert(
         "timings".into(),
@@ -362,6 +378,10 @@ pub fn index_from_codec(
 /// The encoded index with the measurements of the encoding.
 struct Encoded {
     parts: IndexParts,
+    /// Each item's list, in input order.
+    lists: Vec<u32>,
+    /// Each item's codes (`M` per item), kept only when asked for (`pq8` refinement).
+    codes: Vec<u16>,
     distortion: f64,
     relative_distortion: f64,
     seconds: f64,
@@ -373,18 +393,21 @@ fn encode_items(
     data: &[f32],
     ids: &[u64],
     metric: Metric,
+    keep_codes: bool,
     par: Par,
 ) -> Result<Encoded, BuildError> {
     let start = Instant::now();
-    let (parts, squared_error) = if codec.pq().n_bits() <= 8 {
-        encode_parts::<u8>(codec, data, ids, metric, par)?
+    let (parts, lists, codes, squared_error) = if codec.pq().n_bits() <= 8 {
+        encode_parts::<u8>(codec, data, ids, metric, keep_codes, par)?
     } else {
-        encode_parts::<u16>(codec, data, ids, metric, par)?
+        encode_parts::<u16>(codec, data, ids, metric, keep_codes, par)?
     };
     let distortion = squared_error / ids.len() as f64;
     let scale = mean_squared_norm(data, codec.dim());
     Ok(Encoded {
         parts,
+        lists,
+        codes,
         distortion,
         relative_distortion: if scale > 0.0 { distortion / scale } else { 0.0 },
         seconds: start.elapsed().as_secs_f64(),
@@ -404,8 +427,9 @@ fn encode_parts<C: Code + Into<u32>>(
     data: &[f32],
     ids: &[u64],
     metric: Metric,
+    keep_codes: bool,
     par: Par,
-) -> Result<(IndexParts, f64), BuildError> {
+) -> Result<(IndexParts, Vec<u32>, Vec<u16>, f64), BuildError> {
     let (dim, padded, m_count) = (codec.dim(), codec.padded_dim(), codec.pq().n_subspaces());
     let n = ids.len();
     let mut lists = vec![0u32; n];
@@ -445,6 +469,7 @@ fn encode_parts<C: Code + Into<u32>>(
         n_bits: pq.n_bits(),
         metric,
         n_items: n,
+        code_layout: CodeLayout::for_bits(pq.n_bits()),
     };
     let rotation = (!codec.rotation().is_identity()).then(|| codec.rotation().as_slice().to_vec());
     let coarse_centroids = codec.coarse().map_or_else(
@@ -461,7 +486,94 @@ fn encode_parts<C: Code + Into<u32>>(
         ids,
         Value::Null,
     )?;
-    Ok((parts, squared_error))
+    let wide = if keep_codes {
+        codes.iter().map(|&c| c.into() as u16).collect()
+    } else {
+        Vec::new()
+    };
+    Ok((parts, lists, wide, squared_error))
+}
+
+/// Adds refinement data of `kind` to an encoded index: the prepared vectors (`f32`, `f16`) or
+/// an 8-bit PQ of their residuals with `M` subspaces (`pq8`, trained on at most 65,536 rows,
+/// seeded by `config.seed`), in slot order.
+fn add_refine(
+    encoded: &mut Encoded,
+    codec: &IvfPqCodec,
+    data: &[f32],
+    kind: RefineKind,
+    config: &BuildConfig,
+    par: Par,
+) -> Result<(), BuildError> {
+    let parts = &mut encoded.parts;
+    let p = parts.params;
+    let (dim, padded) = (p.dim, p.padded_dim);
+    let n = encoded.lists.len();
+    // Slot of each item: items keep their input order inside a list.
+    let mut filled = vec![0u64; p.n_lists];
+    let slots: Vec<usize> = encoded
+        .lists
+        .iter()
+        .map(|&j| {
+            let slot = parts.list_offsets[j as usize] + filled[j as usize];
+            filled[j as usize] += 1;
+            slot as usize
+        })
+        .collect();
+    let n_slots = parts.ids.len();
+    let bytes = match kind {
+        RefineKind::F32 | RefineKind::F16 => {
+            let mut by_slot = vec![0.0f32; n_slots * dim];
+            for (row, &slot) in data.chunks_exact(dim).zip(&slots) {
+                by_slot[slot * dim..(slot + 1) * dim].copy_from_slice(row);
+            }
+            encode_float_refine(kind, dim, &by_slot)
+        }
+        RefineKind::Pq8 => {
+            let m_count = p.n_subspaces;
+            let residuals = |rows: std::ops::Range<usize>| -> Result<Vec<f32>, BuildError> {
+                let mut rotated = codec.rotate(&data[rows.start * dim..rows.end * dim], par)?;
+                let mut decoded = vec![0.0f32; rows.len() * padded];
+                let m = codec.pq().n_subspaces();
+                codec.decode_rotated(
+                    &encoded.lists[rows.clone()],
+                    &encoded.codes[rows.start * m..rows.end * m],
+                    &mut decoded,
+                )?;
+                for (r, d) in rotated.iter_mut().zip(&decoded) {
+                    *r -= d;
+                }
+                Ok(rotated)
+            };
+            let n_train = n.min(REFINE_PQ_CODEWORDS * 256);
+            if n_train < REFINE_PQ_CODEWORDS {
+                return Err(invalid(
+                    "refine",
+                    "pq8",
+                    "needs at least 256 vectors to train its codebooks",
+                ));
+            }
+            let train = residuals(0..n_train)?;
+            let mut pq_config = PqConfig::new(m_count, 8);
+            pq_config.kmeans = config.kmeans.clone();
+            pq_config.seed = config.seed.wrapping_add(0x005E_F14E);
+            let pq = ProductQuantizer::train(&train, padded, &pq_config, par, &mut |_| {})?;
+            let mut by_slot = vec![0u8; n_slots * m_count];
+            let mut codes = vec![0u8; ENCODE_CHUNK_ROWS * m_count];
+            for start in (0..n).step_by(ENCODE_CHUNK_ROWS) {
+                let end = (start + ENCODE_CHUNK_ROWS).min(n);
+                let chunk = residuals(start..end)?;
+                let codes = &mut codes[..(end - start) * m_count];
+                pq.encode(&chunk, codes, par)?;
+                for (item, &slot) in codes.chunks_exact(m_count).zip(&slots[start..end]) {
+                    by_slot[slot * m_count..(slot + 1) * m_count].copy_from_slice(item);
+                }
+            }
+            encode_pq8_refine(padded, m_count, &pq.codebooks_flat(), &by_slot)
+        }
+    };
+    parts.refine = Some(bytes);
+    Ok(())
 }
 
 /// Checks row-major vectors of width `dim`; returns the number of rows.

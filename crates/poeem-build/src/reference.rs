@@ -499,6 +499,7 @@ impl ReferenceFile {
             n_bits,
             metric,
             n_items: ids.len(),
+            code_layout: poeem_search::CodeLayout::Transposed,
         };
         let n_read = self.ids.len();
         let n_dropped_zero_norm = n_read - ids.len();

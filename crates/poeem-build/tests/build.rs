@@ -139,6 +139,7 @@ fn build_reconstructs_every_item_once_with_its_id_and_the_codecs_list() {
             n_bits: 6,
             metric: Metric::L2,
             n_items: n,
+            code_layout: Default::default(),
         }
     );
     assert_eq!(view.rotation(), None);
@@ -567,6 +568,7 @@ fn random_parts(
         n_bits,
         metric: Metric::InnerProduct,
         n_items: n,
+        code_layout: Default::default(),
     };
     let k = 1u32 << n_bits;
     let lists: Vec<u32> = (0..n).map(|_| r.random_range(0..n_lists as u32)).collect();
@@ -839,4 +841,57 @@ fn import_reference_reads_a_file_and_records_its_name() {
         import_reference(&dir.path().join("missing.idx"), Metric::L2),
         Err(BuildError::Search(SearchError::Io { .. }))
     ));
+}
+
+/// `n_bits = 4` builds the fast-scan layout; each kind of refinement data is stored, opens,
+/// verifies, and re-ranking with `f32` data returns the exact best of the candidates: the true
+/// nearest neighbour of an indexed vector is itself.
+#[test]
+fn four_bit_builds_use_the_fast_scan_layout_and_store_refinement_data() {
+    use poeem_search::{
+        CodeLayout, Index, RefineKind, SearchIndex, SearchParams, Searcher, encode_index,
+    };
+    let (n, dim) = (600, 10);
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    let data: Vec<f32> = (0..n * dim)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    for (refine, metric) in [
+        (RefineKind::F32, Metric::L2),
+        (RefineKind::F16, Metric::L2),
+        (RefineKind::Pq8, Metric::Cosine),
+    ] {
+        let mut config = BuildConfig::new(8, 5, 4);
+        config.metric = metric;
+        config.refine = Some(refine);
+        config.kmeans.max_iter = 5;
+        let (parts, _) =
+            build_index(&data, dim, None, &config, Par::Seq, &mut |_| {}).expect("builds");
+        assert_eq!(parts.params.code_layout, CodeLayout::FastScan4);
+        let index = Index::from_bytes(&encode_index(&parts).unwrap()).unwrap();
+        assert_eq!(index.info().format_version, 2);
+        index.verify().unwrap();
+        assert_eq!(index.view().refine().unwrap().kind(), refine);
+        let search = SearchIndex::new(index.view());
+        let mut searcher = Searcher::new(&search);
+        let params = SearchParams::new(1, 8).with_rerank_factor(50);
+        let (mut ids, mut scores) = ([0i64; 1], [0f32; 1]);
+        let mut hits = 0;
+        for i in 0..50 {
+            searcher
+                .search_one(
+                    &data[i * dim..(i + 1) * dim],
+                    &params,
+                    &mut ids,
+                    &mut scores,
+                )
+                .unwrap();
+            hits += usize::from(ids[0] == i as i64);
+        }
+        if refine == RefineKind::F32 {
+            assert_eq!(hits, 50, "exact re-ranking finds each vector itself");
+        } else {
+            assert!(hits >= 40, "{refine}: {hits} of 50");
+        }
+    }
 }

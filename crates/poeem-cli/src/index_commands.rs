@@ -9,7 +9,7 @@ use poeem::build::{BuildOptions, build_index, import_reference};
 use poeem::io::{read_ids, read_vectors, write_npy, write_npy_i64};
 use poeem::pq::Par;
 use poeem::search::format::write_index;
-use poeem::search::{Index, Metric, SearchIndex, SearchParams, Searcher};
+use poeem::search::{Index, Metric, RefineKind, SearchIndex, SearchParams, Searcher};
 
 use crate::outputs::{Named, check_outputs, optional};
 use crate::progress::StageBar;
@@ -48,9 +48,14 @@ pub struct BuildArgs {
     /// Number of PQ subspaces M; the dimension is zero-padded to a multiple of M.
     #[arg(long)]
     n_subspaces: usize,
-    /// Bits per PQ code (1 to 16); 8 gives 256 codewords per subspace.
+    /// Bits per PQ code (1 to 16); 8 gives 256 codewords per subspace. 4 stores the codes in
+    /// the fast-scan layout (format version 2), scanned with in-register lookups.
     #[arg(long, default_value_t = BuildOptions::DEFAULT_N_BITS)]
     n_bits: u32,
+    /// Store refinement data for re-ranking (`search --rerank-factor`): f32 (the vectors),
+    /// f16 (half precision) or pq8 (an 8-bit PQ of the residual, M bytes per item).
+    #[arg(long)]
+    refine: Option<RefineKind>,
     /// Learn a rotation first (OPQ), for lower quantization error at a higher build cost.
     #[arg(long)]
     opq: bool,
@@ -93,14 +98,17 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         opq_rounds: args.opq.then_some(args.opq_rounds),
         kmeans_iterations: args.kmeans_iterations,
         seed: args.seed,
+        refine: args.refine,
     }
     .config();
     eprintln!(
-        "building IVF{},PQ{}x{}{} ({}) over {} vectors of dimension {}",
+        "building IVF{},PQ{}x{}{}{} ({}) over {} vectors of dimension {}",
         args.n_lists,
         args.n_subspaces,
         args.n_bits,
         if args.opq { " with OPQ" } else { "" },
+        args.refine
+            .map_or(String::new(), |r| format!(", refine {r}")),
         args.metric,
         vectors.len(),
         vectors.dim
@@ -143,6 +151,10 @@ pub struct SearchArgs {
     /// Lists probed per query (more: better recall, slower).
     #[arg(long)]
     nprobe: usize,
+    /// On an index built with --refine: re-score the best k·R candidates with the refinement
+    /// data and return the best k of them (0: off).
+    #[arg(long, default_value_t = SearchParams::DEFAULT_RERANK_FACTOR)]
+    rerank_factor: usize,
     #[command(flatten)]
     threads: Threads,
     /// Search one query per call on the calling thread (a `Searcher` reused across queries)
@@ -186,7 +198,7 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         );
     }
     let n = queries.len();
-    let params = SearchParams::new(args.k, args.nprobe);
+    let params = SearchParams::new(args.k, args.nprobe).with_rerank_factor(args.rerank_factor);
     let searchable = SearchIndex::new(index.view());
     let mut ids = vec![-1i64; n * args.k];
     let mut scores = vec![0.0f32; n * args.k];
@@ -271,6 +283,10 @@ pub fn info(args: &IndexArgs) -> Result<()> {
         p.n_bits,
         p.n_codewords()
     );
+    outln!("code layout   {}", p.code_layout.name());
+    if let Some(refine) = index.view().refine() {
+        outln!("refine        {}", refine.kind());
+    }
     let sizes = index.view().list_sizes();
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let empty = sizes.iter().filter(|&&s| s == 0).count();

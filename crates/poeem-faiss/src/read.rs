@@ -760,6 +760,7 @@ impl<R: Read + Seek> FaissReader<R> {
             n_bits,
             metric,
             n_items,
+            code_layout: poeem_search::CodeLayout::Transposed,
         };
         let summary = FaissSummary {
             structure,

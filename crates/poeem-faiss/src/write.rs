@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use poeem_search::{BLOCK, Index, IndexView, Metric};
+use poeem_search::{Index, IndexView, Metric};
 
 use crate::codes::{code_size, pack};
 use crate::{FaissError, Progress};
@@ -186,7 +186,7 @@ pub fn write_faiss<W: Write>(
             w.u64(s).map_err(io)?;
         }
     }
-    let (m_count, width) = (p.n_subspaces, p.code_width());
+    let m_count = p.n_subspaces;
     let mut item = vec![0u32; m_count];
     let mut packed: Vec<u8> = Vec::new();
     let mut id_bytes: Vec<u8> = Vec::new();
@@ -200,14 +200,8 @@ pub fn write_faiss<W: Write>(
             .enumerate()
             .take(list.len())
         {
-            let (block, lane) = (pos / BLOCK, pos % BLOCK);
             for (m, code) in item.iter_mut().enumerate() {
-                let at = ((block * m_count + m) * BLOCK + lane) * width;
-                *code = if width == 1 {
-                    u32::from(list.codes[at])
-                } else {
-                    u32::from(u16::from_le_bytes([list.codes[at], list.codes[at + 1]]))
-                };
+                *code = list.code(&p, pos, m);
             }
             pack(&item, p.n_bits, dst);
         }

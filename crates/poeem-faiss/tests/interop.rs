@@ -58,6 +58,7 @@ fn random_parts(seed: u64, s: &Shape) -> IndexParts {
         n_bits: s.n_bits,
         metric: s.metric,
         n_items: s.n_items,
+        code_layout: Default::default(),
     };
     let rotation = s.rotation.then(|| orthonormal(&mut rng, padded_dim));
     let mut floats =

@@ -253,6 +253,7 @@ impl IvfPqCodec {
             opq_rounds: opq.then_some(opq_rounds),
             kmeans_iterations,
             seed,
+            refine: None,
         }
         .config();
         let mut config = build.codec_config();

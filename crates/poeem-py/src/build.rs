@@ -68,7 +68,7 @@ pub fn interruptible<T: Send>(
     xb, *, ids = None, n_lists, n_subspaces, n_bits = BuildOptions::DEFAULT_N_BITS,
     metric = "ip", opq = false, opq_rounds = BuildOptions::DEFAULT_OPQ_ROUNDS,
     kmeans_iterations = BuildOptions::DEFAULT_KMEANS_ITERATIONS, seed = 0, threads = None,
-    progress = false
+    progress = false, refine = None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn build_index(
@@ -85,8 +85,13 @@ pub fn build_index(
     seed: u64,
     threads: Option<usize>,
     progress: bool,
+    refine: Option<&str>,
 ) -> PyResult<Index> {
     let metric: Metric = metric.parse().map_err(|e| search_error(e, false))?;
+    let refine = refine
+        .map(str::parse::<poeem::search::RefineKind>)
+        .transpose()
+        .map_err(|e| search_error(e, false))?;
     let par = par(threads)?;
     let rows = float_rows(xb, "xb", None, false)?;
     let ids = ids.map(|ids| ids_array(ids, "ids")).transpose()?;
@@ -107,6 +112,7 @@ pub fn build_index(
         opq_rounds: opq.then_some(opq_rounds),
         kmeans_iterations,
         seed,
+        refine,
     }
     .config();
     let (data, dim) = (rows.data(), rows.dim);

@@ -194,8 +194,13 @@ impl Index {
     /// smallest squared distances. Where fewer than `k` items are found, ids are -1 (and scores
     /// -inf for `ip`/`cosine`, +inf for `l2`). `nprobe` lists are scanned per query (more:
     /// better recall, slower); `threads` defaults to every core, 1 searches on the calling
-    /// thread. The GIL is released during the search; Ctrl-C interrupts it.
-    #[pyo3(signature = (xq, k, *, nprobe = 8, threads = None))]
+    /// thread. On an index built with refinement data, the best `k · rerank_factor`
+    /// candidates are re-scored with it (0: off). The GIL is released during the search;
+    /// Ctrl-C interrupts it.
+    #[pyo3(signature = (
+        xq, k, *, nprobe = 8, threads = None,
+        rerank_factor = SearchParams::DEFAULT_RERANK_FACTOR
+    ))]
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -203,8 +208,9 @@ impl Index {
         k: usize,
         nprobe: usize,
         threads: Option<usize>,
+        rerank_factor: usize,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let params = SearchParams::new(k, nprobe);
+        let params = SearchParams::new(k, nprobe).with_rerank_factor(rerank_factor);
         params.validate().map_err(|e| search_error(e, false))?;
         let par = par(threads)?;
         let rows = float_rows(xq, "xq", Some(self.dim()), true)?;

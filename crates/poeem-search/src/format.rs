@@ -1,4 +1,4 @@
-//! The index file format, version 1: its constants, the writer, and the one parser that both
+//! The index file format, versions 1 and 2: its constants, the writer, and the one parser that both
 //! readers ([`Index::open`](crate::Index::open) and [`Index::read`](crate::Index::read)) share.
 //!
 //! `docs/index-format.md` specifies the format byte by byte. In short: a 96-byte header (magic
@@ -13,19 +13,30 @@ use std::path::Path;
 use bytemuck::{AnyBitPattern, PodCastError};
 
 use crate::SearchError;
-use crate::layout::{BLOCK, IndexParams, IndexParts, IndexView, Metric};
+use crate::layout::{BLOCK, CodeLayout, IndexParams, IndexParts, IndexView, Metric};
 
 /// The first eight bytes of every index file.
 pub const MAGIC: [u8; 8] = *b"POEEMIDX";
 
-/// The format version this crate writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this crate writes. A file is written with the oldest version that
+/// holds it ([`version_for`]): 1 for transposed codes, 2 for the fast-scan layout.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The oldest format version this crate reads.
 pub const MIN_SUPPORTED_VERSION: u32 = 1;
 
 /// The newest format version this crate reads.
-pub const MAX_SUPPORTED_VERSION: u32 = 1;
+pub const MAX_SUPPORTED_VERSION: u32 = 2;
+
+/// The version a file holding an index of shape `params` is written with: 1 unless the codes
+/// use the fast-scan layout, which version 2 introduced (so files that a version-1 reader can
+/// read are still written for it).
+pub fn version_for(params: &IndexParams) -> u32 {
+    match params.code_layout {
+        CodeLayout::Transposed => 1,
+        CodeLayout::FastScan4 => 2,
+    }
+}
 
 /// Length of the fixed header, which the section table follows.
 pub const HEADER_LEN: usize = 96;
@@ -51,7 +62,10 @@ const AT_N_BITS: usize = 56;
 const AT_METRIC: usize = 60;
 const AT_BLOCK: usize = 64;
 const AT_CODE_WIDTH: usize = 68;
-const AT_RESERVED: usize = 72;
+/// Version 2: the code layout (`CodeLayout::code`); reserved (zero) in version 1.
+const AT_CODE_LAYOUT: usize = 72;
+const AT_RESERVED_V1: usize = 72;
+const AT_RESERVED_V2: usize = 76;
 
 /// The kinds of section that format version 1 defines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,12 +86,15 @@ pub enum SectionKind {
     Codes,
     /// A UTF-8 JSON object describing how the index was built.
     Metadata,
+    /// Optional refinement data for re-ranking (see [`crate::refine`]); written with the
+    /// optional flag, so that readers that do not know it skip it.
+    Refine,
 }
 
 impl SectionKind {
     /// All kinds, in code order (which is also the order the writer lays them out in, except
     /// that metadata comes before ids and codes).
-    pub const ALL: [SectionKind; 8] = [
+    pub const ALL: [SectionKind; 9] = [
         SectionKind::Rotation,
         SectionKind::CoarseCentroids,
         SectionKind::Codebooks,
@@ -86,6 +103,7 @@ impl SectionKind {
         SectionKind::Ids,
         SectionKind::Codes,
         SectionKind::Metadata,
+        SectionKind::Refine,
     ];
 
     /// The kind's number in the section table.
@@ -99,6 +117,7 @@ impl SectionKind {
             SectionKind::Ids => 6,
             SectionKind::Codes => 7,
             SectionKind::Metadata => 8,
+            SectionKind::Refine => 9,
         }
     }
 
@@ -118,19 +137,33 @@ impl SectionKind {
             SectionKind::Ids => "ids",
             SectionKind::Codes => "codes",
             SectionKind::Metadata => "metadata",
+            SectionKind::Refine => "refine",
         }
     }
 
-    /// Whether every version-1 file holds this section (all but the rotation).
+    /// Whether every file holds this section (all but the rotation and the refinement data).
     pub fn is_required(self) -> bool {
-        self != SectionKind::Rotation
+        !matches!(self, SectionKind::Rotation | SectionKind::Refine)
+    }
+
+    /// The flags the writer gives the section: [`FLAG_OPTIONAL`] for the refinement data, which
+    /// readers that do not know it may skip.
+    pub fn flags(self) -> u32 {
+        if self == SectionKind::Refine {
+            FLAG_OPTIONAL
+        } else {
+            0
+        }
     }
 
     /// Whether opening an index checks this section's CRC: everything but the two sections
     /// that grow with the number of items, which only [`Index::verify`](crate::Index::verify)
     /// reads in full.
     fn checked_at_open(self) -> bool {
-        !matches!(self, SectionKind::Ids | SectionKind::Codes)
+        !matches!(
+            self,
+            SectionKind::Ids | SectionKind::Codes | SectionKind::Refine
+        )
     }
 
     fn slot(self) -> usize {
@@ -297,10 +330,15 @@ fn header_usize(header: &[u8], at: usize, field: &'static str) -> Result<usize, 
 }
 
 /// Parses and validates the header fields into parameters.
-fn parse_params(header: &[u8]) -> Result<IndexParams, SearchError> {
+fn parse_params(header: &[u8], version: u32) -> Result<IndexParams, SearchError> {
     let field32 =
         |at| le_u32(header, at).ok_or(truncated("header", HEADER_LEN as u64, header.len()));
-    if let Some(at) = (AT_RESERVED..HEADER_LEN).find(|&at| header.get(at) != Some(&0)) {
+    let reserved = if version >= 2 {
+        AT_RESERVED_V2
+    } else {
+        AT_RESERVED_V1
+    };
+    if let Some(at) = (reserved..HEADER_LEN).find(|&at| header.get(at) != Some(&0)) {
         return Err(SearchError::InvalidHeader {
             field: "reserved",
             value: header.get(at).copied().map_or(0, u64::from),
@@ -321,7 +359,18 @@ fn parse_params(header: &[u8]) -> Result<IndexParams, SearchError> {
         value: u64::from(metric_code),
         reason: "unknown metric code",
     })?;
+    let code_layout = if version >= 2 {
+        let code = field32(AT_CODE_LAYOUT)?;
+        CodeLayout::from_code(code).ok_or(SearchError::InvalidHeader {
+            field: "code_layout",
+            value: u64::from(code),
+            reason: "unknown code layout",
+        })?
+    } else {
+        CodeLayout::Transposed
+    };
     let params = IndexParams {
+        code_layout,
         dim: header_usize(header, AT_DIM, "dim")?,
         padded_dim: header_usize(header, AT_PADDED_DIM, "padded_dim")?,
         n_lists: header_usize(header, AT_N_LISTS, "n_lists")?,
@@ -374,7 +423,9 @@ fn fixed_len(params: &IndexParams, kind: SectionKind) -> Result<Option<u64>, Sea
         ),
         SectionKind::ListOffsets => (p.n_lists.checked_add(1), 8, "list offset section size"),
         SectionKind::ListSizes => (Some(p.n_lists), 8, "list size section size"),
-        SectionKind::Ids | SectionKind::Codes | SectionKind::Metadata => return Ok(None),
+        SectionKind::Ids | SectionKind::Codes | SectionKind::Metadata | SectionKind::Refine => {
+            return Ok(None);
+        }
     };
     values
         .and_then(|n| n.checked_mul(width))
@@ -558,7 +609,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Layout, SearchError> {
             computed,
         });
     }
-    let params = parse_params(header)?;
+    let params = parse_params(header, version)?;
     let data_start = align_up(table_end as u64 + 4).ok_or(SearchError::Overflow {
         what: "header size",
     })?;
@@ -636,7 +687,18 @@ pub(crate) fn view<'a>(bytes: &'a [u8], layout: &Layout) -> Result<IndexView<'a>
         cast(bytes, layout, SectionKind::ListSizes)?,
         cast(bytes, layout, SectionKind::Ids)?,
         layout.section(bytes, SectionKind::Codes)?,
-    )
+    )?
+    .with_refine(match layout.entry(SectionKind::Refine) {
+        Some(entry) => Some(entry.bytes(bytes)?),
+        None => None,
+    })
+}
+
+/// The bytes of the refine section, when the file has one.
+pub(crate) fn refine_bytes<'a>(bytes: &'a [u8], layout: &Layout) -> Option<&'a [u8]> {
+    layout
+        .entry(SectionKind::Refine)
+        .and_then(|e| e.bytes(bytes).ok())
 }
 
 /// Checks the header CRC and every section's CRC, unknown optional sections included.
@@ -685,7 +747,8 @@ pub(crate) fn encode_header(
     let table_end = HEADER_LEN + entries.len() * SECTION_ENTRY_LEN;
     let mut header = Vec::with_capacity(table_end + 4);
     header.extend_from_slice(&MAGIC);
-    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let version = version_for(p);
+    header.extend_from_slice(&version.to_le_bytes());
     header.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for value in [p.dim, p.padded_dim, p.n_lists, p.n_subspaces, p.n_items] {
         header.extend_from_slice(&(value as u64).to_le_bytes());
@@ -698,6 +761,9 @@ pub(crate) fn encode_header(
     ] {
         header.extend_from_slice(&value.to_le_bytes());
     }
+    if version >= 2 {
+        header.extend_from_slice(&p.code_layout.code().to_le_bytes());
+    }
     header.resize(HEADER_LEN, 0);
     let mut offset = align_up(table_end as u64 + 4).ok_or(SearchError::Overflow {
         what: "header size",
@@ -706,7 +772,7 @@ pub(crate) fn encode_header(
     let mut file_len = offset;
     for &(kind, length, crc) in entries {
         header.extend_from_slice(&kind.code().to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&kind.flags().to_le_bytes());
         header.extend_from_slice(&offset.to_le_bytes());
         header.extend_from_slice(&length.to_le_bytes());
         header.extend_from_slice(&crc.to_le_bytes());
@@ -758,6 +824,9 @@ impl<'a> Plan<'a> {
             (SectionKind::Ids, bytemuck::cast_slice(&parts.ids)),
             (SectionKind::Codes, &parts.codes[..]),
         ]);
+        if let Some(refine) = &parts.refine {
+            payloads.push((SectionKind::Refine, &refine[..]));
+        }
         let entries: Vec<(SectionKind, u64, u32)> = payloads
             .iter()
             .map(|&(kind, bytes)| (kind, bytes.len() as u64, crc32fast::hash(bytes)))
@@ -807,7 +876,7 @@ fn prepare(parts: &IndexParts) -> Result<Vec<u8>, SearchError> {
     })
 }
 
-/// Encodes an index as the bytes of a version-1 file.
+/// Encodes an index as the bytes of a file (version [`version_for`] its parameters).
 ///
 /// For large indexes prefer [`write_index`], which streams to disk instead of building the
 /// whole file in memory.

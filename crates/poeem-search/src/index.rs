@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use crate::SearchError;
 use crate::format::{self, FLAG_OPTIONAL, Layout};
-use crate::layout::{BLOCK, IndexParams, IndexParts, IndexView, PADDING_ID};
+use crate::layout::{
+    BLOCK, CodeLayout, IndexParams, IndexParts, IndexView, PADDING_ID, fast_scan_position,
+};
 use crate::storage::Storage;
 
 /// An index file, validated and ready to search.
@@ -111,6 +113,11 @@ impl Index {
             .expect("the sections were validated when the index was opened")
     }
 
+    /// The bytes of the optional refine section, when the file has one.
+    pub fn refine_bytes(&self) -> Option<&[u8]> {
+        format::refine_bytes(self.storage.bytes(), &self.layout)
+    }
+
     /// The index's shape.
     pub fn params(&self) -> &IndexParams {
         &self.layout.params
@@ -173,6 +180,7 @@ impl Index {
             ids: view.slot_ids().to_vec(),
             codes: view.codes().to_vec(),
             metadata: self.layout.metadata.clone(),
+            refine: self.refine_bytes().map(<[u8]>::to_vec),
         }
     }
 }
@@ -211,6 +219,29 @@ fn check_lists(view: &IndexView<'_>) -> Result<(), SearchError> {
             });
         }
         let codes = view.list(list).codes;
+        if p.code_layout == CodeLayout::FastScan4 {
+            // Every nibble is a valid 4-bit code; padding lanes and the missing subspace of an
+            // odd M must hold zero.
+            let n_groups = n_subspaces.div_ceil(2);
+            for (block, block_codes) in codes.chunks_exact(p.block_bytes()).enumerate() {
+                let filled = size.saturating_sub(block * BLOCK).min(BLOCK);
+                for m in 0..2 * n_groups {
+                    for lane in 0..BLOCK {
+                        if m < n_subspaces && lane < filled {
+                            continue;
+                        }
+                        let (byte, shift) = fast_scan_position(m, lane);
+                        if (block_codes[byte] >> shift) & 0xF != 0 {
+                            return Err(SearchError::BadList {
+                                list,
+                                reason: "a padding slot or subspace holds a nonzero code",
+                            });
+                        }
+                    }
+                }
+            }
+            continue;
+        }
         for (block, block_codes) in codes.chunks_exact(n_subspaces * BLOCK * width).enumerate() {
             let filled = size.saturating_sub(block * BLOCK).min(BLOCK);
             for (subspace, lanes) in block_codes.chunks_exact(BLOCK * width).enumerate() {

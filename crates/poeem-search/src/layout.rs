@@ -5,13 +5,16 @@
 //! are stored block-transposed so that a scan streams contiguous bytes: inside a block of
 //! [`BLOCK`] slots, subspace `m`'s codes of the 32 items are adjacent. For slot `s` of a list
 //! (block `b = s / BLOCK`, lane `l = s % BLOCK`), the code of subspace `m` starts at byte
-//! `((b · M + m) · BLOCK + l) · code_width` of the list's codes, little-endian.
+//! `((b · M + m) · BLOCK + l) · code_width` of the list's codes, little-endian
+//! ([`CodeLayout::Transposed`]). 4-bit codes may instead be packed two per byte in the fast-scan
+//! layout ([`CodeLayout::FastScan4`], see [`fast_scan_position`]), which format version 2 adds.
 
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::SearchError;
+use crate::refine::RefineView;
 
 /// Items per code block: lists are padded to a multiple of this many slots.
 pub const BLOCK: usize = 32;
@@ -88,6 +91,69 @@ impl std::fmt::Display for Metric {
     }
 }
 
+/// How a list's codes are arranged inside its blocks of [`BLOCK`] slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeLayout {
+    /// Format version 1's layout: `code_width` bytes per code, subspace-major inside a block
+    /// (`M · code_width` bytes per slot).
+    #[default]
+    Transposed,
+    /// 4-bit codes, two per byte, for the fast-scan kernels (format version 2, `n_bits` = 4):
+    /// `⌈M/2⌉` bytes per slot; see [`fast_scan_position`].
+    FastScan4,
+}
+
+impl CodeLayout {
+    /// The layout's on-disk code (format version 2's header field `code_layout`).
+    pub fn code(self) -> u32 {
+        match self {
+            CodeLayout::Transposed => 0,
+            CodeLayout::FastScan4 => 1,
+        }
+    }
+
+    /// The layout with on-disk code `code`.
+    pub fn from_code(code: u32) -> Option<Self> {
+        [CodeLayout::Transposed, CodeLayout::FastScan4]
+            .into_iter()
+            .find(|l| l.code() == code)
+    }
+
+    /// The layout's name (`transposed`, `fast_scan4`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CodeLayout::Transposed => "transposed",
+            CodeLayout::FastScan4 => "fast_scan4",
+        }
+    }
+
+    /// The layout a builder picks for `n_bits`: fast-scan for 4-bit codes, transposed otherwise.
+    pub fn for_bits(n_bits: u32) -> Self {
+        if n_bits == 4 {
+            CodeLayout::FastScan4
+        } else {
+            CodeLayout::Transposed
+        }
+    }
+}
+
+/// Where the 4-bit code of subspace `m` of lane `lane` (0..32) lies inside a fast-scan block:
+/// `(byte, shift)`, the code being `(block[byte] >> shift) & 0xF`.
+///
+/// A block of [`BLOCK`] slots holds `⌈M/2⌉` groups of 32 bytes, one per pair of subspaces
+/// `(2p, 2p+1)`. In group `p`, byte `i < 16` holds subspace `2p`'s code of lane `i` in its low
+/// nibble and of lane `i + 16` in its high nibble; byte `16 + i` holds subspace `2p + 1`'s codes
+/// of the same lanes. (With `M` odd the last group's second half is zero.) One 32-byte shuffle
+/// of the group's low nibbles, against a register holding subspace `2p`'s 16-entry table in its
+/// low half and `2p + 1`'s in its high half, thus looks up both subspaces for lanes 0..16; the
+/// high nibbles do the same for lanes 16..32.
+#[inline(always)]
+pub fn fast_scan_position(m: usize, lane: usize) -> (usize, u32) {
+    let byte = (m / 2) * BLOCK + (m % 2) * (BLOCK / 2) + lane % (BLOCK / 2);
+    (byte, if lane < BLOCK / 2 { 0 } else { 4 })
+}
+
 /// The numbers that fix an index's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexParams {
@@ -106,6 +172,9 @@ pub struct IndexParams {
     pub metric: Metric,
     /// Number of items (slots holding an item, not padding).
     pub n_items: usize,
+    /// How the codes are laid out ([`CodeLayout::Transposed`] unless 4-bit fast-scan).
+    #[serde(default)]
+    pub code_layout: CodeLayout,
 }
 
 impl IndexParams {
@@ -124,9 +193,17 @@ impl IndexParams {
         if self.n_bits <= 8 { 1 } else { 2 }
     }
 
-    /// Bytes of codes per slot, `M · code_width`.
+    /// Bytes of codes per slot: `M · code_width`, or `⌈M/2⌉` in the fast-scan layout.
     pub fn slot_bytes(&self) -> usize {
-        self.n_subspaces * self.code_width()
+        match self.code_layout {
+            CodeLayout::Transposed => self.n_subspaces * self.code_width(),
+            CodeLayout::FastScan4 => self.n_subspaces.div_ceil(2),
+        }
+    }
+
+    /// Bytes of codes per block of [`BLOCK`] slots.
+    pub fn block_bytes(&self) -> usize {
+        self.slot_bytes() * BLOCK
     }
 
     /// Checks that the numbers are consistent with each other.
@@ -164,6 +241,13 @@ impl IndexParams {
         if !(1..=16).contains(&self.n_bits) {
             return bad("n_bits", self.n_bits as usize, "must be between 1 and 16");
         }
+        if self.code_layout == CodeLayout::FastScan4 && self.n_bits != 4 {
+            return bad(
+                "n_bits",
+                self.n_bits as usize,
+                "the fast-scan layout holds 4-bit codes only",
+            );
+        }
         Ok(())
     }
 }
@@ -187,6 +271,7 @@ pub struct IndexView<'a> {
     list_sizes: &'a [u64],
     ids: &'a [u64],
     codes: &'a [u8],
+    refine: Option<RefineView<'a>>,
 }
 
 /// One list of a view: its items' ids and block-transposed codes.
@@ -199,6 +284,29 @@ pub struct ListView<'a> {
 }
 
 impl ListView<'_> {
+    /// The code of subspace `m` of slot `pos` (padding slots included) in a list of an index
+    /// with parameters `p`.
+    ///
+    /// # Panics
+    /// When `pos` or `m` is out of range.
+    #[track_caller]
+    pub fn code(&self, p: &IndexParams, pos: usize, m: usize) -> u32 {
+        assert!(m < p.n_subspaces, "subspace out of range");
+        let block = &self.codes[pos / BLOCK * p.block_bytes()..][..p.block_bytes()];
+        let lane = pos % BLOCK;
+        match (p.code_layout, p.code_width()) {
+            (CodeLayout::FastScan4, _) => {
+                let (byte, shift) = fast_scan_position(m, lane);
+                u32::from((block[byte] >> shift) & 0xF)
+            }
+            (CodeLayout::Transposed, 1) => u32::from(block[m * BLOCK + lane]),
+            (CodeLayout::Transposed, _) => {
+                let at = (m * BLOCK + lane) * 2;
+                u32::from(u16::from_le_bytes([block[at], block[at + 1]]))
+            }
+        }
+    }
+
     /// Number of items.
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -317,7 +425,41 @@ impl<'a> IndexView<'a> {
             list_sizes,
             ids,
             codes,
+            refine: None,
         })
+    }
+
+    /// The same view with refinement data: the bytes of a refine section (see
+    /// [`crate::refine`]), checked against the shape and slot count, or `None`.
+    ///
+    /// # Errors
+    /// When the section's header or length is inconsistent.
+    pub fn with_refine(self, refine: Option<&'a [u8]>) -> Result<Self, SearchError> {
+        let refine = match refine {
+            Some(bytes) => Some(RefineView::parse(bytes, &self.params, self.ids.len())?),
+            None => None,
+        };
+        Ok(Self { refine, ..self })
+    }
+
+    /// The refinement data, if the index has some.
+    pub fn refine(&self) -> Option<&RefineView<'a>> {
+        self.refine.as_ref()
+    }
+
+    /// The list holding slot `slot` and the slot's position in it.
+    ///
+    /// # Panics
+    /// When `slot` is not below the slot count.
+    #[track_caller]
+    pub fn locate_slot(&self, slot: usize) -> (usize, usize) {
+        assert!(slot < self.ids.len(), "slot out of range");
+        let list = self
+            .list_offsets
+            .partition_point(|&o| o <= slot as u64)
+            .saturating_sub(1)
+            .min(self.params.n_lists - 1);
+        (list, slot - self.list_offsets[list] as usize)
     }
 
     /// The index's shape.
@@ -382,16 +524,8 @@ impl<'a> IndexView<'a> {
     /// When `list`, `pos` or `m` is out of range.
     #[track_caller]
     pub fn code(&self, list: usize, pos: usize, m: usize) -> u32 {
-        let codes = self.list(list).codes;
         assert!(pos < self.list_sizes[list] as usize, "item out of range");
-        assert!(m < self.params.n_subspaces, "subspace out of range");
-        let width = self.params.code_width();
-        let at = ((pos / BLOCK * self.params.n_subspaces + m) * BLOCK + pos % BLOCK) * width;
-        if width == 1 {
-            u32::from(codes[at])
-        } else {
-            u32::from(u16::from_le_bytes([codes[at], codes[at + 1]]))
-        }
+        self.list(list).code(&self.params, pos, m)
     }
 
     /// The reconstruction of item `pos` of `list` in the rotated, padded space:
@@ -440,6 +574,28 @@ impl<'a> IndexView<'a> {
     }
 }
 
+/// Writes `code` as the code of subspace `m` of slot `pos` into a list's codes `codes` (which
+/// must hold zeros where a fast-scan code goes: its nibble is or-ed in).
+///
+/// # Panics
+/// When `pos` lies past `codes`.
+#[track_caller]
+pub(crate) fn put_code(p: &IndexParams, codes: &mut [u8], pos: usize, m: usize, code: u32) {
+    let block = &mut codes[pos / BLOCK * p.block_bytes()..][..p.block_bytes()];
+    let lane = pos % BLOCK;
+    match p.code_layout {
+        CodeLayout::FastScan4 => {
+            let (byte, shift) = fast_scan_position(m, lane);
+            block[byte] |= ((code & 0xF) as u8) << shift;
+        }
+        CodeLayout::Transposed => {
+            let width = p.code_width();
+            let at = (m * BLOCK + lane) * width;
+            block[at..at + width].copy_from_slice(&code.to_le_bytes()[..width]);
+        }
+    }
+}
+
 /// An index held in memory, the input of the file writer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexParts {
@@ -461,6 +617,8 @@ pub struct IndexParts {
     pub codes: Vec<u8>,
     /// Provenance: how the index was built (a JSON object).
     pub metadata: serde_json::Value,
+    /// The bytes of the optional refine section ([`crate::refine`]), or `None`.
+    pub refine: Option<Vec<u8>>,
 }
 
 impl IndexParts {
@@ -485,7 +643,7 @@ impl IndexParts {
     ) -> Result<Self, SearchError> {
         params.n_items = lists.len();
         params.validate()?;
-        let (n, m_count, width) = (lists.len(), params.n_subspaces, params.code_width());
+        let (n, m_count) = (lists.len(), params.n_subspaces);
         if item_codes.len() != n * m_count {
             return Err(SearchError::DimensionMismatch {
                 what: "item codes",
@@ -541,8 +699,7 @@ impl IndexParts {
                         n_codewords: n_codewords as usize,
                     });
                 }
-                let at = base + ((pos / BLOCK * m_count + m) * BLOCK + pos % BLOCK) * width;
-                codes[at..at + width].copy_from_slice(&code.to_le_bytes()[..width]);
+                put_code(&params, &mut codes[base..], pos, m, code);
             }
         }
         let parts = Self {
@@ -555,6 +712,7 @@ impl IndexParts {
             ids: slot_ids,
             codes,
             metadata,
+            refine: None,
         };
         parts.view()?;
         Ok(parts)
@@ -574,6 +732,7 @@ impl IndexParts {
             &self.list_sizes,
             &self.ids,
             &self.codes,
-        )
+        )?
+        .with_refine(self.refine.as_deref())
     }
 }

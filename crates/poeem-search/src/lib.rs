@@ -10,6 +10,7 @@
 //!   [`Index::read`] and [`Index::from_bytes`]), specified in `docs/index-format.md`;
 //! - [`stream`]: the same files written list by list ([`write_index_streaming`]), for converters
 //!   whose input does not fit in memory;
+//! - [`refine`]: the optional refinement data that re-ranking reads;
 #![deny(unsafe_code)]
 
 mod error;
@@ -17,6 +18,7 @@ pub mod format;
 mod index;
 mod kernels;
 pub mod layout;
+pub mod refine;
 mod searcher;
 mod storage;
 pub mod stream;
@@ -30,7 +32,8 @@ pub use format::{encode_index, write_index};
 pub use index::{Index, IndexInfo, SectionInfo};
 pub use kernels::{Kernel, TABLE_STRIDE};
 pub use layout::{
-    BLOCK, IndexParams, IndexParts, IndexView, ListView, Metric, PADDING_ID, padded_len,
+    BLOCK, CodeLayout, IndexParams, IndexParts, IndexView, ListView, Metric, PADDING_ID, padded_len,
 };
+pub use refine::{RefineKind, RefineView};
 pub use searcher::{Probe, SearchIndex, SearchParams, Searcher, SharedIndex};
 pub use stream::{IndexHead, ListBuffer, write_index_streaming};

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::SearchError;
 use crate::format::{SectionKind, check_host, encode_header};
-use crate::layout::{BLOCK, IndexParams, PADDING_ID, padded_len};
+use crate::layout::{BLOCK, IndexParams, PADDING_ID, padded_len, put_code};
 
 /// The parts of an index that precede its lists: everything but the ids and codes.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,7 +224,7 @@ pub fn write_index_streaming<E: From<SearchError>>(
         // The zero padding between ids and codes is written with the ids.
         let ids_pad = (codes_at - ids_at - ids_len) as usize;
         let mut list = ListBuffer::default();
-        let (m_count, width) = (p.n_subspaces, p.code_width());
+        let m_count = p.n_subspaces;
         let n_codewords = p.n_codewords() as u64;
         let mut block_codes: Vec<u8> = Vec::new();
         let mut id_bytes: Vec<u8> = Vec::new();
@@ -267,12 +267,10 @@ pub fn write_index_streaming<E: From<SearchError>>(
             id_bytes.extend((size..padded).flat_map(|_| PADDING_ID.to_le_bytes()));
             ids.push(out, &id_bytes)?;
             block_codes.clear();
-            block_codes.resize(padded * m_count * width, 0);
+            block_codes.resize(padded * p.slot_bytes(), 0);
             for (pos, item) in list.codes.chunks_exact(m_count).enumerate() {
-                let (block, lane) = (pos / BLOCK, pos % BLOCK);
                 for (m, &code) in item.iter().enumerate() {
-                    let at = ((block * m_count + m) * BLOCK + lane) * width;
-                    block_codes[at..at + width].copy_from_slice(&code.to_le_bytes()[..width]);
+                    put_code(&p, &mut block_codes, pos, m, code);
                 }
             }
             codes.push(out, &block_codes)?;

@@ -12,11 +12,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use poeem_search::format::{
-    FLAG_OPTIONAL, FORMAT_VERSION, HEADER_LEN, MAGIC, SECTION_ALIGN, SECTION_ENTRY_LEN, SectionKind,
+    FLAG_OPTIONAL, HEADER_LEN, MAGIC, SECTION_ALIGN, SECTION_ENTRY_LEN, SectionKind, version_for,
 };
+use poeem_search::refine::{encode_float_refine, encode_pq8_refine};
 use poeem_search::{
-    BLOCK, Index, IndexParams, IndexParts, Metric, PADDING_ID, SearchError, encode_index,
-    padded_len, write_index,
+    BLOCK, CodeLayout, Index, IndexParams, IndexParts, Metric, PADDING_ID, RefineKind, SearchError,
+    encode_index, padded_len, write_index,
 };
 use proptest::prelude::{ProptestConfig, any, prop_assert, prop_assert_eq, proptest};
 use proptest::test_runner::RngSeed;
@@ -49,6 +50,7 @@ fn params(
         n_bits,
         metric,
         n_items: 0,
+        code_layout: Default::default(),
     }
 }
 
@@ -105,7 +107,49 @@ fn exercise(index: &Index) {
             }
         }
     }
+    if let Some(refine) = view.refine() {
+        let width = if refine.kind() == RefineKind::Pq8 {
+            p.padded_dim
+        } else {
+            p.dim
+        };
+        let mut refined = vec![0.0f32; width];
+        for slot in 0..view.slot_ids().len() {
+            refine.decode(slot, &mut refined);
+            let (list, pos) = view.locate_slot(slot);
+            assert!(pos < padded_len(view.list(list).len()));
+        }
+    }
     let _ = index.to_parts();
+}
+
+/// Random refinement data of `kind` for `parts` (values in slot order, padding zero).
+fn random_refine(parts: &IndexParts, kind: RefineKind, seed: u64) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let p = &parts.params;
+    let slots = parts.ids.len();
+    match kind {
+        RefineKind::F32 | RefineKind::F16 => {
+            let values: Vec<f32> = (0..slots * p.dim)
+                .map(|i| {
+                    if parts.ids[i / p.dim] == PADDING_ID {
+                        0.0
+                    } else {
+                        rng.random_range(-1.0..1.0)
+                    }
+                })
+                .collect();
+            encode_float_refine(kind, p.dim, &values)
+        }
+        RefineKind::Pq8 => {
+            let n_sub = p.n_subspaces;
+            let books: Vec<f32> = (0..256 * p.padded_dim)
+                .map(|_| rng.random_range(-0.1..0.1))
+                .collect();
+            let codes: Vec<u8> = (0..slots * n_sub).map(|_| rng.random()).collect();
+            encode_pq8_refine(p.padded_dim, n_sub, &books, &codes)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,6 +337,96 @@ fn golden_parts() -> (IndexParts, Vec<u32>, Vec<u8>, Vec<u64>) {
     (parts, lists, codes, ids)
 }
 
+/// The version-2 golden index: dim 6 in 3 subspaces of 2 (odd M), 2 lists (34 items over two
+/// blocks, 6 items), 4-bit codes in the fast-scan layout, no rotation, L2, and `f16`
+/// refinement data. Returns the parts and, per item, its list, codes and id.
+fn golden_v2_parts() -> (IndexParts, Vec<u32>, Vec<u8>, Vec<u64>) {
+    let mut g = SplitMix(2026);
+    let p = IndexParams {
+        code_layout: CodeLayout::FastScan4,
+        ..params(6, 3, 2, 4, Metric::L2)
+    };
+    let centroids: Vec<f32> = (0..2 * 6).map(|_| g.next_f32()).collect();
+    let codebooks: Vec<f32> = (0..16 * 6).map(|_| g.next_f32()).collect();
+    let n = 40;
+    let lists: Vec<u32> = (0..n).map(|i| u32::from(i % 6 == 5)).collect();
+    let codes: Vec<u8> = (0..n * 3).map(|_| (g.next_u64() % 16) as u8).collect();
+    let ids: Vec<u64> = (0..n).map(|_| g.next_u64() >> 1).collect();
+    let metadata = json!({
+        "name": "golden-v2",
+        "generator": "splitmix64, seed 2026 (crates/poeem-search/tests/format.rs)",
+        "format_version": 2,
+    });
+    let mut parts = IndexParts::from_item_codes(
+        p, None, centroids, codebooks, &lists, &codes, &ids, metadata,
+    )
+    .expect("golden v2 parts");
+    let values: Vec<f32> = parts
+        .ids
+        .iter()
+        .flat_map(|&id| [id == PADDING_ID; 6])
+        .map(|padding| if padding { 0.0 } else { g.next_f32() })
+        .collect();
+    parts.refine = Some(encode_float_refine(RefineKind::F16, 6, &values));
+    (parts, lists, codes, ids)
+}
+
+fn golden_v2_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden-v2.poeem")
+}
+
+#[test]
+fn golden_v2_file_opens_and_matches() {
+    let (parts, lists, codes, ids) = golden_v2_parts();
+    let path = golden_v2_path();
+    for index in [
+        Index::open(&path).expect("open"),
+        Index::read(&path).expect("read"),
+    ] {
+        let info = index.info();
+        assert_eq!(info.format_version, 2);
+        let refine = info.sections.iter().find(|s| s.name == "refine").unwrap();
+        assert!(refine.optional);
+        assert_eq!(index.params().code_layout, CodeLayout::FastScan4);
+        assert_eq!(index.to_parts(), parts);
+        index.verify().expect("golden v2 file verifies");
+        let view = index.view();
+        assert_eq!(view.list_sizes(), [34, 6]);
+        let mut filled = [0usize; 2];
+        for item in 0..lists.len() {
+            let list = lists[item] as usize;
+            let pos = filled[list];
+            filled[list] += 1;
+            assert_eq!(view.list(list).ids[pos], ids[item]);
+            for m in 0..3 {
+                assert_eq!(view.code(list, pos, m), u32::from(codes[item * 3 + m]));
+            }
+        }
+        assert_eq!(view.refine().unwrap().kind(), RefineKind::F16);
+        exercise(&index);
+    }
+    // The same bytes as the writer writes today.
+    assert_eq!(
+        std::fs::read(&path).unwrap()[..HEADER_LEN],
+        encode_index(&parts).unwrap()[..HEADER_LEN]
+    );
+}
+
+/// Rewrites the version-2 golden file (see [`regenerate_golden_v1`]):
+/// `POEEM_REGENERATE_GOLDEN=1 cargo test -p poeem-search --test format -- --ignored regenerate_golden_v2`.
+#[test]
+#[ignore = "rewrites testdata/golden-v2.poeem; see docs/index-format.md"]
+fn regenerate_golden_v2() {
+    if std::env::var_os("POEEM_REGENERATE_GOLDEN").is_none() {
+        eprintln!(
+            "set POEEM_REGENERATE_GOLDEN=1 to rewrite {}",
+            golden_v2_path().display()
+        );
+        return;
+    }
+    write_index(&golden_v2_path(), &golden_v2_parts().0).expect("write golden file");
+}
+
 fn golden_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden-v1.poeem")
 }
@@ -326,6 +460,7 @@ fn golden_v1_file_opens_and_matches() {
         );
         let expected = IndexParams {
             n_items: GOLDEN_ITEMS,
+            code_layout: Default::default(),
             ..params(6, 4, 3, 4, Metric::InnerProduct)
         };
         assert_eq!(*index.params(), expected);
@@ -410,7 +545,7 @@ proptest! {
             index.verify().unwrap();
             let info = index.info();
             prop_assert_eq!(info.mmapped, mapped);
-            prop_assert_eq!(info.format_version, FORMAT_VERSION);
+            prop_assert_eq!(info.format_version, 1);
             prop_assert_eq!(info.file_size, bytes.len() as u64);
             prop_assert_eq!(info.sections.len(), 7 + usize::from(rotation));
             for s in &info.sections {
@@ -457,7 +592,7 @@ fn the_writer_follows_the_documented_layout() {
     let (parts, ..) = golden_parts();
     let bytes = encode_index(&parts).unwrap();
     assert_eq!(&bytes[..8], &MAGIC);
-    assert_eq!(u32_at(&bytes, 8), FORMAT_VERSION);
+    assert_eq!(u32_at(&bytes, 8), version_for(&parts.params));
     assert_eq!(u32_at(&bytes, 12), 8);
     let p = &parts.params;
     let header_u64: Vec<u64> = (0..5).map(|i| u64_at(&bytes, 16 + 8 * i)).collect();
@@ -489,11 +624,74 @@ fn the_writer_follows_the_documented_layout() {
 // ---------------------------------------------------------------------------------------------
 // Exhaustive truncations and single-byte changes.
 
-/// Two small files covering both code widths, with and without a rotation.
+/// Small files covering both code widths, with and without a rotation, and the fast-scan
+/// layout (odd and even M) with each kind of refinement data.
 fn small_files() -> Vec<Vec<u8>> {
     let (golden, ..) = golden_parts();
     let (wide, _) = random_parts(params(1, 1, 2, 9, Metric::L2), false, 3, 11);
-    vec![encode_index(&golden).unwrap(), encode_index(&wide).unwrap()]
+    let (v2, ..) = golden_v2_parts();
+    let fast = IndexParams {
+        code_layout: CodeLayout::FastScan4,
+        ..params(4, 2, 2, 4, Metric::Cosine)
+    };
+    let (mut pq8, _) = random_parts(fast, true, 5, 12);
+    pq8.refine = Some(random_refine(&pq8, RefineKind::Pq8, 13));
+    let (mut f32s, _) = random_parts(fast, false, 3, 14);
+    f32s.refine = Some(random_refine(&f32s, RefineKind::F32, 15));
+    [golden, wide, v2, pq8, f32s]
+        .iter()
+        .map(|parts| encode_index(parts).unwrap())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(prop_config(40, 0xFA57_5CA4))]
+
+    /// Fast-scan indexes (any M, any list sizes) with any refinement data round-trip, verify,
+    /// and hold the codes they were given.
+    #[test]
+    fn fast_scan_indexes_round_trip(
+        dim in 1usize..=12,
+        n_subspaces in 1usize..=7,
+        n_lists in 1usize..=4,
+        rotation in any::<bool>(),
+        metric in 0usize..3,
+        n_items in 0usize..=90,
+        refine in 0usize..4,
+        seed in any::<u64>(),
+    ) {
+        let n_subspaces = n_subspaces.min(dim);
+        let p = IndexParams {
+            code_layout: CodeLayout::FastScan4,
+            ..params(dim, n_subspaces, n_lists, 4, metric_of(metric))
+        };
+        let (mut parts, codes) = random_parts(p, rotation, n_items, seed);
+        let kinds = [None, Some(RefineKind::F32), Some(RefineKind::F16), Some(RefineKind::Pq8)];
+        parts.refine = kinds[refine].map(|k| random_refine(&parts, k, seed ^ 1));
+        let bytes = encode_index(&parts).unwrap();
+        let index = Index::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(index.info().format_version, 2);
+        prop_assert_eq!(index.to_parts(), parts.clone());
+        index.verify().unwrap();
+        prop_assert_eq!(
+            index.info().sections.iter().filter(|s| s.optional).count(),
+            usize::from(refine > 0)
+        );
+        // The view's codes are the items' codes (lists keep input order).
+        let view = index.view();
+        let mut filled = vec![0usize; n_lists];
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9);
+        let lists: Vec<u32> = (0..n_items).map(|_| rng.random_range(0..n_lists as u32)).collect();
+        for (item, &list) in lists.iter().enumerate() {
+            let list = list as usize;
+            let pos = filled[list];
+            filled[list] += 1;
+            for m in 0..n_subspaces {
+                prop_assert_eq!(view.code(list, pos, m), codes[item * n_subspaces + m]);
+            }
+        }
+        exercise(&index);
+    }
 }
 
 /// Opens `bytes`, reporting a panic with `what`; exercises the index when it opens.
@@ -653,12 +851,12 @@ fn bad_magic_is_not_an_index() {
 
 #[test]
 fn future_and_zero_versions_are_unsupported() {
-    for version in [0, 2, u32::MAX] {
+    for version in [0, 3, u32::MAX] {
         let mut file = golden_bytes();
         put_u32(&mut file, 8, version);
         assert!(matches!(
             open_err(&file),
-            SearchError::UnsupportedVersion { found, min: 1, max: 1 } if found == version
+            SearchError::UnsupportedVersion { found, min: 1, max: 2 } if found == version
         ));
         // Version checks come before the CRC, so a fixed CRC changes nothing.
         fix_header_crc(&mut file);

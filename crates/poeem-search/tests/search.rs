@@ -51,6 +51,7 @@ fn random_index(shape: Shape, seed: u64) -> IndexParts {
         n_bits: shape.n_bits,
         metric: shape.metric,
         n_items: 0,
+        code_layout: Default::default(),
     };
     let rotation = shape
         .rotated

@@ -28,6 +28,7 @@ fn random_parts(
         n_bits,
         metric: Metric::L2,
         n_items,
+        code_layout: Default::default(),
     };
     let mut f = |n: usize| (0..n).map(|_| rng.random::<f32>()).collect::<Vec<_>>();
     let rotation = rotation.then(|| f(padded_dim * padded_dim));

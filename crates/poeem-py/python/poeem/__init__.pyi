@@ -36,7 +36,13 @@ class Index:
     @property
     def rotated(self) -> bool: ...
     def search(
-        self, xq: _Floats, k: int, *, nprobe: int = 8, threads: Optional[int] = None
+        self,
+        xq: _Floats,
+        k: int,
+        *,
+        nprobe: int = 8,
+        threads: Optional[int] = None,
+        rerank_factor: int = 4,
     ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
     def reconstruct(self, ids: Union[int, _Ids]) -> npt.NDArray[np.float32]: ...
 
@@ -54,6 +60,7 @@ def build_index(
     seed: int = 0,
     threads: Optional[int] = None,
     progress: bool = False,
+    refine: Optional[Literal["f32", "f16", "pq8"]] = None,
 ) -> Index: ...
 
 class KMeans:

@@ -123,9 +123,151 @@ fn scan_impl(s: &Scan<'_>, top: &mut TopK) {
             while mask != 0 {
                 let l = mask.trailing_zeros() as usize;
                 mask &= mask - 1;
-                top.push(lanes[l], s.ids[base + l]);
+                top.push(lanes[l], s.offered(base + l));
             }
             threshold = _mm256_set1_ps(top.threshold());
+        }
+    }
+}
+
+/// The 32 sums of one fast-scan block (see [`super::fastscan::block_sums`]).
+///
+/// # Panics
+/// When the CPU lacks AVX2 or `entries` / `block` are shorter than `⌈M/2⌉` groups.
+pub(super) fn block_sums_4bit(entries: &[u8], n_subspaces: usize, block: &[u8]) -> [u16; BLOCK] {
+    assert!(available(), "AVX2 is not available");
+    let groups = n_subspaces.div_ceil(2);
+    assert!(entries.len() >= groups * BLOCK, "table too short");
+    assert!(block.len() >= groups * BLOCK, "block too short");
+    // SAFETY: AVX2 was detected just above; the lengths were checked.
+    unsafe {
+        let (even, odd) = sums_4bit(&entries[..groups * BLOCK], block);
+        unpack_sums(even, odd)
+    }
+}
+
+/// Scans one fast-scan list (see [`super::Scan4`]).
+///
+/// # Panics
+/// When the CPU lacks AVX2 or the lengths are inconsistent.
+pub(super) fn scan4(s: &super::Scan4<'_>, top: &mut TopK) {
+    assert!(available(), "AVX2 is not available");
+    s.check();
+    // SAFETY: AVX2 was detected just above.
+    unsafe { scan4_impl(s, top) }
+}
+
+/// The sums of one block as two vectors of sixteen u16: `even` holds lanes 0, 2, …, 30 and
+/// `odd` lanes 1, 3, …, 31 (lane `2w` or `2w + 1` in word `w`).
+///
+/// Per group: the low nibbles of its 32 bytes index the shuffle for lanes 0..16 (subspace `2p`
+/// in the low 128 bits, `2p + 1` in the high 128 bits), the high nibbles for lanes 16..32; each
+/// shuffled byte is widened to 16 bits by masking (even bytes) or shifting (odd bytes) and
+/// added. At the end the two 128-bit halves (the two subspaces of each pair) are added.
+/// `entries` is the quantized table, one 32-byte group per pair (its loads hit L1).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sums_4bit(entries: &[u8], block: &[u8]) -> (__m256i, __m256i) {
+    assert!(block.len() >= entries.len(), "block too short");
+    let nibble = _mm256_set1_epi8(0x0F);
+    let low_byte = _mm256_set1_epi16(0x00FF);
+    let (mut lo_even, mut lo_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let (mut hi_even, mut hi_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    for (lut, codes) in entries.chunks_exact(BLOCK).zip(block.chunks_exact(BLOCK)) {
+        // SAFETY: each chunk holds 32 bytes, the width of an unaligned 256-bit load.
+        let (lut, v) = unsafe {
+            (
+                _mm256_loadu_si256(lut.as_ptr().cast()),
+                _mm256_loadu_si256(codes.as_ptr().cast()),
+            )
+        };
+        let lo = _mm256_and_si256(v, nibble);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+        let r_lo = _mm256_shuffle_epi8(lut, lo);
+        let r_hi = _mm256_shuffle_epi8(lut, hi);
+        lo_even = _mm256_add_epi16(lo_even, _mm256_and_si256(r_lo, low_byte));
+        lo_odd = _mm256_add_epi16(lo_odd, _mm256_srli_epi16::<8>(r_lo));
+        hi_even = _mm256_add_epi16(hi_even, _mm256_and_si256(r_hi, low_byte));
+        hi_odd = _mm256_add_epi16(hi_odd, _mm256_srli_epi16::<8>(r_hi));
+    }
+    // Low halves of lo_* are subspace 2p of lanes 0..16, high halves subspace 2p+1 of the same
+    // lanes; likewise hi_* for lanes 16..32. Add the halves: lanes 0..16 land in the low half of
+    // the result, lanes 16..32 in the high half.
+    let even = _mm256_add_epi16(
+        _mm256_permute2x128_si256::<0x20>(lo_even, hi_even),
+        _mm256_permute2x128_si256::<0x31>(lo_even, hi_even),
+    );
+    let odd = _mm256_add_epi16(
+        _mm256_permute2x128_si256::<0x20>(lo_odd, hi_odd),
+        _mm256_permute2x128_si256::<0x31>(lo_odd, hi_odd),
+    );
+    (even, odd)
+}
+
+/// The two vectors of [`sums_4bit`] as 32 sums in lane order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn unpack_sums(even: __m256i, odd: __m256i) -> [u16; BLOCK] {
+    let (mut e, mut o) = ([0u16; 16], [0u16; 16]);
+    // SAFETY: each array holds 16 u16, the width of an unaligned 256-bit store.
+    unsafe {
+        _mm256_storeu_si256(e.as_mut_ptr().cast(), even);
+        _mm256_storeu_si256(o.as_mut_ptr().cast(), odd);
+    }
+    let mut out = [0u16; BLOCK];
+    for w in 0..16 {
+        out[2 * w] = e[w];
+        out[2 * w + 1] = o[w];
+    }
+    out
+}
+
+/// Bit `l` set when lane `l`'s sum is at most `t`: `min(sum, t) == sum`, unsigned, in sixteen
+/// lanes at a time; each word sets two mask bits, of which lane `2w` keeps the even one and
+/// lane `2w + 1` the odd one.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn passing(even: __m256i, odd: __m256i, t: __m256i) -> u32 {
+    let e = _mm256_cmpeq_epi16(_mm256_min_epu16(even, t), even);
+    let o = _mm256_cmpeq_epi16(_mm256_min_epu16(odd, t), odd);
+    let e = _mm256_movemask_epi8(e) as u32;
+    let o = _mm256_movemask_epi8(o) as u32;
+    (e & 0x5555_5555) | (o & 0xAAAA_AAAA)
+}
+
+#[target_feature(enable = "avx2")]
+fn scan4_impl(s: &super::Scan4<'_>, top: &mut TopK) {
+    use super::fastscan::{QuantizedTable, int_threshold};
+    let block_bytes = s.block_bytes();
+    let entries = &s.table.entries[..block_bytes];
+    let offset = s.bias + s.table.base;
+    let step = s.table.step;
+    let mut float_threshold = top.threshold();
+    let mut t = int_threshold(offset, step, float_threshold);
+    for (b, block) in s.codes.chunks_exact(block_bytes).enumerate() {
+        if t < 0 {
+            // The threshold only falls: no later slot of this list can pass either.
+            return;
+        }
+        let (even, odd) = sums_4bit(entries, block);
+        let mut mask = passing(even, odd, _mm256_set1_epi16(t as u16 as i16));
+        let base = b * BLOCK;
+        let valid = s.n_items - base;
+        if valid < BLOCK {
+            mask &= (1u32 << valid) - 1;
+        }
+        if mask != 0 {
+            let sums = unpack_sums(even, odd);
+            while mask != 0 {
+                let l = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                top.push(QuantizedTable::key(offset, step, sums[l]), s.id(base + l));
+            }
+            let now = top.threshold();
+            if now != float_threshold {
+                float_threshold = now;
+                t = int_threshold(offset, step, now);
+            }
         }
     }
 }

@@ -19,7 +19,10 @@ use crate::{BLOCK, SearchError};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub(crate) mod fastscan;
 pub(crate) mod scalar;
+
+pub use fastscan::QuantizedTable;
 
 /// Entries per subspace row of a lookup table for one-byte codes.
 pub const TABLE_STRIDE: usize = 256;
@@ -182,6 +185,85 @@ impl Kernel {
         Ok(())
     }
 
+    /// The 16-bit sums of whole fast-scan blocks of 4-bit codes (see
+    /// [`crate::layout::fast_scan_position`]): for slot `s = b·32 + l`,
+    /// `out[s] = Σ_m entries[m·16 + code_m(s)]` (wrapping), with `entries` a quantized table of
+    /// `32 · ⌈M/2⌉` bytes (subspace `m`'s 16 entries at `m·16`, zeros past `M`). Every kernel
+    /// returns the same sums. The scan without its top-k filter, for tests and benchmarks.
+    ///
+    /// # Errors
+    /// As [`Kernel::score_blocks`], for a table not `32 · ⌈M/2⌉` long, codes not whole blocks
+    /// of `16 · ⌈M/2⌉ · 2` bytes, or `out` not one sum per slot.
+    pub fn sum_blocks_4bit(
+        self,
+        entries: &[u8],
+        n_subspaces: usize,
+        codes: &[u8],
+        out: &mut [u16],
+    ) -> Result<(), SearchError> {
+        if !self.is_available() {
+            return Err(self.unavailable());
+        }
+        if n_subspaces == 0 {
+            return Err(SearchError::InvalidParameter {
+                name: "n_subspaces",
+                value: "0".to_owned(),
+                reason: "must be at least 1",
+            });
+        }
+        let mismatch = |what, expected, got| SearchError::DimensionMismatch {
+            what,
+            expected,
+            got,
+        };
+        let block_bytes = n_subspaces.div_ceil(2) * BLOCK;
+        if entries.len() != block_bytes {
+            return Err(mismatch(
+                "quantized table entries",
+                block_bytes,
+                entries.len(),
+            ));
+        }
+        let n_blocks = codes.len() / block_bytes;
+        if codes.len() != n_blocks * block_bytes {
+            return Err(mismatch(
+                "code bytes (whole blocks)",
+                n_blocks.max(1) * block_bytes,
+                codes.len(),
+            ));
+        }
+        if out.len() != n_blocks * BLOCK {
+            return Err(mismatch("sums", n_blocks * BLOCK, out.len()));
+        }
+        for (block, out) in codes
+            .chunks_exact(block_bytes)
+            .zip(out.chunks_exact_mut(BLOCK))
+        {
+            let sums = match self {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => avx2::block_sums_4bit(entries, n_subspaces, block),
+                _ => fastscan::block_sums(entries, n_subspaces, block),
+            };
+            out.copy_from_slice(&sums);
+        }
+        Ok(())
+    }
+
+    /// Scans one fast-scan list, offering every item whose key does not exceed the threshold
+    /// of `top` to it. A kernel this CPU does not run falls back to the scalar one.
+    ///
+    /// # Panics
+    /// When the table or the codes are shorter than [`Scan4`] requires.
+    #[track_caller]
+    pub(crate) fn scan4(self, s: &Scan4<'_>, top: &mut TopK) {
+        s.check();
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if avx2::available() => avx2::scan4(s, top),
+            _ => fastscan::scan(s, top),
+        }
+    }
+
     /// Scans one list of one-byte codes, offering every item whose score does not exceed the
     /// threshold of `top` to it. A kernel this CPU does not run (never held by a
     /// [`crate::SearchIndex`]) falls back to the scalar one.
@@ -220,6 +302,76 @@ impl FromStr for Kernel {
     }
 }
 
+/// One fast-scan list to scan.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scan4<'a> {
+    /// The query's (and, for L2, the list's) quantized table.
+    pub table: &'a QuantizedTable,
+    /// `M`.
+    pub n_subspaces: usize,
+    /// Added to every key of the list (before [`QuantizedTable::base`]).
+    pub bias: f32,
+    /// The list's fast-scan codes, `padded_len(n_items) · ⌈M/2⌉` bytes.
+    pub codes: &'a [u8],
+    /// Items in the list.
+    pub n_items: usize,
+    /// How the offered ids are made.
+    pub ids: Offered<'a>,
+}
+
+/// What a scan offers to the top-k with each key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Offered<'a> {
+    /// The items' ids: slot `s` is offered as `ids[s]`.
+    Ids(&'a [u64]),
+    /// Global slot numbers: slot `s` of the list is offered as `first + s` (re-ranking looks
+    /// the candidates up by slot).
+    Slots(u64),
+}
+
+impl Offered<'_> {
+    #[inline(always)]
+    pub(crate) fn get(&self, pos: usize) -> u64 {
+        match *self {
+            Offered::Ids(ids) => ids[pos],
+            Offered::Slots(first) => first + pos as u64,
+        }
+    }
+}
+
+impl Scan4<'_> {
+    /// Bytes per block.
+    #[inline(always)]
+    pub(crate) fn block_bytes(&self) -> usize {
+        self.n_subspaces.div_ceil(2) * BLOCK
+    }
+
+    /// The id offered for slot `pos`.
+    #[inline(always)]
+    pub(crate) fn id(&self, pos: usize) -> u64 {
+        self.ids.get(pos)
+    }
+
+    /// Checks the lengths the kernels rely on.
+    #[track_caller]
+    pub(crate) fn check(&self) {
+        assert!(self.n_subspaces > 0, "at least one subspace");
+        assert_eq!(
+            self.table.entries.len(),
+            self.block_bytes(),
+            "table of the index's shape"
+        );
+        assert_eq!(
+            self.codes.len(),
+            crate::padded_len(self.n_items) * self.n_subspaces.div_ceil(2),
+            "codes must cover the list's blocks"
+        );
+        if let Offered::Ids(ids) = self.ids {
+            assert_eq!(ids.len(), self.n_items, "one id per item");
+        }
+    }
+}
+
 /// One list to scan.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Scan<'a> {
@@ -233,8 +385,11 @@ pub(crate) struct Scan<'a> {
     pub slot_bias: &'a [f32],
     /// The list's block-transposed codes, `padded_len(ids.len()) · M · code_width` bytes.
     pub codes: &'a [u8],
-    /// The list's item ids (padding excluded): slot `s` is offered with id `ids[s]`.
+    /// The list's item ids (padding excluded): slot `s` is offered with id `ids[s]`, or its
+    /// global slot number when `slots` is set.
     pub ids: &'a [u64],
+    /// `Some(first)`: offer slot `s` as `first + s` (re-ranking) instead of its id.
+    pub slots: Option<u64>,
 }
 
 impl Scan<'_> {
@@ -258,6 +413,15 @@ impl Scan<'_> {
             self.slot_bias.is_empty() || self.slot_bias.len() == slots,
             "one slot bias per slot, or none"
         );
+    }
+
+    /// The value offered for slot `pos`: its id, or its global slot number.
+    #[inline(always)]
+    pub(crate) fn offered(&self, pos: usize) -> u64 {
+        match self.slots {
+            None => self.ids[pos],
+            Some(first) => first + pos as u64,
+        }
     }
 
     /// The slot biases of block `b`, if any.

@@ -55,12 +55,12 @@ pub(crate) fn score_block(
 /// `lanes` holds the block's scores, `base` its first slot, `ids` the list's ids (padding
 /// slots, past `ids`, are skipped).
 #[inline(always)]
-pub(crate) fn offer(top: &mut TopK, ids: &[u64], base: usize, lanes: &[f32; BLOCK]) {
-    let valid = (ids.len() - base).min(BLOCK);
+pub(crate) fn offer(top: &mut TopK, s: &Scan<'_>, base: usize, lanes: &[f32; BLOCK]) {
+    let valid = (s.ids.len() - base).min(BLOCK);
     let mut threshold = top.threshold();
-    for (&score, &id) in lanes[..valid].iter().zip(&ids[base..]) {
+    for (l, &score) in lanes[..valid].iter().enumerate() {
         if score <= threshold {
-            top.push(score, id);
+            top.push(score, s.offered(base + l));
             threshold = top.threshold();
         }
     }
@@ -78,7 +78,7 @@ pub(crate) fn scan(s: &Scan<'_>, top: &mut TopK) {
             block,
             &mut lanes,
         );
-        offer(top, s.ids, b * BLOCK, &lanes);
+        offer(top, s, b * BLOCK, &lanes);
     }
 }
 
@@ -109,6 +109,6 @@ pub(crate) fn scan_wide(s: &Scan<'_>, stride: usize, mask: u16, top: &mut TopK) 
                 *o += t[usize::from(code)];
             }
         }
-        offer(top, s.ids, b * BLOCK, &lanes);
+        offer(top, s, b * BLOCK, &lanes);
     }
 }
