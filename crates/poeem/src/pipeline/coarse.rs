@@ -172,7 +172,7 @@ impl CoarseDiagnostics {
                  {n_queries} queries"
             )));
         }
-        let (list_of, list_sizes) = list_of_items(&view, ids, n_items)?;
+        let (list_of, list_sizes) = list_of_items(view, ids, n_items)?;
         let max_nprobe = nprobes.iter().copied().max().unwrap_or(1).min(n_lists);
         let mut first_probes = vec![0usize; n_lists];
         let mut found = vec![(0usize, 0usize); nprobes.len()];
