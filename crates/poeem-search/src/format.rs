@@ -13,6 +13,7 @@ use std::path::Path;
 use bytemuck::{AnyBitPattern, PodCastError};
 
 use crate::SearchError;
+use crate::keys::ItemKeysView;
 use crate::layout::{BLOCK, IndexParams, IndexParts, IndexView, Metric};
 
 /// The first eight bytes of every index file.
@@ -72,12 +73,14 @@ pub enum SectionKind {
     Codes,
     /// A UTF-8 JSON object describing how the index was built.
     Metadata,
+    /// Optional: the items' original ids as strings ([`ItemKeys`](crate::ItemKeys)).
+    ItemKeys,
 }
 
 impl SectionKind {
     /// All kinds, in code order (which is also the order the writer lays them out in, except
     /// that metadata comes before ids and codes).
-    pub const ALL: [SectionKind; 8] = [
+    pub const ALL: [SectionKind; 9] = [
         SectionKind::Rotation,
         SectionKind::CoarseCentroids,
         SectionKind::Codebooks,
@@ -86,6 +89,7 @@ impl SectionKind {
         SectionKind::Ids,
         SectionKind::Codes,
         SectionKind::Metadata,
+        SectionKind::ItemKeys,
     ];
 
     /// The kind's number in the section table.
@@ -99,6 +103,7 @@ impl SectionKind {
             SectionKind::Ids => 6,
             SectionKind::Codes => 7,
             SectionKind::Metadata => 8,
+            SectionKind::ItemKeys => 9,
         }
     }
 
@@ -118,19 +123,34 @@ impl SectionKind {
             SectionKind::Ids => "ids",
             SectionKind::Codes => "codes",
             SectionKind::Metadata => "metadata",
+            SectionKind::ItemKeys => "item_keys",
         }
     }
 
-    /// Whether every version-1 file holds this section (all but the rotation).
+    /// Whether every version-1 file holds this section (all but the rotation and the item
+    /// keys).
     pub fn is_required(self) -> bool {
-        self != SectionKind::Rotation
+        !matches!(self, SectionKind::Rotation | SectionKind::ItemKeys)
+    }
+
+    /// The flags the writer gives the section: [`FLAG_OPTIONAL`] for kinds added after version
+    /// 1 was first written (readers that predate them skip them), 0 otherwise.
+    pub fn flags(self) -> u32 {
+        if self == SectionKind::ItemKeys {
+            FLAG_OPTIONAL
+        } else {
+            0
+        }
     }
 
     /// Whether opening an index checks this section's CRC: everything but the two sections
     /// that grow with the number of items, which only [`Index::verify`](crate::Index::verify)
     /// reads in full.
     fn checked_at_open(self) -> bool {
-        !matches!(self, SectionKind::Ids | SectionKind::Codes)
+        !matches!(
+            self,
+            SectionKind::Ids | SectionKind::Codes | SectionKind::ItemKeys
+        )
     }
 
     fn slot(self) -> usize {
@@ -374,7 +394,9 @@ fn fixed_len(params: &IndexParams, kind: SectionKind) -> Result<Option<u64>, Sea
         ),
         SectionKind::ListOffsets => (p.n_lists.checked_add(1), 8, "list offset section size"),
         SectionKind::ListSizes => (Some(p.n_lists), 8, "list size section size"),
-        SectionKind::Ids | SectionKind::Codes | SectionKind::Metadata => return Ok(None),
+        SectionKind::Ids | SectionKind::Codes | SectionKind::Metadata | SectionKind::ItemKeys => {
+            return Ok(None);
+        }
     };
     values
         .and_then(|n| n.checked_mul(width))
@@ -601,6 +623,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Layout, SearchError> {
     }
     layout.metadata = parse_metadata(layout.section(bytes, SectionKind::Metadata)?)?;
     view(bytes, &layout)?;
+    item_keys(bytes, &layout)?;
     Ok(layout)
 }
 
@@ -637,6 +660,17 @@ pub(crate) fn view<'a>(bytes: &'a [u8], layout: &Layout) -> Result<IndexView<'a>
         cast(bytes, layout, SectionKind::Ids)?,
         layout.section(bytes, SectionKind::Codes)?,
     )
+}
+
+/// The item keys of a parsed file, if it has them (their count and last offset checked).
+pub(crate) fn item_keys<'a>(
+    bytes: &'a [u8],
+    layout: &Layout,
+) -> Result<Option<ItemKeysView<'a>>, SearchError> {
+    match layout.entry(SectionKind::ItemKeys) {
+        Some(entry) => ItemKeysView::parse(entry.bytes(bytes)?).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Checks the header CRC and every section's CRC, unknown optional sections included.
@@ -706,7 +740,7 @@ pub(crate) fn encode_header(
     let mut file_len = offset;
     for &(kind, length, crc) in entries {
         header.extend_from_slice(&kind.code().to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&kind.flags().to_le_bytes());
         header.extend_from_slice(&offset.to_le_bytes());
         header.extend_from_slice(&length.to_le_bytes());
         header.extend_from_slice(&crc.to_le_bytes());
@@ -758,6 +792,9 @@ impl<'a> Plan<'a> {
             (SectionKind::Ids, bytemuck::cast_slice(&parts.ids)),
             (SectionKind::Codes, &parts.codes[..]),
         ]);
+        if let Some(keys) = &parts.item_keys {
+            payloads.push((SectionKind::ItemKeys, keys.bytes()));
+        }
         let entries: Vec<(SectionKind, u64, u32)> = payloads
             .iter()
             .map(|&(kind, bytes)| (kind, bytes.len() as u64, crc32fast::hash(bytes)))
@@ -791,10 +828,13 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Checks `parts` and serialises its metadata, the steps both writers share.
+/// Checks `parts` and serialises its metadata and item keys, the steps both writers share.
 fn prepare(parts: &IndexParts) -> Result<Vec<u8>, SearchError> {
     check_host()?;
     parts.view()?;
+    if let Some(keys) = &parts.item_keys {
+        keys.check(&parts.ids)?;
+    }
     if !parts.metadata.is_object() {
         return Err(SearchError::InvalidParameter {
             name: "metadata",

@@ -12,6 +12,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::SearchError;
+use crate::keys::ItemKeys;
 
 /// Items per code block: lists are padded to a multiple of this many slots.
 pub const BLOCK: usize = 32;
@@ -461,6 +462,9 @@ pub struct IndexParts {
     pub codes: Vec<u8>,
     /// Provenance: how the index was built (a JSON object).
     pub metadata: serde_json::Value,
+    /// The items' original ids (key `i` names the item of id `i`), written as the optional
+    /// `item_keys` section; `None` for an index whose integer ids are the items' own.
+    pub item_keys: Option<ItemKeys>,
 }
 
 impl IndexParts {
@@ -555,6 +559,7 @@ impl IndexParts {
             ids: slot_ids,
             codes,
             metadata,
+            item_keys: None,
         };
         parts.view()?;
         Ok(parts)

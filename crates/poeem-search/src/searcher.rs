@@ -374,6 +374,28 @@ impl<'a> SearchIndex<'a> {
         scores: &mut [f32],
         par: Par,
     ) -> Result<(), SearchError> {
+        self.search_batch_excluding(queries, &[], params, ids, scores, par)
+    }
+
+    /// [`search_batch`](Self::search_batch) with items left out per query: row `i` never
+    /// returns the ids in `excluded[i]` (any order) and returns its `k` best other items
+    /// (fewer only when its probed lists hold fewer). The filter sits in the top-k selection,
+    /// so leaving out a user's history costs a binary search per candidate that would
+    /// otherwise enter the results, not a larger `k`. `excluded` holds one slice per query, or
+    /// none at all (nothing excluded).
+    ///
+    /// # Errors
+    /// As [`search_batch`](Self::search_batch), and [`SearchError::DimensionMismatch`] when
+    /// `excluded` is neither empty nor one slice per query.
+    pub fn search_batch_excluding(
+        &self,
+        queries: &[f32],
+        excluded: &[&[u64]],
+        params: &SearchParams,
+        ids: &mut [i64],
+        scores: &mut [f32],
+        par: Par,
+    ) -> Result<(), SearchError> {
         params.validate()?;
         let dim = self.view.params().dim;
         let n = queries.len() / dim;
@@ -386,6 +408,13 @@ impl<'a> SearchIndex<'a> {
         }
         let k = params.k;
         check_outputs(n * k, ids, scores)?;
+        if !excluded.is_empty() && excluded.len() != n {
+            return Err(SearchError::DimensionMismatch {
+                what: "excluded id lists (one per query)",
+                expected: n,
+                got: excluded.len(),
+            });
+        }
         let scales = queries
             .chunks_exact(dim)
             .enumerate()
@@ -404,14 +433,16 @@ impl<'a> SearchIndex<'a> {
             // Scratch for at most one chunk, no more rows than this part has (a one-query
             // call should not allocate and zero 64 queries' lookup tables).
             let mut batch = Batch::new(self, chunk.min(part.scales.len()));
-            for (((q, s), i), o) in part
+            for (c, (((q, s), i), o)) in part
                 .queries
                 .chunks(chunk * dim)
                 .zip(part.scales.chunks(chunk))
                 .zip(part.ids.chunks_mut(chunk * k))
                 .zip(part.scores.chunks_mut(chunk * k))
+                .enumerate()
             {
-                batch.run(q, s, params, i, o);
+                let x = part.excluded.get(c * chunk..).unwrap_or(&[]);
+                batch.run(q, s, &x[..x.len().min(chunk)], params, i, o);
             }
         };
         let parts = queries
@@ -419,9 +450,13 @@ impl<'a> SearchIndex<'a> {
             .zip(scales.chunks(rows))
             .zip(ids.chunks_mut(rows * k))
             .zip(scores.chunks_mut(rows * k))
-            .map(|(((queries, scales), ids), scores)| BatchPart {
+            .enumerate()
+            .map(|(t, (((queries, scales), ids), scores))| BatchPart {
                 queries,
                 scales,
+                excluded: excluded
+                    .get(t * rows..)
+                    .map_or(&[][..], |x| &x[..x.len().min(rows)]),
                 ids,
                 scores,
             });
@@ -570,6 +605,7 @@ impl<'a> SearchIndex<'a> {
 
     /// Searches one prepared query: `query` is `q'` (`padded_dim`), `dots` its coarse dot
     /// products (at least `n_lists`), `table` its scaled lookup table (`M × stride`).
+    /// `excluded` lists ids never returned.
     #[allow(clippy::too_many_arguments)]
     fn scan_one(
         &self,
@@ -578,13 +614,17 @@ impl<'a> SearchIndex<'a> {
         dots: &[f32],
         table: &[f32],
         params: &SearchParams,
-        ids: &mut [i64],
-        scores: &mut [f32],
+        excluded: &[u64],
+        out: Output<'_>,
     ) -> usize {
+        let Output { ids, scores } = out;
         let p = self.view.params();
         let ScanScratch { probes, top } = scratch;
         self.select_lists(dots, params.nprobe, params.probe, probes);
         top.reset(params.k);
+        if !excluded.is_empty() {
+            top.exclude(excluded);
+        }
         let l2 = p.metric == Metric::L2;
         let query_norm = if l2 { squared_norm(query) } else { 0.0 };
         let offsets = self.view.list_offsets();
@@ -630,6 +670,12 @@ impl<'a> SearchIndex<'a> {
         }
         found
     }
+}
+
+/// Where one query's results go.
+struct Output<'o> {
+    ids: &'o mut [i64],
+    scores: &'o mut [f32],
 }
 
 /// The scratch of one query's scan.
@@ -712,8 +758,8 @@ impl<'s, 'a> Searcher<'s, 'a> {
             &self.dots,
             &self.table,
             params,
-            ids,
-            scores,
+            &[],
+            Output { ids, scores },
         ))
     }
 }
@@ -722,6 +768,8 @@ impl<'s, 'a> Searcher<'s, 'a> {
 struct BatchPart<'q> {
     queries: &'q [f32],
     scales: &'q [f32],
+    /// One slice per query, or empty.
+    excluded: &'q [&'q [u64]],
     ids: &'q mut [i64],
     scores: &'q mut [f32],
 }
@@ -758,6 +806,7 @@ impl<'s, 'a> Batch<'s, 'a> {
         &mut self,
         queries: &[f32],
         scales: &[f32],
+        excluded: &[&[u64]],
         params: &SearchParams,
         ids: &mut [i64],
         scores: &mut [f32],
@@ -825,7 +874,7 @@ impl<'s, 'a> Batch<'s, 'a> {
             );
         }
         let k_out = params.k;
-        for (((query, dots), table), (ids, scores)) in rotated
+        for (row, (((query, dots), table), (ids, scores))) in rotated
             .chunks_exact(d)
             .zip(self.dots.chunks_exact(n_lists))
             .zip(self.tables.chunks_exact(table_len))
@@ -833,8 +882,11 @@ impl<'s, 'a> Batch<'s, 'a> {
                 ids.chunks_exact_mut(k_out)
                     .zip(scores.chunks_exact_mut(k_out)),
             )
+            .enumerate()
         {
-            index.scan_one(&mut self.scan, query, dots, table, params, ids, scores);
+            let out = Output { ids, scores };
+            let excluded = excluded.get(row).copied().unwrap_or(&[]);
+            index.scan_one(&mut self.scan, query, dots, table, params, excluded, out);
         }
     }
 }
