@@ -226,7 +226,7 @@ mod tests {
         }
         // Offsets out of order: key 0 ends after key 1.
         let mut swapped = bytes.clone();
-        swapped[16] = 3;
+        swapped[16] = 5;
         let keys = ItemKeys::from_bytes(&swapped);
         assert!(keys.view().unwrap().get(1).is_err() && keys.check(&[]).is_err());
         // Invalid UTF-8.
