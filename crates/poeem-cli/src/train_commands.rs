@@ -661,11 +661,11 @@ fn data_summary(source: &DataSource, dataset: &Dataset) -> Vec<String> {
                             "column {c}"
                         ))
                 ),
-                SplitConfig::Random { test_fraction, .. } if test_fraction == 0.0 => {
-                    "nothing held out (--test-fraction 0): evaluate with `poeem evaluate \
+                SplitConfig::Random {
+                    test_fraction: 0.0, ..
+                } => "nothing held out (--test-fraction 0): evaluate with `poeem evaluate \
                       --test F`"
-                        .to_owned()
-                }
+                    .to_owned(),
                 SplitConfig::Random {
                     test_fraction,
                     seed,

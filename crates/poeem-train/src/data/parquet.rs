@@ -32,6 +32,9 @@ use crate::TrainError;
 /// The four bytes a Parquet file starts (and ends) with.
 pub(crate) const MAGIC: &[u8; 4] = b"PAR1";
 
+/// A column of the schema: its name and the RecBole type it counts as.
+pub(crate) type SchemaColumn = (String, Option<ColumnType>);
+
 /// Rows decoded per batch.
 const BATCH_ROWS: usize = 8192;
 
@@ -70,9 +73,7 @@ impl ParquetRows {
     /// # Errors
     /// [`TrainError::Io`] when the file cannot be opened, [`TrainError::Malformed`] when it is
     /// not a readable Parquet file or has a column of a type that cannot be spelled as text.
-    pub(crate) fn open(
-        path: &Path,
-    ) -> Result<(Self, Vec<(String, Option<ColumnType>)>), TrainError> {
+    pub(crate) fn open(path: &Path) -> Result<(Self, Vec<SchemaColumn>), TrainError> {
         let file: File = poeem_fs::open_input(path).map_err(|e| TrainError::io(path, e))?;
         let malformed = |reason: String| TrainError::Malformed {
             path: path.to_path_buf(),
