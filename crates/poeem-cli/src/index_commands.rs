@@ -1,15 +1,16 @@
 //! `poeem build | search | info | verify | import-reference`: the index file commands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use poeem::build::{BuildOptions, build_index, import_reference};
 use poeem::io::{read_ids, read_vectors, write_npy, write_npy_i64};
+use poeem::pipeline::tsv_cell;
 use poeem::pq::Par;
 use poeem::search::format::write_index;
-use poeem::search::{Index, Metric, RefineKind, SearchIndex, SearchParams, Searcher};
+use poeem::search::{Index, ItemKeys, Metric, RefineKind, SearchIndex, SearchParams, Searcher};
 
 use crate::outputs::{Named, check_outputs, optional};
 use crate::progress::StageBar;
@@ -39,8 +40,11 @@ pub struct BuildArgs {
     /// Vectors to index: a 2-D float `.npy` (n × dim) or an `.fvecs` file.
     #[arg(long)]
     vectors: PathBuf,
-    /// External ids of the vectors, in row order: a 1-D integer `.npy` (default: 0..n).
-    #[arg(long)]
+    /// Ids of the vectors, in row order: a 1-D integer `.npy` (the external ids), or a text
+    /// file with one id per line (any strings, such as `poeem embed`'s OUT.ids.txt), stored in
+    /// the index as its item keys: items then get ids 0..n and search, evaluate and recommend
+    /// print the strings [default: ids 0..n, no keys].
+    #[arg(long, value_name = "F")]
     ids: Option<PathBuf>,
     /// Number of coarse (IVF) lists; about 4·√n is a common choice.
     #[arg(long)]
@@ -89,7 +93,23 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         &[Named::new("--out", &args.out)],
     )?;
     let vectors = read_vectors(&args.vectors)?;
-    let ids = args.ids.as_deref().map(read_ids).transpose()?;
+    let (ids, keys) = match args.ids.as_deref() {
+        Some(path) if is_npy(path) => (Some(read_ids(path)?), None),
+        Some(path) => {
+            let keys = read_lines(path)?;
+            if keys.len() != vectors.len() {
+                bail!(
+                    "{}: {} ids for {} vectors (one per line, in row order)",
+                    path.display(),
+                    keys.len(),
+                    vectors.len()
+                );
+            }
+            let keys = ItemKeys::new(&keys).with_context(|| path.display().to_string())?;
+            (None, Some(keys))
+        }
+        None => (None, None),
+    };
     let config = BuildOptions {
         n_lists: args.n_lists,
         n_subspaces: args.n_subspaces,
@@ -124,7 +144,8 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         &mut |event| bar.update(event),
     );
     bar.finish();
-    let (parts, _report) = built.context("building the index")?;
+    let (mut parts, _report) = built.context("building the index")?;
+    parts.item_keys = keys;
     write_index(&args.out, &parts)?;
     eprintln!(
         "wrote {} ({} items, {} lists) in {:.2} s",
@@ -166,7 +187,10 @@ pub struct SearchArgs {
     /// runs find the index's pages and the caches warm).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeats: u32,
-    /// Ids found, an int64 n × k `.npy`, best first; −1 where fewer than k were found.
+    /// Results: an int64 n × k `.npy` of ids, best first, −1 where fewer than k were found;
+    /// or, for OUT ending in .tsv, a table with a header and one line per result (query row
+    /// from 0, rank from 1, id, score), the ids spelled by the index's item keys when it
+    /// carries them.
     #[arg(long)]
     out: PathBuf,
     /// Their scores, a float32 n × k `.npy` (inner product or cosine: higher is better; l2:
@@ -228,7 +252,17 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     }
     times.sort_by(f64::total_cmp);
     let seconds = times[times.len() / 2];
-    write_npy_i64(&args.out, &ids, args.k)?;
+    if args.out.extension().is_some_and(|e| e == "tsv") {
+        write_results_tsv(&args.out, &index, &ids, &scores, args.k)?;
+    } else {
+        write_npy_i64(&args.out, &ids, args.k)?;
+        if index.item_keys().is_some() {
+            eprintln!(
+                "note: the index carries item keys; --out F.tsv writes them instead of the \
+                 integer ids"
+            );
+        }
+    }
     if let Some(path) = &args.scores {
         write_npy(path, &scores, args.k)?;
     }
@@ -246,6 +280,51 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         searchable.kernel().name()
     );
     Ok(())
+}
+
+/// Whether `path` names a `.npy` file.
+fn is_npy(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+}
+
+/// The lines of a UTF-8 text file, without their line ends (`\r\n` accepted); the file's
+/// final line end does not start another line.
+fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let bytes = poeem::fs::read_input(path).with_context(|| path.display().to_string())?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text: {e}", path.display()))?;
+    Ok(text.lines().map(str::to_owned).collect())
+}
+
+/// Writes search results as TSV (see [`SearchArgs::out`]), atomically.
+fn write_results_tsv(
+    path: &Path,
+    index: &Index,
+    ids: &[i64],
+    scores: &[f32],
+    k: usize,
+) -> Result<()> {
+    let keys = index.item_keys();
+    let mut spelled = Vec::with_capacity(ids.len());
+    for &id in ids {
+        spelled.push(match (u64::try_from(id), keys) {
+            (Err(_), _) => None,
+            (Ok(id), Some(keys)) => Some(keys.get(id)?.to_owned()),
+            (Ok(id), None) => Some(id.to_string()),
+        });
+    }
+    poeem::fs::write_atomically(path, |w| {
+        use std::io::Write as _;
+        writeln!(w, "query\trank\tid\tscore")?;
+        for (i, (id, score)) in spelled.iter().zip(scores).enumerate() {
+            if let Some(id) = id {
+                writeln!(w, "{}\t{}\t{}\t{score}", i / k, i % k + 1, tsv_cell(id))?;
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| anyhow::Error::new(e.source).context(e.path.display().to_string()))
 }
 
 /// Arguments of `poeem info` and `poeem verify`.

@@ -1,4 +1,5 @@
-//! `poeem`: train retrieval models with their index, export, embed and evaluate them; build,
+//! `poeem`: train retrieval models with their index, export, embed, evaluate and recommend
+//! with them; build,
 //! search, inspect and verify IVF-PQ index files; run the synthetic tutorial demo.
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ mod faiss_commands;
 mod index_commands;
 mod outputs;
 mod progress;
+mod recommend_command;
 mod train_commands;
 
 /// Poeem: retrieval with a product-quantization index, trained jointly with the model or built
@@ -46,8 +48,11 @@ enum Command {
     Export(train_commands::ExportArgs),
     /// Write query or item embeddings of a model as .npy.
     Embed(train_commands::EmbedArgs),
-    /// Recall, precision and NDCG at K on the held-out pairs, brute force and through an index.
+    /// Recall, precision and NDCG at K on the held-out pairs (or a test file), brute force and
+    /// through an index.
     Evaluate(train_commands::EvaluateArgs),
+    /// Top-k items per user through an index, seen items optionally left out, as TSV or Parquet.
+    Recommend(recommend_command::RecommendArgs),
     /// The synthetic tutorial end to end: plain model with post-hoc indexes against Poeem.
     Demo(demo::DemoArgs),
     /// Build an IVF-PQ index from vectors (k-means, optionally OPQ, then encode).
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
         Command::Export(args) => train_commands::export(args),
         Command::Embed(args) => train_commands::embed(args),
         Command::Evaluate(args) => train_commands::evaluate(args),
+        Command::Recommend(args) => recommend_command::recommend(args),
         Command::Demo(args) => demo::demo(args),
         Command::Build(args) => index_commands::build(args),
         Command::Search(args) => index_commands::search(args),

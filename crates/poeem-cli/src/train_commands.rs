@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use poeem::io::write_npy;
 use poeem::pipeline::{
     CoarseDiagnostics, DATA_FILE, DataSource, EvalSet, IdMap, ItemIds, export_index,
-    exported_item_ids, markdown_table, read_token_indices, write_token_list,
+    markdown_table, read_token_indices, write_token_list,
 };
 use poeem::pq::Par;
 use poeem::rotation::PairSelection;
@@ -28,6 +28,7 @@ use poeem::train::{
     DataConfig, LayerUpdateItems, Model, OptimizerConfig, RotationMode, TrainConfig, TrainProgress,
     Trainer,
 };
+use poeem::train::{Dataset, EntityFeatures};
 
 use crate::index_commands::Threads;
 use crate::outputs::{Named, check_outputs, optional};
@@ -163,18 +164,20 @@ impl std::str::FromStr for LayerUpdateItemsArg {
 /// Arguments of `poeem train`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Data: --interactions F reads a CSV/TSV table with a header (delimiter detected) or a RecBole \
-atomic file; for F = DIR/NAME.inter the columns default to user_id, item_id, timestamp and \
+Data: --interactions F reads a CSV/TSV table with a header (delimiter detected), a RecBole \
+atomic file or a Parquet file (recognised by its content; so are feature files); for \
+F = DIR/NAME.inter the columns default to user_id, item_id, timestamp and \
 DIR/NAME.user and DIR/NAME.item are read as feature files when they exist. Each user's latest \
 interaction (by --time-col, else file order) is held out for `poeem evaluate` unless \
---test-fraction is given. --synthetic trains on the built-in synthetic tutorial instead \
+--test-fraction is given (--test-fraction 0 trains on everything; score such a model on your \
+own held-out file with `poeem evaluate --test F`). --synthetic trains on the built-in synthetic tutorial instead \
 (10,000 query and item ids; `poeem evaluate` then judges by the tutorial's relevance rule).
 
 MODEL_DIR receives checkpoint.poeem (written atomically every --checkpoint-every steps and at \
 the end, so an interrupted run loses at most that many steps) and data.json (the data \
 description that --resume and `poeem evaluate` reload).")]
 pub struct TrainArgs {
-    /// Interactions file (CSV, TSV or RecBole .inter).
+    /// Interactions file (CSV, TSV, RecBole .inter or Parquet).
     #[arg(long, value_name = "F", required_unless_present_any = ["synthetic", "resume"])]
     interactions: Option<PathBuf>,
     /// Train on the built-in synthetic tutorial data instead of a file.
@@ -583,14 +586,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let trainer = Trainer::new(config, &dataset)?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         source.save(dir)?;
-        eprintln!(
-            "{} queries, {} items, {} training and {} held-out pairs; {} steps",
-            dataset.n_queries(),
-            dataset.n_items(),
-            dataset.train.len(),
-            dataset.test.len(),
-            trainer.total_steps()
-        );
+        for line in data_summary(&source, &dataset) {
+            eprintln!("{line}");
+        }
+        eprintln!("{} steps", trainer.total_steps());
         (trainer, source)
     };
     trainer.set_checkpoint_dir(dir)?;
@@ -640,6 +639,87 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `poeem train` says about its data: the split, the feature files (or why there are
+/// none), and the counts.
+fn data_summary(source: &DataSource, dataset: &Dataset) -> Vec<String> {
+    let mut lines = Vec::new();
+    match source {
+        DataSource::Tutorial { n_pairs, seed } => lines.push(format!(
+            "data: the synthetic tutorial ({n_pairs} pairs, seed {seed}); no held-out pairs \
+             (`poeem evaluate` judges by the tutorial's rule)"
+        )),
+        DataSource::Files(config) => {
+            let split = match config.split {
+                SplitConfig::LeaveLastOut => format!(
+                    "each user's latest interaction held out (by {}; users with one \
+                     interaction keep it for training)",
+                    config
+                        .interactions
+                        .time_column
+                        .as_deref()
+                        .map_or("file order, no time column".to_owned(), |c| format!(
+                            "column {c}"
+                        ))
+                ),
+                SplitConfig::Random {
+                    test_fraction: 0.0, ..
+                } => "nothing held out (--test-fraction 0): evaluate with `poeem evaluate \
+                      --test F`"
+                    .to_owned(),
+                SplitConfig::Random {
+                    test_fraction,
+                    seed,
+                } => format!("a random {test_fraction} of the pairs held out (seed {seed})"),
+                SplitConfig::None => "nothing held out".to_owned(),
+            };
+            lines.push(format!(
+                "split: {split}: {} training and {} held-out pairs",
+                dataset.train.len(),
+                dataset.test.len()
+            ));
+            let fields = |f: &EntityFeatures| {
+                f.fields[1..]
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut loaded = Vec::new();
+            for (what, file, side) in [
+                ("user", &config.query_features, &dataset.query_features),
+                ("item", &config.item_features, &dataset.item_features),
+            ] {
+                if let Some(file) = file {
+                    loaded.push(format!(
+                        "{what} features from {} ({} fields: {})",
+                        file.path.display(),
+                        side.fields.len() - 1,
+                        fields(side)
+                    ));
+                }
+            }
+            if loaded.is_empty() {
+                lines.push(
+                    "features: none loaded, ids only (pass --user-features F / \
+                     --item-features F; a RecBole DIR/NAME.inter also picks up DIR/NAME.user \
+                     and DIR/NAME.item when they exist)"
+                        .to_owned(),
+                );
+            } else {
+                lines.push(format!("features: {}", loaded.join("; ")));
+            }
+        }
+    }
+    lines.push(format!(
+        "{} users, {} items; {} user and {} item feature fields besides the ids",
+        dataset.n_queries(),
+        dataset.n_items(),
+        dataset.query_features.fields.len() - 1,
+        dataset.item_features.fields.len() - 1
+    ));
+    lines
+}
+
 /// Arguments of `poeem export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -649,8 +729,9 @@ pub struct ExportArgs {
     #[command(flatten)]
     threads: Threads,
     /// Index file to write (atomically). Item ids are the data's ids when they are all
-    /// integers; otherwise dense indices, and the ids are listed in OUT.items.txt (line i: the
-    /// id of index i).
+    /// integers; otherwise dense indices, with the data's ids stored in the index (search,
+    /// evaluate and recommend print them) and also listed in OUT with its extension replaced
+    /// by .items.txt (idx.poeem → idx.items.txt; line i: the id of index i).
     #[arg(long)]
     out: PathBuf,
 }
@@ -669,12 +750,12 @@ pub fn export(args: &ExportArgs) -> Result<()> {
     write_index(&args.out, &parts)?;
     let ids = match report.item_ids {
         ItemIds::Tokens => "ids: the data's item ids".to_owned(),
-        ItemIds::Dense => {
+        ItemIds::Dense | ItemIds::Keys => {
             let list = items_list(&args.out);
             write_token_list(&list, model.items().tokens())?;
             format!(
-                "ids: dense item indices (the data's ids are not all integers; line i of {} \
-                 is the id of index i)",
+                "ids: dense item indices with the data's ids stored in the index (they are \
+                 not all integers; also listed in {}, line i: the id of index i)",
                 list.display()
             )
         }
@@ -772,7 +853,8 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
 /// How `poeem evaluate` reads the ids an index returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum IndexIds {
-    /// As recorded by `poeem export`; dense item indices for other indexes (such as
+    /// Through the index's item keys when it carries them (`poeem export`, `poeem build --ids
+    /// F.ids.txt`); else as recorded by `poeem export`; else dense item indices (such as
     /// `poeem build` over `poeem embed --side item` output without --ids).
     Auto,
     /// The data's item ids (integers).
@@ -800,6 +882,12 @@ pub struct EvaluateArgs {
     /// Which ids the index returns.
     #[arg(long, value_enum, default_value = "auto", requires = "index")]
     index_ids: IndexIds,
+    /// Score on the pairs of this file instead of the held-out split: the interactions' layout
+    /// (the same user and item columns; CSV, TSV, RecBole or Parquet), every user and item
+    /// known to the model. Each user's training items are left out of the rankings, as for
+    /// the built-in split. For a model trained on all its data (--test-fraction 0).
+    #[arg(long, value_name = "F")]
+    test: Option<PathBuf>,
     /// Cut-offs K of recall@K, precision@K and NDCG@K, comma-separated.
     #[arg(short = 'k', long = "k", value_delimiter = ',', num_args = 1.., required = true)]
     k: Vec<usize>,
@@ -810,14 +898,23 @@ pub struct EvaluateArgs {
 /// `poeem evaluate`: ranking metrics on the held-out pairs (or the tutorial's rule), brute
 /// force and through an index.
 pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
-    let model = load_model(&args.model)?;
     let source = DataSource::read(&args.model)?;
-    let eval = EvalSet::for_model(&source, &model)?;
+    let inputs = model_files(&args.model)
+        .into_iter()
+        .chain(data_inputs(&source))
+        .chain(optional("--index", args.index.as_deref()))
+        .chain(optional("--test", args.test.as_deref()));
+    check_outputs(&inputs.collect::<Vec<_>>(), &[])?;
+    let model = load_model(&args.model)?;
+    let eval = EvalSet::for_model(&source, &model, args.test.as_deref())?;
     let par = args.threads.par();
     let ks = &args.k;
-    let what = match source {
-        DataSource::Tutorial { .. } => "the synthetic tutorial's relevance rule",
-        DataSource::Files(_) => "held-out pairs, training items excluded",
+    let what = match (&source, &args.test) {
+        (DataSource::Tutorial { .. }, _) => "the synthetic tutorial's relevance rule".to_owned(),
+        (DataSource::Files(_), None) => "held-out pairs, training items excluded".to_owned(),
+        (DataSource::Files(_), Some(test)) => {
+            format!("the pairs of {}, training items excluded", test.display())
+        }
     };
     eprintln!("evaluating {} queries ({what})", eval.queries().len());
     let start = Instant::now();
@@ -827,12 +924,12 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     if let Some(path) = &args.index {
         let index = Index::open(path)?;
         let kind = match args.index_ids {
-            IndexIds::Auto => exported_item_ids(index.metadata()).unwrap_or(ItemIds::Dense),
-            IndexIds::Tokens => ItemIds::Tokens,
-            IndexIds::Dense => ItemIds::Dense,
+            IndexIds::Auto => None,
+            IndexIds::Tokens => Some(ItemIds::Tokens),
+            IndexIds::Dense => Some(ItemIds::Dense),
         };
-        check_index(&index, &model, kind, path)?;
-        let ids = IdMap::new(kind, model.items());
+        let ids = IdMap::for_index(&index, model.items(), kind)?;
+        check_index(&index, &model, ids.kind(), path)?;
         let searchable = SearchIndex::new(index.view());
         let queries = model.embed_queries(eval.queries(), par)?;
         for &nprobe in &args.nprobe {
@@ -895,7 +992,7 @@ fn row(name: &str, metrics: &[RankingMetrics], seconds: f64) -> Vec<String> {
 }
 
 /// Checks that `index` can serve `model`'s queries and that its ids can be read as `kind`.
-fn check_index(index: &Index, model: &Model, kind: ItemIds, path: &Path) -> Result<()> {
+pub(crate) fn check_index(index: &Index, model: &Model, kind: ItemIds, path: &Path) -> Result<()> {
     let p = index.params();
     if p.dim != model.dim() {
         bail!(
@@ -919,7 +1016,7 @@ fn check_index(index: &Index, model: &Model, kind: ItemIds, path: &Path) -> Resu
 }
 
 /// The files of a model directory: its checkpoint and data description.
-fn model_files(dir: &Path) -> Vec<Named> {
+pub(crate) fn model_files(dir: &Path) -> Vec<Named> {
     vec![
         Named::new("the model's checkpoint", checkpoint_path(dir)),
         Named::new("the model's data description", dir.join(DATA_FILE)),
@@ -927,7 +1024,7 @@ fn model_files(dir: &Path) -> Vec<Named> {
 }
 
 /// The data files `source` reads.
-fn data_inputs(source: &DataSource) -> Vec<Named> {
+pub(crate) fn data_inputs(source: &DataSource) -> Vec<Named> {
     source
         .files()
         .into_iter()
@@ -941,6 +1038,6 @@ fn items_list(out: &Path) -> PathBuf {
 }
 
 /// Loads the model of a model directory.
-fn load_model(dir: &Path) -> Result<Model> {
+pub(crate) fn load_model(dir: &Path) -> Result<Model> {
     Model::load(dir).with_context(|| format!("loading the model in {}", dir.display()))
 }

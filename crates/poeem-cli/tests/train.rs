@@ -251,7 +251,16 @@ fn export_search_and_evaluate_round_trip() {
     let (poeem_dir, plain_dir) = (dir.join("poeem"), dir.join("plain"));
     let out = poeem(&file_run(path_str(&inter), "opq", path_str(&poeem_dir)));
     assert_ok(&out);
-    assert!(stderr(&out).contains("120 queries, 40 items, 840 training and 120 held-out pairs"));
+    let said = stderr(&out);
+    assert!(
+        said.contains(
+            "split: each user's latest interaction held out (by column timestamp; users with one \
+             interaction keep it for training): 840 training and 120 held-out pairs"
+        ) && said.contains("features: item features from ")
+            && said.contains("(2 fields: genre, price)")
+            && said.contains("120 users, 40 items; 0 user and 2 item feature fields"),
+        "{said}"
+    );
     assert!(stdout(&out).contains("trained jointly"), "{}", stdout(&out));
 
     // Export: the item ids are not integers, so the index holds dense indices and the ids are
@@ -744,4 +753,323 @@ fn quick_demo_prints_its_tables() {
     for row in &rows[7..9] {
         assert_eq!(row[3], "7813", "{text}");
     }
+}
+
+/// A CSV cell quoted as RFC 4180 writes it.
+fn csv_cell(cell: &str) -> String {
+    format!("\"{}\"", cell.replace('"', "\"\""))
+}
+
+/// The toy data of `write_recbole` with string ids: user and item names with spaces, quotes,
+/// commas and non-ASCII letters (item 0 starts with a quote), as a quoted CSV file. Returns its
+/// path, each user's items (in file order) and each user's last item.
+fn write_string_ids(dir: &Path) -> (PathBuf, Vec<(String, Vec<String>)>) {
+    let user = |u: usize| format!("user {u} ü");
+    let item = |i: usize| {
+        if i == 0 {
+            "\"Heat\" (1995)".to_owned()
+        } else {
+            format!("Film {i}: \"Ça\", part {i}")
+        }
+    };
+    let mut csv = String::from("user_id,item_id,timestamp\n");
+    let mut users = Vec::new();
+    for u in 0..120 {
+        let mut items = Vec::new();
+        for t in 0..8 {
+            let i = (u * 7 + t * 4) % 40 / 4 * 4 + u % 4;
+            csv += &format!(
+                "{},{},{}\n",
+                csv_cell(&user(u)),
+                csv_cell(&item(i)),
+                1000 + t
+            );
+            items.push(item(i));
+        }
+        users.push((user(u), items));
+    }
+    let path = dir.join("strings.csv");
+    std::fs::write(&path, csv).unwrap();
+    (path, users)
+}
+
+/// The rows of a TSV file as the interactions loader reads them (quotes undone): the pairs of
+/// columns `a` and `b` in file order, as strings.
+fn read_pairs(path: &Path, a: &str, b: &str) -> Vec<(String, String)> {
+    use poeem::train::data::{DataConfig, Dataset, InteractionsSource, SplitConfig};
+    let mut config = DataConfig::new(InteractionsSource::new(path, a, b));
+    config.split = SplitConfig::None;
+    let data = Dataset::load(&config).unwrap();
+    data.train
+        .iter()
+        .map(|&(q, i)| {
+            (
+                data.queries.token(q).to_owned(),
+                data.items.token(i).to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Evaluate tables without their timing column.
+fn without_seconds(rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    rows.into_iter()
+        .map(|mut r| {
+            r.pop();
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn string_ids_go_through_export_build_search_evaluate_and_recommend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (csv, users) = write_string_ids(dir);
+    let model_dir = dir.join("model");
+    let mut args = file_run(path_str(&csv), "pq", path_str(&model_dir));
+    args.extend(["--time-col", "timestamp"]);
+    let out = poeem(&args);
+    assert_ok(&out);
+    let said = stderr(&out);
+    assert!(
+        said.contains("features: none loaded, ids only (pass --user-features F"),
+        "{said}"
+    );
+    let model = Model::load(&model_dir).unwrap();
+    let items = model.items().tokens().to_vec();
+
+    // Export attaches the data's ids to the index.
+    let index = dir.join("x.poeem");
+    assert_ok(&poeem(&[
+        "export",
+        "--model",
+        path_str(&model_dir),
+        "--out",
+        path_str(&index),
+    ]));
+    let opened = Index::open(&index).unwrap();
+    opened.verify().unwrap();
+    assert_eq!(opened.item_keys().unwrap().to_vec().unwrap(), items);
+
+    // Search prints the ids as the data spelled them.
+    let queries = dir.join("q.npy");
+    assert_ok(&poeem(&[
+        "embed",
+        "--model",
+        path_str(&model_dir),
+        "--side",
+        "query",
+        "--out",
+        path_str(&queries),
+    ]));
+    let found = dir.join("found.tsv");
+    assert_ok(&poeem(&[
+        "search",
+        "--index",
+        path_str(&index),
+        "--queries",
+        path_str(&queries),
+        "-k",
+        "3",
+        "--nprobe",
+        "4",
+        "--out",
+        path_str(&found),
+    ]));
+    let results = read_pairs(&found, "query", "id");
+    assert_eq!(results.len(), 120 * 3);
+    assert!(results.iter().all(|(_, id)| items.contains(id)));
+    assert!(results.iter().any(|(_, id)| id == "\"Heat\" (1995)"));
+
+    // A post-hoc index built with the embedding's id list carries the same ids.
+    let emb = dir.join("e.npy");
+    assert_ok(&poeem(&[
+        "embed",
+        "--model",
+        path_str(&model_dir),
+        "--side",
+        "item",
+        "--out",
+        path_str(&emb),
+    ]));
+    let built = dir.join("b.poeem");
+    assert_ok(&poeem(&[
+        "build",
+        "--vectors",
+        path_str(&emb),
+        "--ids",
+        path_str(&dir.join("e.ids.txt")),
+        "--n-lists",
+        "2",
+        "--n-subspaces",
+        "4",
+        "--n-bits",
+        "4",
+        "--out",
+        path_str(&built),
+    ]));
+    assert_eq!(
+        Index::open(&built)
+            .unwrap()
+            .item_keys()
+            .unwrap()
+            .to_vec()
+            .unwrap(),
+        items
+    );
+
+    // Evaluate on a test file holding the built-in split's pairs: the same table, through
+    // both indexes.
+    let evaluate = |test: Option<&Path>| {
+        let mut args = vec![
+            "evaluate",
+            "--model",
+            path_str(&model_dir),
+            "--index",
+            path_str(&index),
+            "--nprobe",
+            "1,4",
+            "-k",
+            "5,10",
+        ];
+        if let Some(test) = test {
+            args.extend(["--test", path_str(test)]);
+        }
+        let out = poeem(&args);
+        assert_ok(&out);
+        without_seconds(parse_table(&stdout(&out), &[5, 10]))
+    };
+    let mut test_csv = String::from("item_id,user_id\n");
+    for (user, items) in &users {
+        test_csv += &format!("{},{}\n", csv_cell(items.last().unwrap()), csv_cell(user));
+    }
+    let test = dir.join("test.csv");
+    std::fs::write(&test, test_csv).unwrap();
+    assert_eq!(evaluate(Some(&test)), evaluate(None));
+    let out = poeem(&[
+        "evaluate",
+        "--model",
+        path_str(&model_dir),
+        "--index",
+        path_str(&built),
+        "-k",
+        "5",
+    ]);
+    assert_ok(&out);
+
+    // Bad test files get clear errors.
+    for (text, expected) in [
+        (
+            "user_id,item_id\n\"user 1 ü\",\"Film 1: \"\"Ça\"\", part 1\"\nnobody,\"Film 2: \"\"Ça\"\", part 2\"\n",
+            "bad.csv:3: column user_id: \"nobody\" is not an id of the model's training data",
+        ),
+        (
+            "user_id,item_id\n\"user 1 ü\",Unknown Film\n",
+            "bad.csv:2: column item_id: \"Unknown Film\" is not an id",
+        ),
+        (
+            "user,item_id\n\"user 1 ü\",x\n",
+            "no column \"user_id\" (available: user, item_id)",
+        ),
+    ] {
+        let bad = dir.join("bad.csv");
+        std::fs::write(&bad, text).unwrap();
+        let err = error_of(&[
+            "evaluate",
+            "--model",
+            path_str(&model_dir),
+            "-k",
+            "5",
+            "--test",
+            path_str(&bad),
+        ]);
+        assert!(err.contains(expected), "{err}");
+    }
+
+    // Recommend: k items per user, none the user has seen, ranks 1..=k, ids as spelled. With
+    // nprobe 1 the probed list often holds fewer unseen items than k; the user is then searched
+    // with more lists, so every user still gets k (32 of 40 items: at most 8 are seen).
+    let recs = dir.join("recs.tsv");
+    let out = poeem(&[
+        "recommend",
+        "--model",
+        path_str(&model_dir),
+        "--index",
+        path_str(&index),
+        "--all",
+        "-k",
+        "32",
+        "--nprobe",
+        "1",
+        "--exclude-seen",
+        "--out",
+        path_str(&recs),
+    ]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("for 120 users"), "{}", stdout(&out));
+    let text = std::fs::read_to_string(&recs).unwrap();
+    assert!(
+        text.starts_with("user_id\titem_id\trank\tscore\n"),
+        "{text}"
+    );
+    let rows = read_pairs(&recs, "user_id", "item_id");
+    let ranks: Vec<usize> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit('\t').nth(1).unwrap().parse().unwrap())
+        .collect();
+    for (u, (user, seen)) in users.iter().enumerate() {
+        let mine: Vec<&(String, String)> = rows[u * 32..(u + 1) * 32].iter().collect();
+        assert!(mine.iter().all(|(who, _)| who == user));
+        assert!(mine.iter().all(|(_, item)| !seen.contains(item)), "{user}");
+        assert_eq!(
+            &ranks[u * 32..(u + 1) * 32],
+            &(1..=32).collect::<Vec<_>>()[..]
+        );
+    }
+    assert_eq!(rows.len(), 120 * 32);
+
+    // Some users, as Parquet; the output may not be an input.
+    let some = dir.join("some.txt");
+    std::fs::write(&some, "user 3 ü\nuser 0 ü\n").unwrap();
+    let parquet = dir.join("recs.parquet");
+    assert_ok(&poeem(&[
+        "recommend",
+        "--model",
+        path_str(&model_dir),
+        "--index",
+        path_str(&index),
+        "--users",
+        path_str(&some),
+        "-k",
+        "5",
+        "--nprobe",
+        "2",
+        "--out",
+        path_str(&parquet),
+    ]));
+    let rows = read_pairs(&parquet, "user_id", "item_id");
+    assert_eq!(rows.len(), 10);
+    assert_eq!(
+        (rows[0].0.as_str(), rows[9].0.as_str()),
+        ("user 3 ü", "user 0 ü")
+    );
+    let err = error_of(&[
+        "recommend",
+        "--model",
+        path_str(&model_dir),
+        "--index",
+        path_str(&index),
+        "--all",
+        "-k",
+        "5",
+        "--exclude-seen",
+        "--out",
+        path_str(&csv),
+    ]);
+    assert!(
+        err.contains("is the same file as the interactions file"),
+        "{err}"
+    );
 }

@@ -134,6 +134,18 @@ impl Index {
         self.index().params().metric.name()
     }
 
+    /// The items' original ids when the index carries them (`poeem export` of a model whose
+    /// ids are not all integers, `poeem build --ids F.txt`): a list whose entry `i` is the id of
+    /// the item that search returns as `i`; `None` for an index whose integer ids are the
+    /// items' own. Raises `poeem.CorruptIndexError` for unreadable keys.
+    #[getter]
+    fn item_keys(&self) -> PyResult<Option<Vec<String>>> {
+        self.index()
+            .item_keys()
+            .map(|keys| keys.to_vec().map_err(|e| search_error(e, true)))
+            .transpose()
+    }
+
     /// Number of coarse lists.
     #[getter]
     fn n_lists(&self) -> usize {

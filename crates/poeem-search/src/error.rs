@@ -15,6 +15,12 @@ pub enum SearchError {
         #[source]
         source: std::io::Error,
     },
+    /// The item keys (the `item_keys` section, or keys given to the writer) are not valid.
+    #[error("item keys: {reason}")]
+    BadItemKeys {
+        /// What is wrong.
+        reason: String,
+    },
     /// The first bytes are not the index magic.
     #[error("not a poeem index file (magic bytes {found:02x?})")]
     NotAnIndex {

@@ -13,6 +13,7 @@ use std::path::Path;
 use bytemuck::{AnyBitPattern, PodCastError};
 
 use crate::SearchError;
+use crate::keys::ItemKeysView;
 use crate::layout::{BLOCK, CodeLayout, IndexParams, IndexParts, IndexView, Metric};
 
 /// The first eight bytes of every index file.
@@ -89,12 +90,14 @@ pub enum SectionKind {
     /// Optional refinement data for re-ranking (see [`crate::refine`]); written with the
     /// optional flag, so that readers that do not know it skip it.
     Refine,
+    /// Optional: the items' original ids as strings ([`ItemKeys`](crate::ItemKeys)).
+    ItemKeys,
 }
 
 impl SectionKind {
     /// All kinds, in code order (which is also the order the writer lays them out in, except
     /// that metadata comes before ids and codes).
-    pub const ALL: [SectionKind; 9] = [
+    pub const ALL: [SectionKind; 10] = [
         SectionKind::Rotation,
         SectionKind::CoarseCentroids,
         SectionKind::Codebooks,
@@ -104,6 +107,7 @@ impl SectionKind {
         SectionKind::Codes,
         SectionKind::Metadata,
         SectionKind::Refine,
+        SectionKind::ItemKeys,
     ];
 
     /// The kind's number in the section table.
@@ -118,6 +122,7 @@ impl SectionKind {
             SectionKind::Codes => 7,
             SectionKind::Metadata => 8,
             SectionKind::Refine => 9,
+            SectionKind::ItemKeys => 10,
         }
     }
 
@@ -138,18 +143,24 @@ impl SectionKind {
             SectionKind::Codes => "codes",
             SectionKind::Metadata => "metadata",
             SectionKind::Refine => "refine",
+            SectionKind::ItemKeys => "item_keys",
         }
     }
 
-    /// Whether every file holds this section (all but the rotation and the refinement data).
+    /// Whether every file holds this section (all but the rotation, the refinement data and
+    /// the item keys).
     pub fn is_required(self) -> bool {
-        !matches!(self, SectionKind::Rotation | SectionKind::Refine)
+        !matches!(
+            self,
+            SectionKind::Rotation | SectionKind::Refine | SectionKind::ItemKeys
+        )
     }
 
-    /// The flags the writer gives the section: [`FLAG_OPTIONAL`] for the refinement data, which
-    /// readers that do not know it may skip.
+    /// The flags the writer gives the section: [`FLAG_OPTIONAL`] for the kinds added after
+    /// version 1 was first written (the refinement data, the item keys), which readers that
+    /// do not know them skip; 0 otherwise.
     pub fn flags(self) -> u32 {
-        if self == SectionKind::Refine {
+        if matches!(self, SectionKind::Refine | SectionKind::ItemKeys) {
             FLAG_OPTIONAL
         } else {
             0
@@ -162,7 +173,7 @@ impl SectionKind {
     fn checked_at_open(self) -> bool {
         !matches!(
             self,
-            SectionKind::Ids | SectionKind::Codes | SectionKind::Refine
+            SectionKind::Ids | SectionKind::Codes | SectionKind::Refine | SectionKind::ItemKeys
         )
     }
 
@@ -423,7 +434,11 @@ fn fixed_len(params: &IndexParams, kind: SectionKind) -> Result<Option<u64>, Sea
         ),
         SectionKind::ListOffsets => (p.n_lists.checked_add(1), 8, "list offset section size"),
         SectionKind::ListSizes => (Some(p.n_lists), 8, "list size section size"),
-        SectionKind::Ids | SectionKind::Codes | SectionKind::Metadata | SectionKind::Refine => {
+        SectionKind::Ids
+        | SectionKind::Codes
+        | SectionKind::Metadata
+        | SectionKind::Refine
+        | SectionKind::ItemKeys => {
             return Ok(None);
         }
     };
@@ -652,6 +667,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Layout, SearchError> {
     }
     layout.metadata = parse_metadata(layout.section(bytes, SectionKind::Metadata)?)?;
     view(bytes, &layout)?;
+    item_keys(bytes, &layout)?;
     Ok(layout)
 }
 
@@ -699,6 +715,17 @@ pub(crate) fn refine_bytes<'a>(bytes: &'a [u8], layout: &Layout) -> Option<&'a [
     layout
         .entry(SectionKind::Refine)
         .and_then(|e| e.bytes(bytes).ok())
+}
+
+/// The item keys of a parsed file, if it has them (their count and last offset checked).
+pub(crate) fn item_keys<'a>(
+    bytes: &'a [u8],
+    layout: &Layout,
+) -> Result<Option<ItemKeysView<'a>>, SearchError> {
+    match layout.entry(SectionKind::ItemKeys) {
+        Some(entry) => ItemKeysView::parse(entry.bytes(bytes)?).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Checks the header CRC and every section's CRC, unknown optional sections included.
@@ -827,6 +854,9 @@ impl<'a> Plan<'a> {
         if let Some(refine) = &parts.refine {
             payloads.push((SectionKind::Refine, &refine[..]));
         }
+        if let Some(keys) = &parts.item_keys {
+            payloads.push((SectionKind::ItemKeys, keys.bytes()));
+        }
         let entries: Vec<(SectionKind, u64, u32)> = payloads
             .iter()
             .map(|&(kind, bytes)| (kind, bytes.len() as u64, crc32fast::hash(bytes)))
@@ -860,10 +890,13 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Checks `parts` and serialises its metadata, the steps both writers share.
+/// Checks `parts` and serialises its metadata and item keys, the steps both writers share.
 fn prepare(parts: &IndexParts) -> Result<Vec<u8>, SearchError> {
     check_host()?;
     parts.view()?;
+    if let Some(keys) = &parts.item_keys {
+        keys.check(&parts.ids)?;
+    }
     if !parts.metadata.is_object() {
         return Err(SearchError::InvalidParameter {
             name: "metadata",

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::SearchError;
 use crate::format::{self, FLAG_OPTIONAL, Layout};
+use crate::keys::ItemKeysView;
 use crate::layout::{
     BLOCK, CodeLayout, IndexParams, IndexParts, IndexView, PADDING_ID, fast_scan_position,
 };
@@ -128,9 +129,20 @@ impl Index {
         &self.layout.metadata
     }
 
+    /// The items' original ids, when the index carries them (the optional `item_keys`
+    /// section): key `i` names the item of id `i`.
+    ///
+    /// # Panics
+    /// As [`view`](Self::view).
+    pub fn item_keys(&self) -> Option<ItemKeysView<'_>> {
+        format::item_keys(self.storage.bytes(), &self.layout)
+            .expect("the item keys were validated when the index was opened")
+    }
+
     /// Checks every byte: the header's and every section's CRC-32, zero padding between
-    /// sections, every item's codes below `2^n_bits`, and padding slots holding
-    /// [`PADDING_ID`] and zero codes. Reads the whole file, O(file size).
+    /// sections, every item's codes below `2^n_bits`, padding slots holding [`PADDING_ID`] and
+    /// zero codes, and the item keys (when present: every key readable and unique, every item
+    /// id with a key). Reads the whole file, O(file size).
     ///
     /// # Errors
     /// [`SearchError::ChecksumMismatch`], [`SearchError::BadSectionPlacement`] (nonzero
@@ -140,7 +152,12 @@ impl Index {
         let bytes = self.storage.bytes();
         format::check_checksums(bytes, &self.layout)?;
         format::check_padding(bytes, &self.layout)?;
-        check_lists(&self.view())
+        let view = self.view();
+        check_lists(&view)?;
+        match self.item_keys() {
+            Some(keys) => keys.verify(view.slot_ids()),
+            None => Ok(()),
+        }
     }
 
     /// The file's version, size, storage kind, parameters and section table.
@@ -167,7 +184,8 @@ impl Index {
         }
     }
 
-    /// An owned copy of the index (sections of unknown kinds are dropped).
+    /// An owned copy of the index (sections of unknown kinds are dropped; the item keys are
+    /// copied as stored, checked again when the parts are written).
     pub fn to_parts(&self) -> IndexParts {
         let view = self.view();
         IndexParts {
@@ -181,6 +199,7 @@ impl Index {
             codes: view.codes().to_vec(),
             metadata: self.layout.metadata.clone(),
             refine: self.refine_bytes().map(<[u8]>::to_vec),
+            item_keys: self.item_keys().map(|keys| keys.copy()),
         }
     }
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SearchError;
 use crate::refine::RefineView;
+use crate::keys::ItemKeys;
 
 /// Items per code block: lists are padded to a multiple of this many slots.
 pub const BLOCK: usize = 32;
@@ -619,6 +620,9 @@ pub struct IndexParts {
     pub metadata: serde_json::Value,
     /// The bytes of the optional refine section ([`crate::refine`]), or `None`.
     pub refine: Option<Vec<u8>>,
+    /// The items' original ids (key `i` names the item of id `i`), written as the optional
+    /// `item_keys` section; `None` for an index whose integer ids are the items' own.
+    pub item_keys: Option<ItemKeys>,
 }
 
 impl IndexParts {
@@ -713,6 +717,7 @@ impl IndexParts {
             codes,
             metadata,
             refine: None,
+            item_keys: None,
         };
         parts.view()?;
         Ok(parts)

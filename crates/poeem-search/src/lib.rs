@@ -8,6 +8,7 @@
 //! - [`format`](mod@format): the versioned, checksummed file format ([`encode_index`], [`write_index`]) and
 //!   [`Index`], a file opened for search (memory-mapped by [`Index::open`], on the heap by
 //!   [`Index::read`] and [`Index::from_bytes`]), specified in `docs/index-format.md`;
+//! - [`ItemKeys`]: the items' original ids (any strings), an optional section of the file;
 //! - [`stream`]: the same files written list by list ([`write_index_streaming`]), for converters
 //!   whose input does not fit in memory;
 //! - [`refine`]: the optional refinement data that re-ranking reads;
@@ -17,6 +18,7 @@ mod error;
 pub mod format;
 mod index;
 mod kernels;
+mod keys;
 pub mod layout;
 pub mod refine;
 mod searcher;
@@ -31,6 +33,7 @@ pub use faer::Par;
 pub use format::{encode_index, write_index};
 pub use index::{Index, IndexInfo, SectionInfo};
 pub use kernels::{Kernel, TABLE_STRIDE};
+pub use keys::{ItemKeys, ItemKeysView};
 pub use layout::{
     BLOCK, CodeLayout, IndexParams, IndexParts, IndexView, ListView, Metric, PADDING_ID, padded_len,
 };

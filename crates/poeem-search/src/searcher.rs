@@ -415,6 +415,28 @@ impl<'a> SearchIndex<'a> {
         scores: &mut [f32],
         par: Par,
     ) -> Result<(), SearchError> {
+        self.search_batch_excluding(queries, &[], params, ids, scores, par)
+    }
+
+    /// [`search_batch`](Self::search_batch) with items left out per query: row `i` never
+    /// returns the ids in `excluded[i]` (any order) and returns its `k` best other items
+    /// (fewer only when its probed lists hold fewer). The filter sits in the top-k selection,
+    /// so leaving out a user's history costs a binary search per candidate that would
+    /// otherwise enter the results, not a larger `k`. `excluded` holds one slice per query, or
+    /// none at all (nothing excluded).
+    ///
+    /// # Errors
+    /// As [`search_batch`](Self::search_batch), and [`SearchError::DimensionMismatch`] when
+    /// `excluded` is neither empty nor one slice per query.
+    pub fn search_batch_excluding(
+        &self,
+        queries: &[f32],
+        excluded: &[&[u64]],
+        params: &SearchParams,
+        ids: &mut [i64],
+        scores: &mut [f32],
+        par: Par,
+    ) -> Result<(), SearchError> {
         params.validate()?;
         let dim = self.view.params().dim;
         let n = queries.len() / dim;
@@ -427,6 +449,13 @@ impl<'a> SearchIndex<'a> {
         }
         let k = params.k;
         check_outputs(n * k, ids, scores)?;
+        if !excluded.is_empty() && excluded.len() != n {
+            return Err(SearchError::DimensionMismatch {
+                what: "excluded id lists (one per query)",
+                expected: n,
+                got: excluded.len(),
+            });
+        }
         let scales = queries
             .chunks_exact(dim)
             .enumerate()
@@ -445,14 +474,16 @@ impl<'a> SearchIndex<'a> {
             // Scratch for at most one chunk, no more rows than this part has (a one-query
             // call should not allocate and zero 64 queries' lookup tables).
             let mut batch = Batch::new(self, chunk.min(part.scales.len()));
-            for (((q, s), i), o) in part
+            for (c, (((q, s), i), o)) in part
                 .queries
                 .chunks(chunk * dim)
                 .zip(part.scales.chunks(chunk))
                 .zip(part.ids.chunks_mut(chunk * k))
                 .zip(part.scores.chunks_mut(chunk * k))
+                .enumerate()
             {
-                batch.run(q, s, params, i, o);
+                let x = part.excluded.get(c * chunk..).unwrap_or(&[]);
+                batch.run(q, s, &x[..x.len().min(chunk)], params, i, o);
             }
         };
         let parts = queries
@@ -460,9 +491,13 @@ impl<'a> SearchIndex<'a> {
             .zip(scales.chunks(rows))
             .zip(ids.chunks_mut(rows * k))
             .zip(scores.chunks_mut(rows * k))
-            .map(|(((queries, scales), ids), scores)| BatchPart {
+            .enumerate()
+            .map(|(t, (((queries, scales), ids), scores))| BatchPart {
                 queries,
                 scales,
+                excluded: excluded
+                    .get(t * rows..)
+                    .map_or(&[][..], |x| &x[..x.len().min(rows)]),
                 ids,
                 scores,
             });
@@ -611,7 +646,7 @@ impl<'a> SearchIndex<'a> {
 
     /// Searches one prepared query: `raw` is the query as given (`dim`) and `scale` its factor,
     /// `query` is `q'` (`padded_dim`), `dots` its coarse dot products (at least `n_lists`),
-    /// `table` its scaled lookup table (`M × stride`).
+    /// `table` its scaled lookup table (`M × stride`). `excluded` lists ids never returned.
     #[allow(clippy::too_many_arguments)]
     fn scan_one(
         &self,
@@ -621,9 +656,10 @@ impl<'a> SearchIndex<'a> {
         dots: &[f32],
         table: &[f32],
         params: &SearchParams,
-        ids: &mut [i64],
-        scores: &mut [f32],
+        excluded: &[u64],
+        out: Output<'_>,
     ) -> usize {
+        let Output { ids, scores } = out;
         let p = self.view.params();
         let rerank = self.view.refine().is_some() && params.rerank_factor > 0;
         let ScanScratch {
@@ -642,6 +678,9 @@ impl<'a> SearchIndex<'a> {
             params.k
         };
         top.reset(candidates);
+        if !excluded.is_empty() {
+            top.exclude(excluded);
+        }
         let l2 = p.metric == Metric::L2;
         let query_norm = if l2 { squared_norm(query) } else { 0.0 };
         let offsets = self.view.list_offsets();
@@ -780,6 +819,12 @@ impl<'a> SearchIndex<'a> {
     }
 }
 
+/// Where one query's results go.
+struct Output<'o> {
+    ids: &'o mut [i64],
+    scores: &'o mut [f32],
+}
+
 /// The scratch of one query's scan.
 #[derive(Debug, Default)]
 struct ScanScratch {
@@ -871,8 +916,8 @@ impl<'s, 'a> Searcher<'s, 'a> {
             &self.dots,
             &self.table,
             params,
-            ids,
-            scores,
+            &[],
+            Output { ids, scores },
         ))
     }
 }
@@ -881,6 +926,8 @@ impl<'s, 'a> Searcher<'s, 'a> {
 struct BatchPart<'q> {
     queries: &'q [f32],
     scales: &'q [f32],
+    /// One slice per query, or empty.
+    excluded: &'q [&'q [u64]],
     ids: &'q mut [i64],
     scores: &'q mut [f32],
 }
@@ -917,6 +964,7 @@ impl<'s, 'a> Batch<'s, 'a> {
         &mut self,
         queries: &[f32],
         scales: &[f32],
+        excluded: &[&[u64]],
         params: &SearchParams,
         ids: &mut [i64],
         scores: &mut [f32],
@@ -984,7 +1032,7 @@ impl<'s, 'a> Batch<'s, 'a> {
             );
         }
         let k_out = params.k;
-        for ((((query, raw), dots), table), (ids, scores)) in rotated
+        for (row, ((((query, raw), dots), table), (ids, scores))) in rotated
             .chunks_exact(d)
             .zip(queries.chunks_exact(dim).zip(scales))
             .zip(self.dots.chunks_exact(n_lists))
@@ -993,9 +1041,12 @@ impl<'s, 'a> Batch<'s, 'a> {
                 ids.chunks_exact_mut(k_out)
                     .zip(scores.chunks_exact_mut(k_out)),
             )
+            .enumerate()
         {
             let raw = (raw.0, *raw.1);
-            index.scan_one(&mut self.scan, raw, query, dots, table, params, ids, scores);
+            let out = Output { ids, scores };
+            let excluded = excluded.get(row).copied().unwrap_or(&[]);
+            index.scan_one(&mut self.scan, raw, query, dots, table, params, excluded, out);
         }
     }
 }

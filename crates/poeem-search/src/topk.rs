@@ -23,6 +23,8 @@ pub(crate) struct TopK {
     buf: Vec<(f32, u64)>,
     /// No kept pair has a larger key: `+∞` until the first selection.
     threshold: f32,
+    /// Ids never kept, sorted (a query's excluded items; usually empty).
+    excluded: Vec<u64>,
 }
 
 /// Total order on candidates: by key, then by id.
@@ -38,6 +40,16 @@ impl TopK {
         self.threshold = f32::INFINITY;
         self.buf.clear();
         self.buf.reserve(self.capacity());
+        self.excluded.clear();
+    }
+
+    /// Never keeps the ids in `excluded` (any order, repeats allowed) until the next
+    /// [`TopK::reset`]. A filter of the selection, not of the scan: excluded candidates cost a
+    /// binary search only when they beat the threshold, and the `k` kept are the best others.
+    pub(crate) fn exclude(&mut self, excluded: &[u64]) {
+        self.excluded.clear();
+        self.excluded.extend_from_slice(excluded);
+        self.excluded.sort_unstable();
     }
 
     fn capacity(&self) -> usize {
@@ -55,6 +67,9 @@ impl TopK {
     #[inline]
     pub(crate) fn push(&mut self, key: f32, id: u64) {
         if key.is_nan() || key > self.threshold || self.k == 0 {
+            return;
+        }
+        if !self.excluded.is_empty() && self.excluded.binary_search(&id).is_ok() {
             return;
         }
         self.buf.push((key, id));
@@ -107,6 +122,20 @@ mod tests {
         top.push(f32::NAN, 0);
         top.push(-f32::NAN, 0);
         assert_eq!(top.sorted(), &[(f32::NEG_INFINITY, 6), (f32::INFINITY, 1)]);
+    }
+
+    #[test]
+    fn excluded_ids_are_never_kept() {
+        let mut top = TopK::default();
+        top.reset(2);
+        top.exclude(&[9, 2, 9]);
+        for (key, id) in [(1.0, 9), (2.0, 2), (3.0, 4), (4.0, 5), (5.0, 6)] {
+            top.push(key, id);
+        }
+        assert_eq!(top.sorted(), &[(3.0, 4), (4.0, 5)]);
+        top.reset(1);
+        top.push(1.0, 9);
+        assert_eq!(top.sorted(), &[(1.0, 9)]);
     }
 
     /// Many offers, with the threshold honoured as the scan honours it, keep what a full sort

@@ -16,8 +16,8 @@ use poeem_search::format::{
 };
 use poeem_search::refine::{encode_float_refine, encode_pq8_refine};
 use poeem_search::{
-    BLOCK, CodeLayout, Index, IndexParams, IndexParts, Metric, PADDING_ID, RefineKind, SearchError,
-    encode_index, padded_len, write_index,
+    BLOCK, CodeLayout, Index, IndexParams, IndexParts, ItemKeys, Metric, PADDING_ID, RefineKind,
+    SearchError, encode_index, padded_len, write_index,
 };
 use proptest::prelude::{ProptestConfig, any, prop_assert, prop_assert_eq, proptest};
 use proptest::test_runner::RngSeed;
@@ -1355,4 +1355,79 @@ fn an_index_is_shared_by_threads() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(sums.windows(2).all(|w| w[0] == w[1]));
+}
+
+/// Item keys travel in the optional `item_keys` section: written after the codes with the
+/// optional flag, read back equal by both readers, checked by `verify`, carried by
+/// `to_parts`; keys must be unique and name every item id; any byte change in the section is
+/// caught by opening, by `verify`, or leaves the keys readable.
+#[test]
+fn item_keys_round_trip_in_their_optional_section() {
+    let (golden, lists, codes, _) = golden_parts();
+    let ids: Vec<u64> = (0..GOLDEN_ITEMS as u64).rev().collect();
+    let mut parts = IndexParts::from_item_codes(
+        golden.params,
+        golden.rotation.clone(),
+        golden.coarse_centroids.clone(),
+        golden.codebooks.clone(),
+        &lists,
+        &codes,
+        &ids,
+        golden.metadata.clone(),
+    )
+    .unwrap();
+    let keys: Vec<String> = (0..GOLDEN_ITEMS)
+        .map(|i| format!("Film \"{i}\", ü\t{}", "x".repeat(i % 3)))
+        .collect();
+    parts.item_keys = Some(ItemKeys::new(&keys).unwrap());
+    let bytes = encode_index(&parts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.poeem");
+    write_index(&path, &parts).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    for index in [
+        Index::open(&path).unwrap(),
+        Index::from_bytes(&bytes).unwrap(),
+    ] {
+        index.verify().unwrap();
+        let view = index.item_keys().expect("the index has keys");
+        assert_eq!(view.to_vec().unwrap(), keys);
+        assert_eq!(view.get(7).unwrap(), keys[7]);
+        assert_eq!(index.to_parts(), parts);
+        let section = index.info().sections.into_iter().last().unwrap();
+        assert_eq!(
+            (section.name, section.kind, section.optional),
+            ("item_keys", 9, true)
+        );
+    }
+    // An index without keys has none.
+    assert!(
+        Index::from_bytes(&encode_index(&golden).unwrap())
+            .unwrap()
+            .item_keys()
+            .is_none()
+    );
+
+    // Every item id needs a key; keys are unique.
+    let mut short = parts.clone();
+    short.item_keys = Some(ItemKeys::new(&keys[..GOLDEN_ITEMS - 1]).unwrap());
+    let err = encode_index(&short).unwrap_err();
+    assert!(err.to_string().contains("has no key"), "{err}");
+    assert!(
+        ItemKeys::new(&["a", "b", "a"])
+            .unwrap_err()
+            .to_string()
+            .contains("repeats")
+    );
+
+    // Single-byte changes inside the section.
+    let index = Index::from_bytes(&bytes).unwrap();
+    let entry = index.info().sections.into_iter().last().unwrap();
+    for at in entry.offset as usize..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x41;
+        if let Ok(index) = Index::from_bytes(&bad) {
+            assert!(index.verify().is_err(), "byte {at}");
+        }
+    }
 }

@@ -828,3 +828,86 @@ fn a_shared_index_searched_by_many_threads_gives_the_sequential_results() {
         assert_eq!(shared.kernel(), borrowed.kernel());
     }
 }
+
+/// Excluding ids per query returns the best other items: what a search for every item returns
+/// once the excluded ones are removed, cut to `k`, for any thread count (more queries than a
+/// batch chunk, so that the exclusions follow their rows across chunks and tasks).
+#[test]
+fn excluded_ids_are_filtered_inside_the_top_k() {
+    for (case, metric) in Metric::ALL.into_iter().enumerate() {
+        let shape = Shape {
+            dim: 9,
+            n_lists: 5,
+            n_subspaces: 3,
+            n_bits: 6,
+            metric,
+            n_items: 300,
+            rotated: case == 1,
+        };
+        let parts = random_index(shape, 70 + case as u64);
+        let index = SearchIndex::new(parts.view().unwrap());
+        let all_ids: Vec<u64> = parts
+            .ids
+            .iter()
+            .copied()
+            .filter(|&id| id != poeem_search::PADDING_ID)
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(case as u64);
+        let n = 140;
+        let queries: Vec<f32> = (0..n)
+            .flat_map(|_| random_query(&mut rng, shape.dim))
+            .collect();
+        // Query r excludes r mod 40 random items (some repeated, some unknown ids).
+        let excluded: Vec<Vec<u64>> = (0..n)
+            .map(|r| {
+                let mut x: Vec<u64> = (0..r % 40)
+                    .map(|_| all_ids[rng.random_range(0..all_ids.len())])
+                    .collect();
+                x.push(7);
+                x
+            })
+            .collect();
+        let slices: Vec<&[u64]> = excluded.iter().map(Vec::as_slice).collect();
+        let (k, n_all) = (10, shape.n_items);
+        for nprobe in [1, 5] {
+            let wide = SearchParams::new(n_all, nprobe);
+            let mut every = (vec![0i64; n * n_all], vec![0.0f32; n * n_all]);
+            index
+                .search_batch(&queries, &wide, &mut every.0, &mut every.1, Par::Seq)
+                .unwrap();
+            for par in [Par::Seq, Par::rayon(3)] {
+                let params = SearchParams::new(k, nprobe);
+                let mut got = (vec![0i64; n * k], vec![0.0f32; n * k]);
+                index
+                    .search_batch_excluding(&queries, &slices, &params, &mut got.0, &mut got.1, par)
+                    .unwrap();
+                for (row, excluded) in excluded.iter().enumerate() {
+                    let mut expected: Vec<i64> = every.0[row * n_all..(row + 1) * n_all]
+                        .iter()
+                        .copied()
+                        .filter(|&id| id >= 0 && !excluded.contains(&(id as u64)))
+                        .take(k)
+                        .collect();
+                    expected.resize(k, -1);
+                    assert_eq!(&got.0[row * k..(row + 1) * k], &expected[..], "row {row}");
+                }
+            }
+        }
+        // One list of exclusions per query, or none.
+        let mut out = (vec![0i64; n * k], vec![0.0f32; n * k]);
+        let err = index
+            .search_batch_excluding(
+                &queries,
+                &slices[1..],
+                &SearchParams::new(k, 1),
+                &mut out.0,
+                &mut out.1,
+                Par::Seq,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, SearchError::DimensionMismatch { .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! Interaction data: loading, vocabularies, feature fields and the train/test split.
 //!
-//! A [`Dataset`] is built from an interactions table (CSV, TSV or a RecBole `.inter` file, see
-//! [`TextFormat`]) whose query and item columns, and an optional time column, are chosen by
+//! A [`Dataset`] is built from an interactions table (CSV, TSV, a RecBole `.inter` file, see
+//! [`TextFormat`], or a Parquet file, recognised by its content) whose query and item columns, and an optional time column, are chosen by
 //! name; optional per-query and per-item feature files ([`FeatureSource`]) add token fields.
 //!
 //! - Ids are strings, numbered densely in first-seen order ([`Vocab`]): queries and items in
@@ -16,6 +16,7 @@
 //! record, an empty id, a timestamp or numeric feature that is not a finite number.
 
 mod features;
+mod parquet;
 mod split;
 mod table;
 
@@ -421,6 +422,49 @@ fn read_interactions(
     queries: &mut Vocab,
     items: &mut Vocab,
 ) -> Result<(Pairs, Option<Vec<f64>>), TrainError> {
+    read_pairs_with(source, |side, id| {
+        let vocab = if side == 0 {
+            &mut *queries
+        } else {
+            &mut *items
+        };
+        vocab.insert(id).map(Some)
+    })
+}
+
+/// Reads the (query, item) pairs of `source` (its time column is ignored), every id of which
+/// must be in `queries` or `items`: a held-out file for a trained model. Pairs keep the file's
+/// order.
+///
+/// # Errors
+/// As [`Dataset::load`] for unreadable or malformed files (a missing column lists the file's
+/// columns), and [`TrainError::BadValue`] naming the line and column of the first id the
+/// vocabularies do not hold.
+pub fn read_known_pairs(
+    source: &InteractionsSource,
+    queries: &Vocab,
+    items: &Vocab,
+) -> Result<Pairs, TrainError> {
+    let source = InteractionsSource {
+        time_column: None,
+        ..source.clone()
+    };
+    let (pairs, _) = read_pairs_with(&source, |side, id| {
+        Ok(if side == 0 {
+            queries.get(id)
+        } else {
+            items.get(id)
+        })
+    })?;
+    Ok(pairs)
+}
+
+/// Reads the pairs (and timestamps) of `source`; `index(side, id)` numbers a query (side 0) or
+/// item (side 1) id, `None` for an id it does not accept.
+fn read_pairs_with(
+    source: &InteractionsSource,
+    mut index: impl FnMut(usize, &str) -> Result<Option<u32>, TrainError>,
+) -> Result<(Pairs, Option<Vec<f64>>), TrainError> {
     let mut reader = TableReader::open(&source.path, source.format)?;
     let q_col = reader.column(&source.query_column)?;
     let i_col = reader.column(&source.item_column)?;
@@ -432,16 +476,17 @@ fn read_interactions(
     let mut times = t_col.map(|_| Vec::new());
     let mut record = Record::default();
     while reader.next_record(&mut record)? {
-        let id = |col: usize, what: &str| {
+        let mut id = |side: usize, col: usize, what: &str| {
             let cell = record.get(col);
             if cell.is_empty() {
-                Err(reader.malformed(record.line, format!("empty {what}")))
-            } else {
-                Ok(cell)
+                return Err(reader.malformed(record.line, format!("empty {what}")));
             }
+            index(side, cell)?.ok_or_else(|| {
+                reader.bad_value(&record, col, "is not an id of the model's training data")
+            })
         };
-        let q = queries.insert(id(q_col, &source.query_column)?)?;
-        let i = items.insert(id(i_col, &source.item_column)?)?;
+        let q = id(0, q_col, &source.query_column)?;
+        let i = id(1, i_col, &source.item_column)?;
         pairs.push((q, i));
         if let (Some(col), Some(times)) = (t_col, times.as_mut()) {
             match record.get(col).parse::<f64>() {

@@ -945,3 +945,171 @@ fn load_recbole_dataset_from_env() {
         fields(&data.item_features),
     );
 }
+
+mod parquet_input {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use arrow_array::builder::{ListBuilder, StringBuilder, StringDictionaryBuilder};
+    use arrow_array::types::Int32Type;
+    use arrow_array::{
+        ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampSecondArray,
+    };
+    use parquet::arrow::ArrowWriter;
+    use poeem_train::data::read_known_pairs;
+
+    use super::*;
+
+    fn write_parquet(dir: &TempDir, name: &str, columns: Vec<(&str, ArrayRef)>) -> PathBuf {
+        let path = dir.path().join(name);
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let mut writer =
+            ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None)
+                .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        path
+    }
+
+    /// A Parquet table loads as the same table written as TSV: string, integer and timestamp
+    /// ids and times; list, float and dictionary feature columns with nulls.
+    #[test]
+    fn parquet_files_load_like_their_text_equivalent() {
+        let dir = TempDir::new().unwrap();
+        let users = ["ü 1", "u \"2\"", "ü 1", "ü 1", "u \"2\""];
+        let items = [10i64, 20, 30, 20, 10];
+        let times = [5i64, 1, 9, 7, 2];
+        let inter = write_parquet(
+            &dir,
+            "inter.parquet",
+            vec![
+                (
+                    "user",
+                    Arc::new(StringArray::from(users.to_vec())) as ArrayRef,
+                ),
+                ("item", Arc::new(Int64Array::from(items.to_vec()))),
+                ("ts", Arc::new(TimestampSecondArray::from(times.to_vec()))),
+            ],
+        );
+        let mut text = String::from("user\titem\tts\n");
+        for ((u, i), t) in users.iter().zip(items).zip(times) {
+            text += &format!("{u}\t{i}\t{t}\n");
+        }
+        let tsv = write(&dir, "inter.tsv", text.as_bytes());
+
+        let mut genres = ListBuilder::new(StringBuilder::new());
+        for row in [&["Drama", "Comedy"][..], &[], &["Comedy"]] {
+            for g in row {
+                genres.values().append_value(g);
+            }
+            genres.append(true);
+        }
+        let mut studio = StringDictionaryBuilder::<Int32Type>::new();
+        studio.append_value("A");
+        studio.append_null();
+        studio.append_value("A");
+        let features = write_parquet(
+            &dir,
+            "items.parquet",
+            vec![
+                (
+                    "item",
+                    Arc::new(Int64Array::from(vec![20i64, 10, 40])) as ArrayRef,
+                ),
+                ("genre", Arc::new(genres.finish())),
+                (
+                    "year",
+                    Arc::new(Float64Array::from(vec![Some(1990.0), None, Some(1980.5)])),
+                ),
+                ("studio", Arc::new(studio.finish())),
+            ],
+        );
+        let features_tsv = write(
+            &dir,
+            "items.tsv",
+            b"item:token\tgenre:token_seq\tyear:float\tstudio:token\n\
+              20\tDrama Comedy\t1990\tA\n\
+              10\t\t\t\n\
+              40\tComedy\t1980.5\tA\n",
+        );
+        let config = |inter: &Path, features: &Path| {
+            let mut config = DataConfig::new(
+                InteractionsSource::new(inter, "user", "item").with_time_column("ts"),
+            );
+            config.item_features = Some(FeatureSource::new(features, "item"));
+            config
+        };
+        let from_parquet = Dataset::load(&config(&inter, &features)).unwrap();
+        let from_text = Dataset::load(&config(&tsv, &features_tsv)).unwrap();
+        assert_eq!(from_parquet, from_text);
+        assert_eq!(ids(&from_parquet.queries), ["ü 1", "u \"2\""]);
+        assert_eq!(ids(&from_parquet.items), ["10", "20", "30", "40"]);
+        assert_eq!(from_parquet.test, vec![(0, 2), (1, 0)]);
+        assert_eq!(from_parquet.item_features.fields.len(), 4);
+
+        // Known-id pairs read from Parquet; an unknown or missing id is named.
+        let pairs = read_known_pairs(
+            &config(&inter, &features).interactions,
+            &from_text.queries,
+            &from_text.items,
+        )
+        .unwrap();
+        assert_eq!(pairs.len(), 5);
+        let err = read_known_pairs(
+            &InteractionsSource::new(&inter, "user", "item"),
+            &Vocab::from_tokens(vec!["ü 1".into()]).unwrap(),
+            &from_text.items,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("inter.parquet:2: column user: \"u \\\"2\\\"\" is not an id"),
+            "{err}"
+        );
+        let err = load(&inter, "user_id", "item", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no column \"user_id\" (available: user, item, ts)"),
+            "{err}"
+        );
+
+        // Something that starts like Parquet but is not.
+        let fake = write(&dir, "fake.parquet", b"PAR1 and then text\n");
+        let err = load(&fake, "user", "item", None).unwrap_err().to_string();
+        assert!(err.contains("not a readable Parquet file"), "{err}");
+    }
+
+    /// `cargo test -p poeem-train --test data -- --ignored --nocapture million`: writes a
+    /// million-row interactions file (string user ids, integer items, timestamps) and times
+    /// loading it.
+    #[test]
+    #[ignore = "a timing run: writes a 1M-row file"]
+    fn million_row_parquet_loads_in_seconds() {
+        let dir = TempDir::new().unwrap();
+        let n = 1_000_000usize;
+        let users: Vec<String> = (0..n).map(|r| format!("user {}", r % 50_000)).collect();
+        let items: Vec<i64> = (0..n).map(|r| ((r * 7919) % 20_000) as i64).collect();
+        let times: Vec<i64> = (0..n as i64).collect();
+        let path = write_parquet(
+            &dir,
+            "big.parquet",
+            vec![
+                ("user_id", Arc::new(StringArray::from(users)) as ArrayRef),
+                ("item_id", Arc::new(Int64Array::from(items))),
+                ("timestamp", Arc::new(TimestampSecondArray::from(times))),
+            ],
+        );
+        let start = Instant::now();
+        let data = load(&path, "user_id", "item_id", Some("timestamp")).unwrap();
+        let seconds = start.elapsed().as_secs_f64();
+        println!(
+            "loaded {} pairs ({} users, {} items) from a {}-byte Parquet file in {seconds:.2} s",
+            data.train.len() + data.test.len(),
+            data.n_queries(),
+            data.n_items(),
+            std::fs::metadata(&path).unwrap().len()
+        );
+        assert_eq!(data.train.len() + data.test.len(), n);
+    }
+}

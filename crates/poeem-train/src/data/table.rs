@@ -7,6 +7,9 @@
 //! ordinary character. Spaces around unquoted cells are trimmed. Blank lines are skipped, a
 //! UTF-8 byte-order mark and `\r\n` line ends are accepted.
 //!
+//! A Parquet file (recognised by its magic bytes, whatever its name) is read through
+//! [`super::parquet`] into the same header and records.
+//!
 //! A header cell `name:type` with `type` one of `token`, `token_seq`, `float`, `float_seq`
 //! (RecBole's atomic-file convention) declares the column `name` of that type; any other cell is
 //! an untyped column named by the whole cell.
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::parquet::{self, ParquetRows};
 use crate::TrainError;
 
 /// The byte that separates cells.
@@ -142,6 +146,8 @@ pub(crate) struct TableReader {
     columns: Vec<Column>,
     /// Data records returned so far.
     rows: usize,
+    /// The rows of a Parquet file (the text fields are then unused).
+    parquet: Option<ParquetRows>,
 }
 
 impl TableReader {
@@ -161,7 +167,25 @@ impl TableReader {
             raw: Vec::new(),
             columns: Vec::new(),
             rows: 0,
+            parquet: None,
         };
+        let head = reader
+            .reader
+            .fill_buf()
+            .map_err(|e| TrainError::io(path, e))?;
+        if head.starts_with(parquet::MAGIC) {
+            let (rows, columns) = ParquetRows::open(path)?;
+            reader.parquet = Some(rows);
+            reader.columns = columns
+                .into_iter()
+                .map(|(name, ty)| Column {
+                    full: name.clone(),
+                    name,
+                    ty,
+                })
+                .collect();
+            return Ok(reader);
+        }
         let Some(first) = reader.next_nonblank_line()? else {
             return Err(TrainError::EmptyData {
                 path: path.to_path_buf(),
@@ -227,6 +251,20 @@ impl TableReader {
     /// quote, text after a closing quote or invalid UTF-8; [`TrainError::EmptyData`] when the
     /// file ends before its first record; [`TrainError::Io`] on a read failure.
     pub fn next_record(&mut self, record: &mut Record) -> Result<bool, TrainError> {
+        if let Some(rows) = &mut self.parquet {
+            let Some(row) = rows.next_row(&mut record.text, &mut record.cells)? else {
+                if self.rows == 0 {
+                    return Err(TrainError::EmptyData {
+                        path: self.path.clone(),
+                        reason: "the file has no rows",
+                    });
+                }
+                return Ok(false);
+            };
+            record.line = row;
+            self.rows += 1;
+            return Ok(true);
+        }
         let Some(text) = self.next_nonblank_line()? else {
             if self.rows == 0 {
                 return Err(TrainError::EmptyData {

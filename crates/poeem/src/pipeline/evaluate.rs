@@ -1,8 +1,11 @@
 //! Retrieval quality of a model, brute force and through an index.
 
+use std::path::Path;
+
 use super::{DataSource, IdMap, PipelineError};
 use crate::pq::Par;
 use crate::search::{SearchIndex, SearchParams};
+use crate::train::data::{InteractionsSource, TextFormat, read_known_pairs};
 use crate::train::metrics::{HeldOut, RankingMetrics, ranking_metrics_judged, top_k_inner_product};
 use crate::train::synthetic::ScaledTutorial;
 use crate::train::{Dataset, Model};
@@ -80,13 +83,21 @@ impl EvalSet {
     }
 
     /// The evaluation of a model trained on `source`: the tutorial's rule for the tutorial, the
-    /// held-out split of the reloaded data files otherwise.
+    /// held-out split of the reloaded data files otherwise, or, with `test`, the pairs of that
+    /// file (the interactions' layout: the same user and item columns, any format the loader
+    /// reads), each user's training items excluded as for the built-in split.
     ///
     /// # Errors
     /// [`PipelineError::Mismatch`] when the data no longer has the model's query and item ids
-    /// (the files changed since training) or has no held-out pairs; the loader's errors.
-    pub fn for_model(source: &DataSource, model: &Model) -> Result<Self, PipelineError> {
-        let dataset = source.load()?;
+    /// (the files changed since training), has no held-out pairs, or a test file is given for
+    /// the synthetic tutorial; the loader's errors, which for a test file name the first user
+    /// or item the model does not know (file, line, column) or the missing column.
+    pub fn for_model(
+        source: &DataSource,
+        model: &Model,
+        test: Option<&Path>,
+    ) -> Result<Self, PipelineError> {
+        let mut dataset = source.load()?;
         if dataset.queries != *model.queries() || dataset.items != *model.items() {
             return Err(PipelineError::Mismatch {
                 reason: format!(
@@ -99,9 +110,23 @@ impl EvalSet {
                 ),
             });
         }
-        match source {
-            DataSource::Tutorial { .. } => Ok(Self::tutorial()),
-            DataSource::Files(_) => Self::held_out(&dataset),
+        match (source, test) {
+            (DataSource::Tutorial { .. }, None) => Ok(Self::tutorial()),
+            (DataSource::Tutorial { .. }, Some(_)) => Err(PipelineError::Mismatch {
+                reason: "the model was trained on the synthetic tutorial, whose evaluation is \
+                         its relevance rule: a test file does not apply"
+                    .to_owned(),
+            }),
+            (DataSource::Files(_), None) => Self::held_out(&dataset),
+            (DataSource::Files(config), Some(path)) => {
+                let interactions = InteractionsSource {
+                    path: path.to_path_buf(),
+                    format: TextFormat::default(),
+                    ..config.interactions.clone()
+                };
+                dataset.test = read_known_pairs(&interactions, &dataset.queries, &dataset.items)?;
+                Self::held_out(&dataset)
+            }
         }
     }
 

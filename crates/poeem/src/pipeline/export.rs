@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{ItemIds, PipelineError};
 use crate::build::index_from_codec;
 use crate::pq::Par;
-use crate::search::{IndexParts, Metric};
+use crate::search::{IndexParts, ItemKeys, Metric};
 use crate::train::Model;
 
 /// The metadata entry an exported index carries about its model (an object with `item_ids`,
@@ -48,7 +48,8 @@ impl ExportReport {
 /// embeddings, normalised when the model normalises before the layer) and encoded with the
 /// layer's codec ([`Model::item_codec`]) under the inner-product metric. Queries embedded by
 /// [`Model::embed_queries`] (normalised) then score `⟨q̂, τ(x)⟩`, the quantized form of the
-/// model's cosine. Item ids follow [`ItemIds::for_vocab`].
+/// model's cosine. Item ids follow [`ItemIds::for_vocab`]: the data's integer ids, or dense
+/// indices with the data's ids attached as the index's item keys.
 ///
 /// # Errors
 /// [`PipelineError::NoCodec`] for a model trained without the indexing layer or whose layer has
@@ -102,7 +103,7 @@ pub fn export_index(model: &Model, par: Par) -> Result<(IndexParts, ExportReport
             "normalized_items": normalized_items,
         },
     });
-    let parts = index_from_codec(
+    let mut parts = index_from_codec(
         &codec,
         &vectors,
         Some(&ids),
@@ -110,6 +111,9 @@ pub fn export_index(model: &Model, par: Par) -> Result<(IndexParts, ExportReport
         metadata,
         par,
     )?;
+    if item_ids == ItemIds::Dense {
+        parts.item_keys = Some(ItemKeys::new(items.tokens())?);
+    }
     let encode_seconds = start.elapsed().as_secs_f64();
     let relative_distortion = parts
         .metadata

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::PipelineError;
-use crate::search::PADDING_ID;
+use crate::search::{Index, ItemKeysView, PADDING_ID};
 use crate::train::Vocab;
 
 /// Which `u64` ids an index gives a model's items.
@@ -18,9 +18,13 @@ pub enum ItemIds {
     /// The item's token read as a number: used when every token is a canonical decimal integer
     /// (digits only, no leading zero, below `u64::MAX`), so search results are the data's own ids.
     Tokens,
-    /// The item's dense index (its position in the model's item vocabulary); the token list is
-    /// written beside the index to translate them.
+    /// The item's dense index (its position in the model's item vocabulary); the index carries
+    /// the tokens as its item keys ([`crate::search::ItemKeys`]).
     Dense,
+    /// Whatever integers the index gives its items, translated through the index's item keys,
+    /// which are the model's item tokens (a `poeem build` over `poeem embed` output with its id
+    /// list).
+    Keys,
 }
 
 impl ItemIds {
@@ -41,7 +45,7 @@ impl ItemIds {
     /// canonical integer.
     pub fn ids(self, items: &Vocab) -> Result<Vec<u64>, PipelineError> {
         match self {
-            Self::Dense => Ok((0..items.len() as u64).collect()),
+            Self::Dense | Self::Keys => Ok((0..items.len() as u64).collect()),
             Self::Tokens => items
                 .tokens()
                 .iter()
@@ -59,6 +63,7 @@ impl ItemIds {
         match self {
             Self::Tokens => "tokens",
             Self::Dense => "dense",
+            Self::Keys => "keys",
         }
     }
 }
@@ -70,7 +75,8 @@ impl std::str::FromStr for ItemIds {
         match s {
             "tokens" => Ok(Self::Tokens),
             "dense" => Ok(Self::Dense),
-            _ => Err(format!("expected tokens or dense, got {s:?}")),
+            "keys" => Ok(Self::Keys),
+            _ => Err(format!("expected tokens, dense or keys, got {s:?}")),
         }
     }
 }
@@ -81,36 +87,105 @@ fn canonical_id(token: &str) -> Option<u64> {
     (id != PADDING_ID && id.to_string() == token).then_some(id)
 }
 
-/// Translates an index's result ids back to a model's item indices.
+/// Translates an index's result ids back to a model's item indices, and item indices to the
+/// index's ids (to leave items out of a search).
 #[derive(Debug, Clone)]
 pub struct IdMap {
     kind: ItemIds,
     n_items: usize,
+    /// [`ItemIds::Tokens`]: id → item index.
     tokens: HashMap<u64, u32>,
+    /// [`ItemIds::Keys`]: the item index of each id (`u32::MAX`: a key the model lacks).
+    keyed: Vec<u32>,
+    /// The index id of each item (`PADDING_ID` for an item the ids cannot name).
+    item_ids: Vec<u64>,
 }
 
 impl IdMap {
-    /// The map for an index whose ids are `kind` over the items `items`.
+    /// The map for an index whose ids are `kind` over the items `items` (for
+    /// [`ItemIds::Keys`] use [`from_keys`](Self::from_keys)).
     pub fn new(kind: ItemIds, items: &Vocab) -> Self {
-        let tokens = match kind {
-            ItemIds::Dense => HashMap::new(),
+        let item_ids: Vec<u64> = match kind {
+            ItemIds::Dense | ItemIds::Keys => (0..items.len() as u64).collect(),
             ItemIds::Tokens => items
                 .tokens()
                 .iter()
+                .map(|t| canonical_id(t).unwrap_or(PADDING_ID))
+                .collect(),
+        };
+        let tokens = match kind {
+            ItemIds::Dense | ItemIds::Keys => HashMap::new(),
+            ItemIds::Tokens => item_ids
+                .iter()
                 .enumerate()
-                .filter_map(|(i, t)| canonical_id(t).map(|id| (id, i as u32)))
+                .filter(|&(_, &id)| id != PADDING_ID)
+                .map(|(i, &id)| (id, i as u32))
                 .collect(),
         };
         Self {
             kind,
             n_items: items.len(),
             tokens,
+            keyed: Vec::new(),
+            item_ids,
+        }
+    }
+
+    /// The map for an index that carries item keys: id `i` is the item whose token is key `i`.
+    ///
+    /// # Errors
+    /// [`PipelineError::Search`] when a key cannot be read (a corrupt file).
+    pub fn from_keys(keys: &ItemKeysView<'_>, items: &Vocab) -> Result<Self, PipelineError> {
+        let mut keyed = Vec::with_capacity(keys.len());
+        let mut item_ids = vec![PADDING_ID; items.len()];
+        for id in 0..keys.len() as u64 {
+            let item = items.get(keys.get(id)?).unwrap_or(u32::MAX);
+            if item != u32::MAX {
+                item_ids[item as usize] = id;
+            }
+            keyed.push(item);
+        }
+        Ok(Self {
+            kind: ItemIds::Keys,
+            n_items: items.len(),
+            tokens: HashMap::new(),
+            keyed,
+            item_ids,
+        })
+    }
+
+    /// The map for `index` over `items`: through its item keys when it has them, else as
+    /// `kind`, else as its metadata records ([`exported_item_ids`](super::exported_item_ids)),
+    /// else dense item indices.
+    ///
+    /// # Errors
+    /// As [`from_keys`](Self::from_keys).
+    pub fn for_index(
+        index: &Index,
+        items: &Vocab,
+        kind: Option<ItemIds>,
+    ) -> Result<Self, PipelineError> {
+        match (index.item_keys(), kind) {
+            (Some(keys), None | Some(ItemIds::Keys)) => Self::from_keys(&keys, items),
+            (_, Some(kind)) if kind != ItemIds::Keys => Ok(Self::new(kind, items)),
+            _ => {
+                let kind = super::exported_item_ids(index.metadata()).unwrap_or(ItemIds::Dense);
+                Ok(Self::new(kind, items))
+            }
         }
     }
 
     /// Which ids the map reads.
     pub fn kind(&self) -> ItemIds {
         self.kind
+    }
+
+    /// The index id of item `item`, `None` when the index's ids cannot name it.
+    pub fn id_of(&self, item: u32) -> Option<u64> {
+        self.item_ids
+            .get(item as usize)
+            .copied()
+            .filter(|&id| id != PADDING_ID)
     }
 
     /// The item index of result id `id`; `u32::MAX` for an empty result slot (a negative id).
@@ -125,6 +200,11 @@ impl IdMap {
         let found = match self.kind {
             ItemIds::Dense => (id < self.n_items as u64).then_some(id as u32),
             ItemIds::Tokens => self.tokens.get(&id).copied(),
+            ItemIds::Keys => usize::try_from(id)
+                .ok()
+                .and_then(|i| self.keyed.get(i))
+                .copied()
+                .filter(|&i| i != u32::MAX),
         };
         found.ok_or_else(|| PipelineError::Mismatch {
             reason: format!(
@@ -232,9 +312,17 @@ mod tests {
         assert_eq!(tokens.index_of(20).unwrap(), 2);
         assert_eq!(tokens.index_of(-1).unwrap(), u32::MAX);
         assert!(tokens.index_of(2).unwrap_err().to_string().contains("id 2"));
+        assert_eq!(tokens.id_of(0), Some(30));
         let dense = IdMap::new(ItemIds::Dense, &items);
         assert_eq!(dense.index_of(2).unwrap(), 2);
+        assert_eq!(dense.id_of(2), Some(2));
         assert!(dense.index_of(3).is_err());
+        let keys = crate::search::ItemKeys::new(&["20", "nope", "30"]).unwrap();
+        let keyed = IdMap::from_keys(&keys.view().unwrap(), &items).unwrap();
+        assert_eq!(keyed.index_of(0).unwrap(), 2);
+        assert_eq!(keyed.index_of(2).unwrap(), 0);
+        assert!(keyed.index_of(1).is_err() && keyed.index_of(3).is_err());
+        assert_eq!((keyed.id_of(0), keyed.id_of(1)), (Some(2), None));
     }
 
     #[test]

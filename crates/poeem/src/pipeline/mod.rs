@@ -9,7 +9,10 @@
 //! - [`export_index`]: the item tower's embeddings encoded with the codec the indexing layer
 //!   learned: an index file's parts without any k-means or OPQ;
 //! - [`EvalSet`]: the queries and relevance judgements of an evaluation (a dataset's held-out
-//!   pairs, or the tutorial's rule), scored brute force or through a [`SearchIndex`];
+//!   pairs, a test file's, or the tutorial's rule), scored brute force or through a
+//!   [`SearchIndex`];
+//! - [`recommend_to_file`]: each user's top-k items through an index, the user's seen items
+//!   ([`seen_ids`]) filtered inside the search, written as TSV or Parquet;
 //! - [`train_model`], [`build_post_hoc`], [`export_timed`], [`EvalSet::through_index_at`]: the
 //!   timed steps of an index comparison (the tutorial's and the reproduction runs');
 //! - [`run_tutorial`]: the tutorial experiment of `method.md` §6 (plain and Poeem models, post-hoc
@@ -24,6 +27,7 @@ mod evaluate;
 mod experiment;
 mod export;
 mod ids;
+mod recommend;
 mod tutorial;
 
 use std::path::PathBuf;
@@ -36,6 +40,9 @@ pub use evaluate::{EvalSet, index_rankings};
 pub use experiment::{TimedIndex, build_post_hoc, export_timed, median, train_model};
 pub use export::{ExportReport, MODEL_METADATA_KEY, export_index, exported_item_ids};
 pub use ids::{IdMap, ItemIds, read_token_indices, write_token_list};
+pub use recommend::{
+    RecFormat, RecommendReport, RecommendRequest, recommend_to_file, seen_ids, tsv_cell,
+};
 pub use tutorial::{
     IndexResult, ModelResult, TutorialConfig, TutorialEvent, TutorialReport, run_tutorial,
 };
