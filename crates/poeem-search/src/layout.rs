@@ -14,8 +14,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::SearchError;
-use crate::refine::RefineView;
 use crate::keys::ItemKeys;
+use crate::refine::RefineView;
 
 /// Items per code block: lists are padded to a multiple of this many slots.
 pub const BLOCK: usize = 32;

@@ -1046,7 +1046,16 @@ impl<'s, 'a> Batch<'s, 'a> {
             let raw = (raw.0, *raw.1);
             let out = Output { ids, scores };
             let excluded = excluded.get(row).copied().unwrap_or(&[]);
-            index.scan_one(&mut self.scan, raw, query, dots, table, params, excluded, out);
+            index.scan_one(
+                &mut self.scan,
+                raw,
+                query,
+                dots,
+                table,
+                params,
+                excluded,
+                out,
+            );
         }
     }
 }

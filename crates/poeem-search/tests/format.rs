@@ -1397,7 +1397,7 @@ fn item_keys_round_trip_in_their_optional_section() {
         let section = index.info().sections.into_iter().last().unwrap();
         assert_eq!(
             (section.name, section.kind, section.optional),
-            ("item_keys", 9, true)
+            ("item_keys", 10, true)
         );
     }
     // An index without keys has none.
