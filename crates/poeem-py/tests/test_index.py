@@ -216,3 +216,19 @@ def test_recall_matches_faiss():
         _, ids = index.search(xq, k, nprobe=nprobe)
         assert abs(recall(ids) - recall(faiss_ids)) <= 0.01, (nprobe, recall(ids),
                                                               recall(faiss_ids))
+
+
+def test_item_keys_from_a_text_id_list(tmp_path, run_cli, xb, xq):
+    """`poeem build --ids F.txt` stores string ids; `Index.item_keys` returns them in id order,
+    and search results index into them."""
+    np.save(tmp_path / "xb.npy", xb)
+    keys = [f'Film "{i}", ü {"x" * (i % 3)}' for i in range(len(xb))]
+    (tmp_path / "ids.txt").write_text("\n".join(keys) + "\n", encoding="utf-8")
+    run_cli("build", "--vectors", tmp_path / "xb.npy", "--ids", tmp_path / "ids.txt",
+            "--n-lists", 16, "--n-subspaces", 6, "--seed", 5, "--out", tmp_path / "keys.poeem")
+    index = poeem.Index.open(tmp_path / "keys.poeem")
+    assert index.item_keys == keys
+    _, found = index.search(xq[:3], 5, nprobe=16)
+    assert all(0 <= i < len(keys) for i in found.ravel())
+    # An index of integer ids carries none.
+    assert poeem.build_index(xb, n_lists=16, n_subspaces=6, seed=5).item_keys is None
