@@ -3,6 +3,7 @@ the interpreter. Ctrl-C interrupts a long build."""
 
 import _thread
 import os
+import signal
 import threading
 import time
 
@@ -178,25 +179,29 @@ def test_every_byte_changed_gives_an_error_or_an_index(tmp_path):
 
 
 class Interrupter:
-    """Presses Ctrl-C after `delay` seconds, then again every `delay` seconds until stopped: on
-    a loaded machine one interrupt can land before the call under test has started listening
-    (seen once in CI), and the test is about the call, not about that race."""
+    """Presses Ctrl-C after `delay` seconds, then again every `delay` seconds until stopped.
+    Python's own SIGINT handler is installed for the duration: a process started in the
+    background by a non-interactive shell inherits SIGINT ignored, and then `interrupt_main`
+    does nothing (the test hung that way when CI was started with `&`)."""
 
     def __init__(self, delay):
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, args=(delay,), daemon=True)
+        self.previous = None
 
     def run(self, delay):
         while not self.stop.wait(delay):
             _thread.interrupt_main()
 
     def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+        signal.signal(signal.SIGINT, self.previous)
 
 
 def test_progress_is_shown_on_stderr(capfd, xb):
