@@ -200,7 +200,9 @@ def test_exported_index_reconstructs_tau_and_scores_inner_products(tmp_path, run
     exact = queries.astype(np.float64) @ tau.numpy().astype(np.float64).T
     for q in range(20):
         expected = exact[q, (found[q] - 1) // 3]
-        np.testing.assert_allclose(scores[q], expected, rtol=1e-4, atol=1e-4)
+        # 4-bit indexes scan with fast-scan's 8-bit quantized tables: scores are within
+        # M·δ/2 of float ADC (docs/index-format.md), here well inside 1 % of the score range.
+        np.testing.assert_allclose(scores[q], expected, atol=0.01 * np.abs(exact).max())
     # The `poeem` command opens and searches it too.
     run_cli("verify", "--index", path)
     np.save(tmp_path / "q.npy", queries)
