@@ -73,17 +73,18 @@ def faiss_search(index, q, nprobe):
     return i, d
 
 
-def assert_same_results(ids_a, scores_a, ids_b, scores_b, what):
-    """Same scores within 1e-4 relative; same ids, except among items tied with the k-th."""
+def assert_same_results(ids_a, scores_a, ids_b, scores_b, what, relative=1e-4):
+    """Same scores within `relative` of the score scale; same ids, except among items tied
+    with the k-th (within twice that)."""
     assert ids_a.shape == ids_b.shape == scores_a.shape == scores_b.shape, what
     scale = max(1.0, float(np.abs(scores_a[ids_a >= 0]).max(initial=0.0)))
-    tol = 1e-4 * scale
+    tol = relative * scale
     for row in range(ids_a.shape[0]):
         found = ids_a[row] >= 0
         assert np.array_equal(found, ids_b[row] >= 0), f"{what}: query {row} result counts"
         # Missing results: faiss reports ±FLT_MAX, poeem ±inf; only found ones are compared.
         np.testing.assert_allclose(
-            scores_a[row][found], scores_b[row][found], rtol=1e-4, atol=tol,
+            scores_a[row][found], scores_b[row][found], rtol=relative, atol=tol,
             err_msg=f"{what}: query {row}",
         )
         last = scores_a[row][found][-1] if found.any() else 0.0
@@ -137,7 +138,10 @@ def test_poeem_writes_faiss_reads(tmp_path, dim, m, n_bits, metric, opq):
         ids_p, scores_p = poeem_search(index, q, nprobe, tmp_path)
         ids_f, scores_f = faiss_search(fi, q, nprobe)
         what = f"dim {dim} M {m} bits {n_bits} {metric} opq {opq} nprobe {nprobe}"
-        assert_same_results(ids_f, scores_f, ids_p, scores_p, what)
+        # poeem scans a 4-bit index with fast-scan's 8-bit quantized tables (scores within
+        # M·δ/2 of faiss's float ADC, docs/index-format.md); other widths score exactly.
+        relative = 1e-2 if n_bits == 4 else 1e-4
+        assert_same_results(ids_f, scores_f, ids_p, scores_p, what, relative)
 
 
 def fast_training(ivf):
