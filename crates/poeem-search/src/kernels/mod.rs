@@ -119,15 +119,8 @@ impl Kernel {
         self.score_blocks_impl(table, n_subspaces, bias, Some(slot_bias), codes, out)
     }
 
-    fn score_blocks_impl(
-        self,
-        table: &[f32],
-        n_subspaces: usize,
-        bias: f32,
-        slot_bias: Option<&[f32]>,
-        codes: &[u8],
-        out: &mut [f32],
-    ) -> Result<(), SearchError> {
+    /// The checks every kernel call starts with: the kernel runs here, and `M` is at least 1.
+    fn check_call(self, n_subspaces: usize) -> Result<(), SearchError> {
         if !self.is_available() {
             return Err(self.unavailable());
         }
@@ -138,6 +131,19 @@ impl Kernel {
                 reason: "must be at least 1",
             });
         }
+        Ok(())
+    }
+
+    fn score_blocks_impl(
+        self,
+        table: &[f32],
+        n_subspaces: usize,
+        bias: f32,
+        slot_bias: Option<&[f32]>,
+        codes: &[u8],
+        out: &mut [f32],
+    ) -> Result<(), SearchError> {
+        self.check_call(n_subspaces)?;
         let mismatch = |what, expected, got| SearchError::DimensionMismatch {
             what,
             expected,
@@ -201,16 +207,7 @@ impl Kernel {
         codes: &[u8],
         out: &mut [u16],
     ) -> Result<(), SearchError> {
-        if !self.is_available() {
-            return Err(self.unavailable());
-        }
-        if n_subspaces == 0 {
-            return Err(SearchError::InvalidParameter {
-                name: "n_subspaces",
-                value: "0".to_owned(),
-                reason: "must be at least 1",
-            });
-        }
+        self.check_call(n_subspaces)?;
         let mismatch = |what, expected, got| SearchError::DimensionMismatch {
             what,
             expected,
