@@ -77,7 +77,7 @@ pub(crate) struct Args {
     pub(crate) vectors: Option<PathBuf>,
     /// `movielens` and `scale`: train every model this many epochs instead of the preset's (20
     /// for movielens: long training is where a jointly trained coarse level can drift, see
-    /// docs/reproduce.md; 3 for scale).
+    /// docs/reproduce.md; 6 for scale, 3 with `--quick`).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub(crate) epochs: Option<u64>,
     /// `rotation` only: Givens step size, relative to the data's mean squared norm.
@@ -113,7 +113,7 @@ pub(crate) enum Experiment {
     /// The tutorial's generator with millions of items: plain vs Poeem, post-hoc indexes, the
     /// time and memory of each stage.
     Scale,
-    /// Every experiment in turn (`scale` only with `--quick`: in full it takes an hour).
+    /// Every experiment in turn (`scale` only with `--quick`: in full it takes hours).
     All,
 }
 
