@@ -114,7 +114,12 @@ fn check_scale(results: &Value) -> Result<()> {
             .iter()
             .filter_map(|i| i.get("name")?.as_str())
             .collect();
-        for name in ["post-hoc IVF-PQ", "post-hoc OPQ+IVF-PQ", "Poeem (exported)"] {
+        for name in [
+            "post-hoc IVF-PQ",
+            "post-hoc OPQ+IVF-PQ",
+            "Poeem (exported)",
+            "post-hoc IVF-PQ on the Poeem model",
+        ] {
             ensure!(names.contains(&name), "{base}.indexes lacks {name}");
         }
         for i in 0..names.len() {
