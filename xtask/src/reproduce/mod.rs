@@ -509,6 +509,36 @@ impl<M> IndexRun<M> {
     }
 }
 
+/// A run of one seed (and size) that holds its indexes by name.
+pub(crate) trait WithIndexes {
+    type Measure;
+
+    fn indexes(&self) -> &[IndexRun<Self::Measure>];
+
+    fn index(&self, name: &str) -> Option<&IndexRun<Self::Measure>> {
+        self.indexes().iter().find(|i| i.name == name)
+    }
+}
+
+impl<T: WithIndexes> WithIndexes for &T {
+    type Measure = T::Measure;
+
+    fn indexes(&self) -> &[IndexRun<Self::Measure>] {
+        (**self).indexes()
+    }
+}
+
+/// `value` of the index `name` in each of `runs` that has it.
+pub(crate) fn across_runs<R: WithIndexes>(
+    runs: &[R],
+    name: &str,
+    value: impl Fn(&IndexRun<R::Measure>) -> f64,
+) -> Vec<f64> {
+    runs.iter()
+        .filter_map(|r| r.index(name).map(&value))
+        .collect()
+}
+
 /// A report table of the coarse-level diagnostics of the indexes named `names` (means over
 /// the seeds' `IndexRun`s in `runs`; indexes without diagnostics are left out): the share of
 /// the queries' exact top-k inside the probed lists at each nprobe, the share of queries whose

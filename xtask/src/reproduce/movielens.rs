@@ -29,8 +29,8 @@ use super::plot::{LineChart, Series};
 use super::post_hoc_rows;
 use super::synthetic::{VARIANTS, faiss_python};
 use super::{
-    Args, DataInfo, IndexRun, Outcome, Progress, coarse_table, mean_pm, mean_std, over_seeds,
-    train_with_bar,
+    Args, DataInfo, IndexRun, Outcome, Progress, WithIndexes, across_runs, coarse_table, mean_pm,
+    mean_std, over_seeds, train_with_bar,
 };
 use super::{flat_series, seed_series};
 
@@ -228,9 +228,11 @@ struct SeedRun {
     faiss_version: Option<String>,
 }
 
-impl SeedRun {
-    fn index(&self, name: &str) -> Option<&MetricsRun> {
-        self.indexes.iter().find(|i| i.name == name)
+impl WithIndexes for SeedRun {
+    type Measure = Vec<RankingMetrics>;
+
+    fn indexes(&self) -> &[MetricsRun] {
+        &self.indexes
     }
 }
 
@@ -442,9 +444,7 @@ impl Measure {
 /// The values over seeds of `measure` at cut-off index `k` and nprobe index `p` of the index
 /// `name`.
 fn across_seeds(runs: &[SeedRun], name: &str, p: usize, k: usize, measure: Measure) -> Vec<f64> {
-    runs.iter()
-        .filter_map(|r| r.index(name).map(|i| measure.of(&i.by_nprobe[p][k])))
-        .collect()
+    across_runs(runs, name, |i| measure.of(&i.by_nprobe[p][k]))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -562,14 +562,8 @@ fn outcome(
     let rows: Vec<Vec<String>> = index_names
         .iter()
         .map(|name| {
-            let seconds: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.index(name).map(|i| i.seconds))
-                .collect();
-            let distortion: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.index(name).map(|i| i.relative_distortion))
-                .collect();
+            let seconds: Vec<f64> = across_runs(runs, name, |i| i.seconds);
+            let distortion: Vec<f64> = across_runs(runs, name, |i| i.relative_distortion);
             vec![
                 name.clone(),
                 runs[0].index(name).map_or("", |i| i.made_by).to_owned(),

@@ -28,8 +28,8 @@ use super::meta::DataHash;
 use super::plot::{LineChart, Series};
 use super::synthetic::faiss_python;
 use super::{
-    Args, DataInfo, Experiment, IndexRun, Outcome, Progress, coarse_table, mean_pm, over_seeds,
-    seed_series, train_with_bar,
+    Args, DataInfo, Experiment, IndexRun, Outcome, Progress, WithIndexes, across_runs,
+    coarse_table, mean_pm, over_seeds, seed_series, train_with_bar,
 };
 
 /// Default catalogue size (items and queries).
@@ -229,11 +229,15 @@ struct SizeRun {
     faiss_version: Option<String>,
 }
 
-impl SizeRun {
-    fn index(&self, name: &str) -> Option<&PrecisionRun> {
-        self.indexes.iter().find(|i| i.name == name)
-    }
+impl WithIndexes for SizeRun {
+    type Measure = f64;
 
+    fn indexes(&self) -> &[PrecisionRun] {
+        &self.indexes
+    }
+}
+
+impl SizeRun {
     /// Whether the Poeem index is ahead of every post-hoc index at nprobe index `p`.
     fn poeem_ahead(&self, p: usize) -> bool {
         let Some(poeem) = self.index(POEEM) else {
@@ -546,11 +550,8 @@ fn outcome(
         row.extend(nprobes.iter().map(|_| mean_pm(&values, 4)));
         rows.push(row);
     }
-    let across = |name: &str, p: usize| -> Vec<f64> {
-        main.iter()
-            .filter_map(|r| r.index(name).map(|i| i.by_nprobe[p]))
-            .collect()
-    };
+    let across =
+        |name: &str, p: usize| -> Vec<f64> { across_runs(&main, name, |i| i.by_nprobe[p]) };
     for name in &index_names {
         let mut row = vec![name.clone()];
         row.extend((0..nprobes.len()).map(|p| mean_pm(&across(name, p), 4)));
@@ -603,14 +604,8 @@ fn outcome(
     let rows: Vec<Vec<String>> = index_names
         .iter()
         .map(|name| {
-            let seconds: Vec<f64> = main
-                .iter()
-                .filter_map(|r| r.index(name).map(|i| i.seconds))
-                .collect();
-            let export: Vec<f64> = main
-                .iter()
-                .filter_map(|r| r.index(POEEM).map(|i| i.seconds))
-                .collect();
+            let seconds: Vec<f64> = across_runs(&main, name, |i| i.seconds);
+            let export: Vec<f64> = across_runs(&main, POEEM, |i| i.seconds);
             let ratio = super::mean_std(&seconds).0 / super::mean_std(&export).0.max(1e-9);
             let made_by = main[0].index(name).map_or("", |i| i.made_by);
             vec![

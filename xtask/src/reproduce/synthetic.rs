@@ -17,8 +17,8 @@ use super::meta::DataHash;
 use super::plot::LineChart;
 use super::post_hoc_rows;
 use super::{
-    Args, DataInfo, Experiment, IndexRun, Outcome, Progress, mean_pm, mean_std, over_seeds,
-    train_with_bar,
+    Args, DataInfo, Experiment, IndexRun, Outcome, Progress, WithIndexes, across_runs, mean_pm,
+    mean_std, over_seeds, train_with_bar,
 };
 use super::{flat_series, min_max, seed_series};
 
@@ -196,11 +196,15 @@ struct SeedRun {
     faiss_version: Option<String>,
 }
 
-impl SeedRun {
-    fn index(&self, name: &str) -> Option<&PrecisionRun> {
-        self.indexes.iter().find(|i| i.name == name)
-    }
+impl WithIndexes for SeedRun {
+    type Measure = f64;
 
+    fn indexes(&self) -> &[PrecisionRun] {
+        &self.indexes
+    }
+}
+
+impl SeedRun {
     /// Whether brute force > Poeem > every post-hoc index at nprobe 1, for the Poeem variant
     /// `poeem`.
     fn ordering_holds(&self, poeem: &str) -> bool {
@@ -333,9 +337,7 @@ fn faiss_rows(
 
 /// Precision values of the index `name` over the runs at nprobe index `p`.
 fn across_seeds(runs: &[SeedRun], name: &str, p: usize) -> Vec<f64> {
-    runs.iter()
-        .filter_map(|r| r.index(name).map(|i| i.by_nprobe[p]))
-        .collect()
+    across_runs(runs, name, |i| i.by_nprobe[p])
 }
 
 fn outcome(
@@ -417,18 +419,12 @@ fn outcome(
         .iter()
         .filter(|n| runs[0].index(n).is_some_and(|i| i.made_by == "build"))
         .collect();
-    let export_seconds: Vec<f64> = runs
-        .iter()
-        .filter_map(|r| r.index("Poeem").map(|i| i.seconds))
-        .collect();
+    let export_seconds: Vec<f64> = across_runs(&runs, "Poeem", |i| i.seconds);
     let (export_mean, _) = mean_std(&export_seconds);
     let mut rows: Vec<Vec<String>> = post_hoc
         .iter()
         .map(|name| {
-            let seconds: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.index(name).map(|i| i.seconds))
-                .collect();
+            let seconds: Vec<f64> = across_runs(&runs, name, |i| i.seconds);
             let ratios: Vec<f64> = runs
                 .iter()
                 .filter_map(|r| Some(r.index(name)?.seconds / r.index("Poeem")?.seconds))
