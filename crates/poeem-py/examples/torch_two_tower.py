@@ -156,9 +156,10 @@ def train(d, train_idx, seed, layer_settings, epochs, batch, rank=0, world=1, ti
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("layer.")],
                "lr": 1e-3}]
     opt = torch.optim.Adam(groups)
-    # The layer's centroids and codebooks: plain SGD on the regularizer (a mean over the rows the
-    # layer saw), an online k-means whose step moves a centroid by 2·lr·(its share of the rows)
-    # towards its rows' mean. Not Adam: a dense Adam's momentum keeps moving the centroids and
+    # The layer's centroids and codebooks: plain SGD on the regularizer (divided by the rows the
+    # layer saw: the batch's distinct items, which the codebooks learn from, and the catalogue
+    # sample, which the centroids learn from), an online k-means whose step moves a centroid by
+    # 2·lr·(its share of the rows) towards its rows' mean. Not Adam: a dense Adam's momentum keeps moving the centroids and
     # codewords a batch did not use (the Rust layer steps only the rows used).
     layer_opt = torch.optim.SGD([{"params": [layer.coarse_centroids], "lr": 1.0},
                                  {"params": [layer.codebooks], "lr": 4.0}]) if layer else None
