@@ -5,6 +5,7 @@ against a post-hoc `poeem.build_index(..., opq=True)` of the plain model, over s
     python crates/poeem-py/examples/torch_two_tower.py --data ../shared/data/ml-100k
     torchrun --nproc_per_node 2 crates/poeem-py/examples/torch_two_tower.py \\
         --data ../shared/data/ml-100k --ddp            # gloo, the same quality within noise
+    # (Debian's torch 1.13 on Python 3.11: add --redirects 2 --tee 2, see docs/torch.md)
 
 The model follows the Rust `movielens` preset: ids and features on both sides (user: id, age,
 gender, occupation; item: id, release year, genres), each field embedded in 32 dimensions, one
