@@ -357,12 +357,12 @@ class IndexingLayer(nn.Module):
             raise InvalidArgumentError(
                 "learn_coarse_from(x) follows a training call of the layer, once per call: "
                 "there is no training call waiting for it")
-        self._last_phase = None
         if phase == "buffering" and self.warm_start_items == "catalogue":
             self._append_to_buffer(x)
         elif phase == "joint" and self.n_lists > 0:
             with torch.enable_grad():  # the caller may embed the sample under torch.no_grad()
                 self._regularizer = self._coarse_from(x.detach())
+        self._last_phase = None  # consumed (a failed call above leaves it waiting)
 
     def _coarse_from(self, x):
         """The regularizer with the coarse centroids' gradient from the rows `x`."""
