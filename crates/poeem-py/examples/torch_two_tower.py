@@ -5,6 +5,7 @@ against a post-hoc `poeem.build_index(..., opq=True)` of the plain model, over s
     python crates/poeem-py/examples/torch_two_tower.py --data ../shared/data/ml-100k
     torchrun --nproc_per_node 2 crates/poeem-py/examples/torch_two_tower.py \\
         --data ../shared/data/ml-100k --ddp            # gloo, the same quality within noise
+    # (Debian's torch 1.13 on Python 3.11: add --redirects 2 --tee 2, see docs/torch.md)
 
 The model follows the Rust `movielens` preset: ids and features on both sides (user: id, age,
 gender, occupation; item: id, release year, genres), each field embedded in 32 dimensions, one
@@ -12,8 +13,11 @@ gender, occupation; item: id, release year, genres), each field embedded in 32 d
 correction and duplicates masked; Adam 0.001, batch 1024; leave-last-out split (each user's
 last interaction held out, training items removed from the results). The layer: J = 32,
 K = 256, D = 8, warm-up of half the training, a 8,192-row buffer, its parameters moved by SGD;
-each step it sees the batch's distinct items plus a uniform sample of 1,024 catalogue items
-(the Rust preset's catalogue sample, which keeps the lists weighted as a post-hoc index's).
+each step it quantizes the batch's distinct items (the codebooks learn from them) and, as the
+Rust preset, gets a uniform sample of 1,024 catalogue items through `learn_coarse_from`: the
+warm-start buffer fills from these samples and the coarse centroids learn their lists' means
+from them, so the lists weigh every item alike, as a post-hoc index's do, instead of crowding
+onto the popular items of the batches.
 `--time` measures the training step at batch 1024 with and without the layer (CPU time of the
 process, `time.process_time`, median of 40 steps after 20: wall time on a shared machine says
 more about the neighbours than about the step).
@@ -135,13 +139,13 @@ class TwoTower(nn.Module):
         return self.item(self.item_fields[items], self.item_genres[items])
 
     def forward(self, users, items, catalogue):
-        """Query vectors, and the vectors of `items` (through the layer, which also sees the
-        `catalogue` rows: they only feed its statistics, with no gradient to the tower)."""
+        """Query vectors, and the vectors of `items` through the layer, whose coarse level
+        (and warm start) learns from the `catalogue` items (no gradient to the tower)."""
         q, v = self.queries(users), self.items(items)
         if self.layer is not None:
+            v = self.layer(v)
             with torch.no_grad():
-                v_catalogue = self.items(catalogue)
-            v = self.layer(torch.cat([v, v_catalogue]))[: len(items)]
+                self.layer.learn_coarse_from(self.items(catalogue))
         return q, v
 
 
@@ -153,9 +157,10 @@ def train(d, train_idx, seed, layer_settings, epochs, batch, rank=0, world=1, ti
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("layer.")],
                "lr": 1e-3}]
     opt = torch.optim.Adam(groups)
-    # The layer's centroids and codebooks: plain SGD on the regularizer (a mean over the rows the
-    # layer saw), an online k-means whose step moves a centroid by 2·lr·(its share of the rows)
-    # towards its rows' mean. Not Adam: a dense Adam's momentum keeps moving the centroids and
+    # The layer's centroids and codebooks: plain SGD on the regularizer (divided by the rows the
+    # layer saw: the batch's distinct items, which the codebooks learn from, and the catalogue
+    # sample, which the centroids learn from), an online k-means whose step moves a centroid by
+    # 2·lr·(its share of the rows) towards its rows' mean. Not Adam: a dense Adam's momentum keeps moving the centroids and
     # codewords a batch did not use (the Rust layer steps only the rows used).
     layer_opt = torch.optim.SGD([{"params": [layer.coarse_centroids], "lr": 1.0},
                                  {"params": [layer.codebooks], "lr": 4.0}]) if layer else None
@@ -227,7 +232,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads and the layer's Rust threads per process")
     ap.add_argument("--catalogue", type=int, default=CATALOGUE,
-                    help="uniform catalogue items the layer also sees each step")
+                    help="uniform catalogue items the layer's coarse level learns from each "
+                    "step")
     args = ap.parse_args()
     globals()["CATALOGUE"] = args.catalogue
     torch.set_num_threads(args.threads)
@@ -240,7 +246,7 @@ def main():
     steps_per_epoch = len(train_idx) // args.batch
     layer_settings = dict(warmup_steps=steps_per_epoch * args.epochs // 2, buffer_size=8192,
                           regularizer_weight=1.0, rotation="none", kmeans_iterations=25,
-                          threads=args.threads)
+                          warm_start_items="catalogue", threads=args.threads)
     if args.time:
         for name, settings in (("plain", None), ("layer", dict(layer_settings, warmup_steps=0,
                                                                 buffer_size=2048))):

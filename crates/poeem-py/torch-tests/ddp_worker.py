@@ -19,36 +19,50 @@ RESUME_AT = 6
 LR = 0.05
 
 
-def layer_settings():
-    """The layer of the test: the buffer fills over two calls (two global batches; the layer
-    gathers each call's rows in rank order, which is the global batch's order)."""
+def layer_settings(catalogue=False):
+    """The layer of the test: the buffer fills over two calls (two global batches, or with
+    `catalogue` two global catalogue samples; the layer gathers each call's rows in rank order,
+    which is the global order)."""
     return dict(n_lists=4, n_subspaces=4, n_bits=4, warmup_steps=2,
                 buffer_size=2 * LOCAL_BATCH * WORLD, regularizer_weight=0.1,
                 rotation="givens-greedy", givens_learning_rate=5e-3,
+                warm_start_items="catalogue" if catalogue else "batches",
                 kmeans_iterations=5, seed=7, threads=1)
 
 
 class TwoTower(nn.Module):
-    def __init__(self):
+    """With `catalogue`, the layer's warm start and coarse level learn from a catalogue sample
+    (`learn_coarse_from`) embedded by the item tower at each step."""
+
+    def __init__(self, catalogue=False):
         super().__init__()
         torch.manual_seed(0)
         self.query = nn.Linear(FEATURES, DIM)
         self.item = nn.Linear(FEATURES, DIM)
-        settings = layer_settings()
+        settings = layer_settings(catalogue)
         self.layer = pt.IndexingLayer(DIM, settings.pop("n_lists"), settings.pop("n_subspaces"),
                                       settings.pop("n_bits"), **settings)
 
-    def forward(self, queries, items):
-        return self.query(queries), self.layer(self.item(items))
+    def forward(self, queries, items, catalogue=None):
+        out = self.query(queries), self.layer(self.item(items))
+        if catalogue is not None:
+            with torch.no_grad():
+                self.layer.learn_coarse_from(self.item(catalogue))
+        return out
 
 
-def global_batch(step):
-    """The global batch of `step`: (queries, items) features, 64 rows, fixed by the step."""
+def global_batch(step, catalogue=False):
+    """The global batch of `step`: (queries, items) features, 64 rows, fixed by the step, and
+    with `catalogue` the step's global catalogue sample (64 rows of other features), else
+    None."""
     rng = np.random.default_rng(1000 + step)
     items = rng.standard_normal((LOCAL_BATCH * WORLD, FEATURES)).astype(np.float32)
     mix = np.random.default_rng(0).standard_normal((FEATURES, FEATURES)).astype(np.float32)
     queries = items @ mix + 0.1 * rng.standard_normal(items.shape).astype(np.float32)
-    return torch.from_numpy(queries), torch.from_numpy(items)
+    sample = None
+    if catalogue:
+        sample = torch.from_numpy(2 * rng.standard_normal(items.shape).astype(np.float32) + 1)
+    return torch.from_numpy(queries), torch.from_numpy(items), sample
 
 
 def shard_loss(q, v):
@@ -63,17 +77,17 @@ def state_digest(layer):
     return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
-def train_ddp(rank, model, opt, steps, out):
+def train_ddp(rank, model, opt, steps, out, catalogue=False):
     from torch.nn.parallel import DistributedDataParallel
 
     ddp = DistributedDataParallel(model)
     for step in steps:
-        queries, items = global_batch(step)
+        queries, items, sample = global_batch(step, catalogue)
         shard = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
         was_initialized = bool(model.layer.initialized)
         if model.layer.phase == "joint" and not was_initialized:
             out["buffer"] = model.layer.state_dict()["_extra_state"]["buffer"].clone()
-        q, v = ddp(queries[shard], items[shard])
+        q, v = ddp(queries[shard], items[shard], None if sample is None else sample[shard])
         if not was_initialized and bool(model.layer.initialized):
             out["init"] = {k: model.layer.state_dict()[k].clone()
                            for k in ("coarse_centroids", "codebooks")}
@@ -87,14 +101,14 @@ def train_ddp(rank, model, opt, steps, out):
             torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, out["checkpoint"])
 
 
-def worker(rank, init_file, out_dir):
+def worker(rank, init_file, out_dir, catalogue=False):
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                          world_size=WORLD)
-    model = TwoTower()
+    model = TwoTower(catalogue)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     out = {}
-    train_ddp(rank, model, opt, range(STEPS), out)
+    train_ddp(rank, model, opt, range(STEPS), out, catalogue)
     items = global_batch(99)[1]
     with torch.no_grad():
         embeddings = model.item(items)
@@ -102,12 +116,12 @@ def worker(rank, init_file, out_dir):
     # Resume from the checkpoint taken after step RESUME_AT, in fresh objects.
     out["checkpoint"].seek(0)
     saved = torch.load(out["checkpoint"])
-    resumed = TwoTower()
+    resumed = TwoTower(catalogue)
     resumed.load_state_dict(saved["model"])
     opt2 = torch.optim.SGD(resumed.parameters(), lr=LR)
     opt2.load_state_dict(saved["opt"])
     out2 = {}
-    train_ddp(rank, resumed, opt2, range(RESUME_AT, STEPS), out2)
+    train_ddp(rank, resumed, opt2, range(RESUME_AT, STEPS), out2, catalogue)
     torch.save({"digests": out["digests"], "resumed_digests": out2["digests"],
                 "init": out["init"], "buffer": out["buffer"], "layer": model.layer.state_dict(),
                 "model": model.state_dict(), "resumed_layer": resumed.layer.state_dict()},
@@ -115,19 +129,22 @@ def worker(rank, init_file, out_dir):
     torch.distributed.destroy_process_group()
 
 
-def train_single():
-    """The single-process run DDP approximates: the layer sees each global batch at once; the
-    loss is the mean over the shards of their in-batch losses plus the regularizer over the
-    global batch divided by the world size (DistributedDataParallel averages gradients), and the
-    Givens step size is divided by the world size (the DDP layer averages the skew gradient)."""
-    model = TwoTower()
+def train_single(catalogue=False):
+    """The single-process run DDP approximates: the layer sees each global batch (and catalogue
+    sample) at once; the loss is the mean over the shards of their in-batch losses plus the
+    regularizer over the global batch divided by the world size (DistributedDataParallel
+    averages gradients), and the Givens step size is divided by the world size (the DDP layer
+    averages the skew gradient)."""
+    model = TwoTower(catalogue)
     model.layer.givens_learning_rate = layer_settings()["givens_learning_rate"] / WORLD
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    init = None
+    init = buffer = None
     for step in range(STEPS):
-        queries, items = global_batch(step)
+        queries, items, sample = global_batch(step, catalogue)
         was_initialized = bool(model.layer.initialized)
-        q, v = model(queries, items)
+        if model.layer.phase == "joint" and not was_initialized:
+            buffer = model.layer.state_dict()["_extra_state"]["buffer"].clone()
+        q, v = model(queries, items, sample)
         if not was_initialized and bool(model.layer.initialized):
             init = {k: model.layer.state_dict()[k].clone()
                     for k in ("coarse_centroids", "codebooks")}
@@ -137,4 +154,4 @@ def train_single():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model, init
+    return model, init, buffer

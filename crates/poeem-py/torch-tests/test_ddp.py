@@ -6,6 +6,7 @@ the same rows, and the whole run close to its single-process equivalent."""
 import hashlib
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -15,8 +16,12 @@ import ddp_worker as w
 from conftest import assert_states_equal
 
 
-def test_two_processes_hold_identical_layer_state(tmp_path):
-    mp.spawn(w.worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=w.WORLD, join=True)
+@pytest.mark.parametrize("catalogue", [False, True], ids=["batches", "catalogue"])
+def test_two_processes_hold_identical_layer_state(tmp_path, catalogue):
+    """With `catalogue`, the warm start and the coarse level learn from a catalogue sample
+    (`learn_coarse_from`, each rank giving its shard of the step's sample)."""
+    mp.spawn(w.worker, args=(str(tmp_path / "init"), str(tmp_path), catalogue), nprocs=w.WORLD,
+             join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(w.WORLD)]
     # After every step, every rank's layer state (state_dict bytes: parameters, rotation,
     # counters, warm-start buffer) is the same.
@@ -53,7 +58,8 @@ def test_two_processes_hold_identical_layer_state(tmp_path):
 
     # The whole DDP run approximates the single-process run on the global batches
     # (docs/torch.md says how): the same layer up to float rounding.
-    model, init = w.train_single()
+    model, init, single_buffer = w.train_single(catalogue)
+    assert torch.allclose(single_buffer, buffer, rtol=0, atol=1e-5)
     for key in ("coarse_centroids", "codebooks"):
         assert torch.allclose(init[key], ranks[0]["init"][key], atol=1e-4), key
     for key in ("coarse_centroids", "codebooks", "rotation"):

@@ -4,6 +4,7 @@
     layer = poeem.torch.IndexingLayer(64, n_lists=64, n_subspaces=16, warmup_steps=100,
                                       buffer_size=4096, rotation="opq")
     item = layer(item_tower(features))            # τ(x) forward, identity backward
+    layer.learn_coarse_from(item_tower(catalogue_sample).detach())  # optional, see below
     loss = retrieval_loss(query, item) + layer.regularizer_loss()   # the one line
     ...
     layer.export(item_embeddings, item_ids, "items.poeem", metric="ip")
@@ -39,6 +40,10 @@ ROTATIONS = ("none", "opq", "givens-random", "givens-greedy", "givens-steepest")
 PHASES = ("warm-up", "buffering", "joint")
 
 COARSE_OBJECTIVES = ("list-means", "reconstruction")
+
+#: Which rows fill the warm-start buffer: the batches the layer sees, or the rows given to
+#: `learn_coarse_from` (a uniform catalogue sample, as the Rust `movielens` preset).
+WARM_START_ITEMS = ("batches", "catalogue")
 
 # Mixed into the seed of the Givens pair stream so that it differs from the k-means streams.
 _GIVENS_SALT = 0x6917_E45D_3A0C_B5F1
@@ -84,6 +89,12 @@ class IndexingLayer(nn.Module):
       gradient reaching `x` is exactly the incoming one), and sets `regularizer_loss()`; with a
       `givens-*` rotation, takes one Givens step on the batch's distortion.
 
+    After the call, `learn_coarse_from(rows)` with a uniform sample of the catalogue (embedded
+    by the current item tower, no gradient needed) makes the coarse centroids learn from those
+    rows instead of the batch's, and with `warm_start_items="catalogue"` fills the warm-start
+    buffer in place of the batches: the Rust `movielens` preset's fix for popularity-skewed
+    batches, which otherwise crowd the coarse lists onto popular items.
+
     In eval mode it returns τ(x) (x before the warm start) and changes nothing.
 
     The coarse centroids and codebooks are `nn.Parameter`s moved by the user's optimizer
@@ -103,6 +114,7 @@ class IndexingLayer(nn.Module):
         regularizer_weight=1.0,
         rotation="none",
         coarse_objective="list-means",
+        warm_start_items="batches",
         kmeans_iterations=25,
         opq_rounds=10,
         givens_learning_rate=1e-3,
@@ -142,6 +154,10 @@ class IndexingLayer(nn.Module):
             raise InvalidArgumentError(
                 f"coarse_objective = {coarse_objective!r}: expected one of "
                 f"{', '.join(map(repr, COARSE_OBJECTIVES))}")
+        if warm_start_items not in WARM_START_ITEMS:
+            raise InvalidArgumentError(
+                f"warm_start_items = {warm_start_items!r}: expected one of "
+                f"{', '.join(map(repr, WARM_START_ITEMS))}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InvalidArgumentError(f"threads = {threads!r}: expected None or an integer ≥ 1")
         self.dim = int(dim)
@@ -153,6 +169,7 @@ class IndexingLayer(nn.Module):
         self.regularizer_weight = float(regularizer_weight)
         self.rotation_mode = rotation
         self.coarse_objective = coarse_objective
+        self.warm_start_items = warm_start_items
         self.kmeans_iterations = int(kmeans_iterations)
         self.opq_rounds = int(opq_rounds)
         self.givens_learning_rate = float(givens_learning_rate)
@@ -180,13 +197,18 @@ class IndexingLayer(nn.Module):
         self._buffer = torch.zeros(0, self.dim)
         self._buffer_full = False
         self._regularizer = None
+        # The phase of the last training call until `learn_coarse_from` consumes it, and the
+        # batch's (centroid rows, codewords, rotated rows) of a joint call; both within a step.
+        self._last_phase = None
+        self._batch = None
 
     # -- settings and state -------------------------------------------------------------------
 
     def _config(self):
         return dict(dim=self.dim, n_lists=self.n_lists, n_subspaces=self.n_subspaces,
                     n_bits=self.n_bits, warmup_steps=self.warmup_steps,
-                    buffer_size=self.buffer_size, rotation=self.rotation_mode)
+                    buffer_size=self.buffer_size, rotation=self.rotation_mode,
+                    warm_start_items=self.warm_start_items)
 
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self._config().items())
@@ -198,9 +220,10 @@ class IndexingLayer(nn.Module):
     def set_extra_state(self, state):
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise InvalidArgumentError("not a poeem.torch.IndexingLayer state (or a newer one)")
-        if state["config"] != self._config():
+        saved = {"warm_start_items": "batches", **state["config"]}  # saved before it existed
+        if saved != self._config():
             raise InvalidArgumentError(
-                f"the saved layer has other settings: saved {state['config']}, this layer "
+                f"the saved layer has other settings: saved {saved}, this layer "
                 f"{self._config()}")
         buffer = state["buffer"]
         if buffer.dim() != 2 or buffer.shape[1] != self.dim or buffer.dtype != torch.float32:
@@ -210,6 +233,8 @@ class IndexingLayer(nn.Module):
         self._buffer = buffer.detach().cpu().clone()
         self._buffer_full = bool(state["buffer_full"])
         self._regularizer = None
+        self._last_phase = None
+        self._batch = None
 
     @property
     def phase(self):
@@ -283,10 +308,18 @@ class IndexingLayer(nn.Module):
             tau = self._quantize(x)[3]
             return _StraightThrough.apply(x, tau)
         phase = self.phase
+        catalogue = self.warm_start_items == "catalogue"
+        if phase == "buffering" and catalogue and self._last_phase == "buffering":
+            raise InvalidArgumentError(
+                "with warm_start_items=\"catalogue\" the warm-start buffer fills from "
+                "learn_coarse_from(rows), but the last buffering call was not followed by one: "
+                "call it after every training call")
+        self._batch = None
         if phase == "warm-up":
             out = x
         elif phase == "buffering":
-            self._append_to_buffer(x)
+            if not catalogue:
+                self._append_to_buffer(x)
             out = x
         else:
             if not bool(self.initialized):
@@ -294,8 +327,58 @@ class IndexingLayer(nn.Module):
             out = self._joint(x)
         if phase != "joint":
             self._regularizer = None
+        self._last_phase = phase
         self.steps += 1
         return out
+
+    def learn_coarse_from(self, x):
+        """After this step's training call, makes the coarse level learn from the rows `x`
+        (`(n, dim)` float32, a uniform sample of the catalogue through the current item tower;
+        no gradient reaches them) instead of from the batch, as the Rust layer's
+        `learn_coarse_from`:
+
+        - joint phase: `regularizer_loss()` keeps the batch's value and its codebook gradient,
+          but the coarse centroids get the gradient of `w Σ_x ‖x R − v_j‖²` over these rows
+          (`coarse_objective="list-means"`; `w Σ_x ‖z − x R‖²` with "reconstruction"), `j`
+          their nearest lists: an online k-means of the catalogue, whose lists weigh every
+          item alike as a post-hoc index does, however skewed the batches' popularity;
+        - buffering phase, with `warm_start_items="catalogue"`: the rows fill the warm-start
+          buffer in place of the batches (every process's, in rank order, under
+          torch.distributed), so the warm-start k-means runs on the catalogue;
+        - otherwise (warm-up, or buffering from batches), and in eval mode: nothing.
+
+        Call it at most once per training call, after it and before `regularizer_loss()`.
+        Costs one encode of `x` per joint step (and the caller's item-tower pass)."""
+        self._check_input(x)
+        if not self.training:
+            return
+        phase = self._last_phase
+        if phase is None:
+            raise InvalidArgumentError(
+                "learn_coarse_from(x) follows a training call of the layer, once per call: "
+                "there is no training call waiting for it")
+        if phase == "buffering" and self.warm_start_items == "catalogue":
+            self._append_to_buffer(x)
+        elif phase == "joint" and self.n_lists > 0:
+            with torch.enable_grad():  # the caller may embed the sample under torch.no_grad()
+                self._regularizer = self._coarse_from(x.detach())
+        self._last_phase = None  # consumed (a failed call above leaves it waiting)
+
+    def _coarse_from(self, x):
+        """The regularizer with the coarse centroids' gradient from the rows `x`."""
+        lists, codes, rotated, _ = self._quantize(x)
+        v = self.coarse_centroids[lists]
+        if self.coarse_objective == "list-means":
+            coarse = ((v - rotated) ** 2).sum()
+        else:
+            n, m = codes.shape
+            c = self.codebooks.detach()[torch.arange(m, device=codes.device), codes]
+            coarse = ((v + c.reshape(n, -1) - rotated) ** 2).sum()
+        vb, cb, rb = self._batch
+        w = self.regularizer_weight
+        # Value: the batch's w Σ ‖z − x'‖²; gradients: the codebooks from the batch, the
+        # centroids from `x` (a term of value 0).
+        return w * ((vb.detach() + cb - rb) ** 2).sum() + w * (coarse - coarse.detach())
 
     def regularizer_loss(self):
         """The centroid regularizer of the last training call, a 0-d tensor to add to the loss:
@@ -303,8 +386,9 @@ class IndexingLayer(nn.Module):
 
         `w Σ_batch ‖z − stopgrad(x R)‖²` with `z` the reconstruction in the rotated space (with
         `coarse_objective="list-means"`, the default, the coarse centroids get the gradient of
-        `w Σ ‖x R − v_j‖²` instead, as in the Rust layer). Only the centroids and codebooks get
-        its gradient, never the model. Before the joint phase it is a zero that still reaches
+        `w Σ ‖x R − v_j‖²` instead, as in the Rust layer; after `learn_coarse_from(rows)`,
+        over those rows instead of the batch's). Only the centroids and codebooks get its
+        gradient, never the model. Before the joint phase it is a zero that still reaches
         both parameters (so DistributedDataParallel sees them used)."""
         if self._regularizer is not None:
             return self._regularizer
@@ -338,6 +422,7 @@ class IndexingLayer(nn.Module):
         else:
             reg = w * ((v + c - rotated) ** 2).sum()
         self._regularizer = reg
+        self._batch = (v, c, rotated)
         if self.rotation_mode.startswith("givens-"):
             with torch.no_grad():
                 error = (v + c).detach() - rotated
