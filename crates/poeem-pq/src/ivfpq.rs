@@ -431,21 +431,17 @@ impl<'a> IvfPqRef<'a> {
         if let Some(c) = coarse {
             check("coarse quantizer dimension", c.dim())?;
         }
-        Ok(Self {
+        let parts = Self {
             dim,
             rotation,
             coarse,
             pq,
-        })
+        };
+        Ok(parts)
     }
 
-    /// Dimension of the input vectors.
-    pub fn dim(&self) -> usize {
-        self.dim
-    }
-
-    /// Dimension after zero padding (a multiple of `n_subspaces`).
-    pub fn padded_dim(&self) -> usize {
+    /// Dimension after zero padding: the PQ's.
+    fn padded(&self) -> usize {
         self.pq.dim()
     }
 
@@ -469,7 +465,7 @@ impl<'a> IvfPqRef<'a> {
         rotate_rows(
             data,
             self.dim,
-            self.padded_dim(),
+            self.padded(),
             self.rotation,
             out,
             scratch,
@@ -492,7 +488,7 @@ impl<'a> IvfPqRef<'a> {
         errors: Option<&mut [f32]>,
         par: Par,
     ) -> Result<(), PqError> {
-        let padded = self.padded_dim();
+        let padded = self.padded();
         let n = rotated.len() / padded;
         if lists.len() != n {
             return Err(PqError::DimensionMismatch {
@@ -525,7 +521,7 @@ impl<'a> IvfPqRef<'a> {
         codes: &[C],
         out: &mut [f32],
     ) -> Result<(), PqError> {
-        let padded = self.padded_dim();
+        let padded = self.padded();
         let (n, m) = (lists.len(), self.pq.n_subspaces());
         if out.len() != n * padded {
             return Err(PqError::DimensionMismatch {
@@ -579,7 +575,7 @@ impl<'a> IvfPqRef<'a> {
     /// When the lengths disagree.
     #[track_caller]
     pub fn unrotate_into(&self, z: &[f32], out: &mut [f32], scratch: &mut Vec<f32>, par: Par) {
-        let (dim, padded) = (self.dim, self.padded_dim());
+        let (dim, padded) = (self.dim, self.padded());
         assert_eq!(z.len() / padded * dim, out.len(), "one output row per row");
         let back = match self.rotation {
             None => z,
@@ -622,11 +618,11 @@ impl<'a> IvfPqRef<'a> {
                 got: out.len(),
             });
         }
-        if self.rotation.is_none() && self.padded_dim() == self.dim {
+        if self.rotation.is_none() && self.padded() == self.dim {
             return self.decode_rotated(lists, codes, out);
         }
         z.clear();
-        z.resize(n * self.padded_dim(), 0.0);
+        z.resize(n * self.padded(), 0.0);
         self.decode_rotated(lists, codes, z)?;
         self.unrotate_into(z, out, scratch, par);
         Ok(())
