@@ -69,7 +69,7 @@ fn bench_export(c: &mut Criterion) {
                         &data,
                         None,
                         Metric::InnerProduct,
-                        serde_json::Value::Null,
+                        poeem::search::IndexMetadata::default(),
                         par,
                     )
                     .expect("export"),

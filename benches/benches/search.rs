@@ -65,16 +65,14 @@ fn synthetic_index_bits(n_items: usize, n_lists: usize, n_bits: u32, seed: u64) 
     let mask = ((1u32 << n_bits) - 1) as u8;
     codes.iter_mut().for_each(|c| *c &= mask);
     let ids: Vec<u64> = (0..n_items as u64).collect();
-    IndexParts::from_item_codes(
-        params,
-        None,
-        centroids,
-        codebooks,
-        &lists,
-        &codes,
-        &ids,
-        serde_json::json!({ "source": "benches/search.rs synthetic index" }),
-    )
+    IndexParts::from_item_codes(params, None, centroids, codebooks, &lists, &codes, &ids, {
+        let mut metadata = poeem::search::IndexMetadata::new();
+        metadata.extra.insert(
+            "source".to_owned(),
+            "benches/search.rs synthetic index".into(),
+        );
+        metadata
+    })
     .expect("a consistent synthetic index")
 }
 

@@ -23,7 +23,11 @@ fn check(data: &[u8]) {
     let info = index.info();
     assert_eq!(info.file_size, data.len() as u64);
     assert_eq!(info.params, *index.params());
-    assert!(index.metadata().is_object());
+    // The typed metadata gives back the entries it was read from.
+    let metadata = index.metadata();
+    let again = poeem_search::IndexMetadata::from_map(metadata.to_map())
+        .expect("metadata that opened re-reads");
+    assert_eq!(&again, metadata);
 
     let view = index.view();
     let p = *view.params();

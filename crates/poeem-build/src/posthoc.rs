@@ -19,12 +19,13 @@ use poeem_pq::{
 };
 use poeem_search::Par;
 use rayon::prelude::*;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use poeem_pq::{PqConfig, ProductQuantizer};
 use poeem_search::refine::{REFINE_PQ_CODEWORDS, encode_float_refine, encode_pq8_refine};
 use poeem_search::{
-    CodeLayout, IndexParams, IndexParts, Metric, PADDING_ID, RefineKind, SearchError,
+    CodeLayout, IndexMetadata, IndexParams, IndexParts, MetadataValue, Metric, PADDING_ID,
+    RefineKind, SearchError,
 };
 
 use crate::BuildError;
@@ -289,9 +290,9 @@ pub fn build_index(
     let total_seconds = start.elapsed().as_secs_f64();
 
     let mut metadata = codec_metadata("poeem-search build_index", &codec, &encoded);
-    metadata.insert(
+    metadata.extra.insert(
         "training".into(),
-        json!({
+        metadata_value(json!({
             "n_lists": config.n_lists,
             "pq_training": "residuals",
             "opq": config.opq.as_ref().map(opq_json),
@@ -299,19 +300,21 @@ pub fn build_index(
             "seed": config.seed,
             "n_train": n_train,
             "refine": config.refine.map(RefineKind::name),
-        }),
+        })),
     );
-    metadata.insert("opq_distortion".into(), json!(opq_distortion));
-    metadata.insert(
+    metadata
+        .extra
+        .insert("opq_distortion".into(), opq_distortion.clone().into());
+    metadata.extra.insert(
         "timings".into(),
-        json!({
+        metadata_value(json!({
             "train_seconds": train_seconds,
             "encode_seconds": encoded.seconds,
             "total_seconds": total_seconds,
-        }),
+        })),
     );
-    metadata.insert("created".into(), json!(unix_seconds()));
-    encoded.parts.metadata = Value::Object(metadata);
+    metadata.created = Some(unix_seconds());
+    encoded.parts.metadata = metadata;
 
     let report = BuildReport {
         n_train,
@@ -331,47 +334,37 @@ pub fn build_index(
 /// `ids` and `metric` behave as in [`build_index`] (cosine normalises the vectors before encoding).
 /// The metadata is generated as by [`build_index`] (builder `"poeem-search index_from_codec"`,
 /// crate version, shape, rotation, distortion, encode time, creation time), then the entries of
-/// `metadata`, a JSON object (or `null` for none), are added, replacing generated entries of the
-/// same name, except `params`, which always describes the index.
+/// `metadata` (typed members and extra entries; [`IndexMetadata::default`] for none) are added,
+/// replacing generated entries of the same name, except `params`, which always describes the
+/// index.
 ///
 /// # Errors
-/// As [`build_index`] for the vectors and ids; [`SearchError::InvalidParameter`] when `metadata`
-/// is neither an object nor `null`.
+/// As [`build_index`] for the vectors and ids.
 pub fn index_from_codec(
     codec: &IvfPqCodec,
     vectors: &[f32],
     ids: Option<&[u64]>,
     metric: Metric,
-    metadata: Value,
+    metadata: IndexMetadata,
     par: Par,
 ) -> Result<IndexParts, BuildError> {
-    let extra = match metadata {
-        Value::Null => Map::new(),
-        Value::Object(map) => map,
-        other => {
-            return Err(invalid(
-                "metadata",
-                json_kind(&other),
-                "must be a JSON object or null",
-            ));
-        }
-    };
     let n = check_vectors(vectors, codec.dim())?;
     let ids = item_ids(ids, n)?;
     let data = prepare(vectors, codec.dim(), metric)?;
     let mut encoded = encode_items(codec, &data, &ids, metric, false, par)?;
     let mut meta = codec_metadata("poeem-search index_from_codec", codec, &encoded);
-    meta.insert(
+    meta.extra.insert(
         "timings".into(),
-        json!({ "encode_seconds": encoded.seconds }),
+        metadata_value(json!({ "encode_seconds": encoded.seconds })),
     );
-    meta.insert("created".into(), json!(unix_seconds()));
-    for (key, value) in extra {
+    meta.created = Some(unix_seconds());
+    for (key, value) in metadata.to_map() {
         if key != "params" {
-            meta.insert(key, value);
+            // The value comes from a typed member or an extra entry, so it has its key's type.
+            meta.insert(key, value)?;
         }
     }
-    encoded.parts.metadata = Value::Object(meta);
+    encoded.parts.metadata = meta;
     Ok(encoded.parts)
 }
 
@@ -387,7 +380,7 @@ struct Encoded {
     seconds: f64,
 }
 
-/// Encodes checked, prepared vectors with `codec` and groups them by list (metadata left null).
+/// Encodes checked, prepared vectors with `codec` and groups them by list (metadata left empty).
 fn encode_items(
     codec: &IvfPqCodec,
     data: &[f32],
@@ -484,7 +477,7 @@ fn encode_parts<C: Code + Into<u32>>(
         &lists,
         &codes,
         ids,
-        Value::Null,
+        IndexMetadata::default(),
     )?;
     let wide = if keep_codes {
         codes.iter().map(|&c| c.into() as u16).collect()
@@ -655,26 +648,29 @@ fn prepare(vectors: &[f32], dim: usize, metric: Metric) -> Result<Cow<'_, [f32]>
 }
 
 /// The metadata entries shared by both builders.
-fn codec_metadata(builder: &str, codec: &IvfPqCodec, encoded: &Encoded) -> Map<String, Value> {
-    let mut meta = Map::new();
-    meta.insert("builder".into(), json!(builder));
-    meta.insert("crate_version".into(), json!(env!("CARGO_PKG_VERSION")));
-    meta.insert("params".into(), json!(encoded.parts.params));
-    meta.insert(
-        "rotation".into(),
-        json!(if codec.rotation().is_identity() {
+fn codec_metadata(builder: &str, codec: &IvfPqCodec, encoded: &Encoded) -> IndexMetadata {
+    let mut meta = IndexMetadata::new();
+    meta.builder = Some(builder.to_owned());
+    meta.crate_version = Some(env!("CARGO_PKG_VERSION").to_owned());
+    meta.extra
+        .insert("params".into(), metadata_value(json!(encoded.parts.params)));
+    meta.rotation = Some(
+        if codec.rotation().is_identity() {
             "identity"
         } else {
             "learned"
-        }),
+        }
+        .to_owned(),
     );
-    meta.insert("coarse_level".into(), json!(codec.coarse().is_some()));
-    meta.insert("distortion".into(), json!(encoded.distortion));
-    meta.insert(
-        "relative_distortion".into(),
-        json!(encoded.relative_distortion),
-    );
+    meta.coarse_level = Some(codec.coarse().is_some());
+    meta.distortion = Some(encoded.distortion);
+    meta.relative_distortion = Some(encoded.relative_distortion);
     meta
+}
+
+/// A JSON value as a metadata value (every JSON value is one, numbers keeping their form).
+pub(crate) fn metadata_value(value: Value) -> MetadataValue {
+    serde_json::from_value(value).unwrap_or_default()
 }
 
 fn opq_json(opq: &OpqConfig) -> Value {
@@ -698,17 +694,6 @@ fn kmeans_json(settings: &KMeansSettings) -> Value {
         "init": init,
         "max_points_per_centroid": settings.max_points_per_centroid,
     })
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Seconds since the Unix epoch (0 if the clock is set before it).

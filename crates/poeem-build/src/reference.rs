@@ -19,10 +19,10 @@
 
 use std::path::Path;
 
-use poeem_search::{IndexParams, IndexParts, IndexView, Metric, SearchError};
+use poeem_search::{IndexMetadata, IndexParams, IndexParts, IndexView, Metric, SearchError};
 
 use crate::BuildError;
-use crate::posthoc::unix_seconds;
+use crate::posthoc::{metadata_value, unix_seconds};
 
 /// Bytes of the header: `use_residual` and five `i64`.
 const HEADER_LEN: usize = 1 + 5 * 8;
@@ -503,12 +503,17 @@ impl ReferenceFile {
         };
         let n_read = self.ids.len();
         let n_dropped_zero_norm = n_read - ids.len();
-        let metadata = serde_json::json!({
-            "builder": "poeem-search import_reference",
-            "crate_version": env!("CARGO_PKG_VERSION"),
-            "params": params,
-            "rotation": "identity",
-            "reference": {
+        let mut metadata = IndexMetadata::new();
+        metadata.builder = Some("poeem-search import_reference".to_owned());
+        metadata.crate_version = Some(env!("CARGO_PKG_VERSION").to_owned());
+        metadata.rotation = Some("identity".to_owned());
+        metadata.created = Some(unix_seconds());
+        metadata
+            .extra
+            .insert("params".into(), metadata_value(serde_json::json!(params)));
+        metadata.extra.insert(
+            "reference".into(),
+            metadata_value(serde_json::json!({
                 "source_file": source,
                 "use_residual": self.use_residual,
                 "n_items": n_read,
@@ -518,9 +523,8 @@ impl ReferenceFile {
                 "n_subspaces": m_count,
                 "item_norm_min": (!ids.is_empty()).then_some(norm_min),
                 "item_norm_max": (!ids.is_empty()).then_some(norm_max),
-            },
-            "created": unix_seconds(),
-        });
+            })),
+        );
         let parts = IndexParts::from_item_codes(
             params,
             None,

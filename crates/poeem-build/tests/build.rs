@@ -10,7 +10,9 @@ use poeem_build::{
 };
 use poeem_pq::{IvfPqCodec, KMeansInit, OpqConfig, Par};
 use poeem_rotation::Rotation;
-use poeem_search::{IndexParams, IndexParts, IndexView, Metric, PADDING_ID, SearchError};
+use poeem_search::{
+    IndexMetadata, IndexParams, IndexParts, IndexView, Metric, PADDING_ID, SearchError,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -84,9 +86,14 @@ fn items(view: &IndexView<'_>) -> Vec<(usize, usize, u64)> {
 /// The parts with the metadata cleared, to compare everything else.
 fn without_metadata(parts: &IndexParts) -> IndexParts {
     IndexParts {
-        metadata: Value::Null,
+        metadata: IndexMetadata::default(),
         ..parts.clone()
     }
+}
+
+/// The parts' metadata as JSON.
+fn json_metadata(parts: &IndexParts) -> Value {
+    serde_json::to_value(&parts.metadata).unwrap()
 }
 
 fn quiet() -> impl FnMut(&poeem_pq::Progress) {
@@ -196,7 +203,7 @@ fn build_reconstructs_every_item_once_with_its_id_and_the_codecs_list() {
         (report.relative_distortion - error / energy).abs() <= 1e-3 * report.relative_distortion
     );
 
-    let meta = &parts.metadata;
+    let meta = &json_metadata(&parts);
     assert_eq!(meta["builder"], "poeem-search build_index");
     assert_eq!(meta["params"]["n_items"], n);
     assert_eq!(meta["training"]["seed"], 7);
@@ -213,9 +220,8 @@ fn build_reconstructs_every_item_once_with_its_id_and_the_codecs_list() {
     let mut fixed = threaded.metadata.clone();
     let mut original = parts.metadata.clone();
     for meta in [&mut fixed, &mut original] {
-        let map = meta.as_object_mut().unwrap();
-        map.remove("timings");
-        map.remove("created");
+        meta.extra.remove("timings");
+        meta.created = None;
     }
     assert_eq!(fixed, original, "metadata is deterministic but for time");
 }
@@ -258,8 +264,8 @@ fn opq_build_has_lower_distortion_on_anisotropic_data() {
         "measured {mean} vs report {}",
         opq.distortion
     );
-    assert_eq!(parts.metadata["rotation"], "learned");
-    assert_eq!(parts.metadata["training"]["opq"]["n_rounds"], 6);
+    assert_eq!(parts.metadata.rotation.as_deref(), Some("learned"));
+    assert_eq!(json_metadata(&parts)["training"]["opq"]["n_rounds"], 6);
 }
 
 #[test]
@@ -303,8 +309,15 @@ fn cosine_build_normalises_items_and_matches_the_codec_path() {
         .collect();
     let codec =
         IvfPqCodec::train(&unit, dim, &config.codec_config(), Par::Seq, &mut quiet()).unwrap();
-    let from_codec =
-        index_from_codec(&codec, &data, None, Metric::Cosine, Value::Null, Par::Seq).unwrap();
+    let from_codec = index_from_codec(
+        &codec,
+        &data,
+        None,
+        Metric::Cosine,
+        IndexMetadata::default(),
+        Par::Seq,
+    )
+    .unwrap();
     assert_eq!(without_metadata(&from_codec), without_metadata(&parts));
 
     // A zero vector cannot be normalised: the error names its row.
@@ -336,7 +349,10 @@ fn index_from_codec_equals_build_index_and_is_deterministic() {
 
         let codec =
             IvfPqCodec::train(&data, dim, &config.codec_config(), Par::Seq, &mut quiet()).unwrap();
-        let extra = json!({ "builder": "test export", "params": "ignored", "epoch": 3 });
+        let extra: IndexMetadata = serde_json::from_value(
+            json!({ "builder": "test export", "params": "ignored", "epoch": 3 }),
+        )
+        .unwrap();
         let first = index_from_codec(
             &codec,
             &data,
@@ -350,13 +366,14 @@ fn index_from_codec_equals_build_index_and_is_deterministic() {
             index_from_codec(&codec, &data, Some(&ids), Metric::L2, extra, Par::rayon(2)).unwrap();
         assert_eq!(without_metadata(&first), without_metadata(&built));
         assert_eq!(without_metadata(&second), without_metadata(&first));
-        assert_eq!(first.metadata["builder"], "test export");
-        assert_eq!(first.metadata["epoch"], 3);
+        let (first_meta, built_meta) = (json_metadata(&first), json_metadata(&built));
+        assert_eq!(first_meta["builder"], "test export");
+        assert_eq!(first_meta["epoch"], 3);
         assert_eq!(
-            first.metadata["params"]["n_items"], n,
+            first_meta["params"]["n_items"], n,
             "params stay the index's own"
         );
-        assert_eq!(first.metadata["distortion"], built.metadata["distortion"]);
+        assert_eq!(first_meta["distortion"], built_meta["distortion"]);
         assert!(
             first.metadata.get("training").is_none(),
             "no training happened"
@@ -389,7 +406,7 @@ fn a_codec_without_coarse_level_gives_one_list_at_the_origin() {
     assert_eq!(parts.params.n_lists, 1);
     assert_eq!(parts.coarse_centroids, vec![0.0; dim]);
     assert_eq!(parts.list_sizes, vec![n as u64]);
-    assert_eq!(parts.metadata["coarse_level"], false);
+    assert_eq!(parts.metadata.coarse_level, Some(false));
 
     let codec =
         IvfPqCodec::train(&data, dim, &config.codec_config(), Par::Seq, &mut quiet()).unwrap();
@@ -399,7 +416,7 @@ fn a_codec_without_coarse_level_gives_one_list_at_the_origin() {
         &data,
         None,
         Metric::InnerProduct,
-        Value::Null,
+        IndexMetadata::default(),
         Par::Seq,
     )
     .unwrap();
@@ -511,22 +528,26 @@ fn index_from_codec_rejects_bad_input() {
         &mut quiet(),
     )
     .unwrap();
-    let run = |data: &[f32], ids: Option<&[u64]>, metadata: Value| {
-        index_from_codec(&codec, data, ids, Metric::L2, metadata, Par::Seq)
+    let run = |data: &[f32], ids: Option<&[u64]>| {
+        index_from_codec(
+            &codec,
+            data,
+            ids,
+            Metric::L2,
+            IndexMetadata::default(),
+            Par::Seq,
+        )
     };
-    run(&data, None, Value::Null).unwrap();
+    run(&data, None).unwrap();
     assert!(matches!(
-        run(&[], None, Value::Null),
+        run(&[], None),
         Err(BuildError::Search(SearchError::Empty { .. }))
     ));
-    assert_eq!(
-        invalid_parameter(run(&data[..6], None, Value::Null)),
-        "vectors"
-    );
+    assert_eq!(invalid_parameter(run(&data[..6], None)), "vectors");
     let mut nan = data.clone();
     nan[9] = f32::NAN;
     assert!(matches!(
-        run(&nan, None, Value::Null),
+        run(&nan, None),
         Err(BuildError::Search(SearchError::NonFinite {
             row: 2,
             col: 1,
@@ -535,14 +556,9 @@ fn index_from_codec_rejects_bad_input() {
     ));
     let ids: Vec<u64> = (0..41).collect();
     assert!(matches!(
-        run(&data, Some(&ids), Value::Null),
+        run(&data, Some(&ids)),
         Err(BuildError::Search(SearchError::DimensionMismatch { .. }))
     ));
-    assert_eq!(invalid_parameter(run(&data, None, json!(3))), "metadata");
-    assert_eq!(
-        invalid_parameter(run(&data, None, json!(["a"]))),
-        "metadata"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -588,7 +604,7 @@ fn random_parts(
         &lists,
         &codes,
         &ids,
-        Value::Null,
+        IndexMetadata::default(),
     )
     .unwrap()
 }
@@ -630,7 +646,7 @@ fn reference_round_trip_preserves_the_index() {
         let imported = parse_reference(&bytes, Metric::InnerProduct).unwrap();
         assert_eq!((imported.n_read, imported.n_dropped_zero_norm), (300, 0));
         assert_eq!(without_metadata(&imported.parts), parts);
-        let meta = &imported.parts.metadata;
+        let meta = &json_metadata(&imported.parts);
         assert_eq!(meta["builder"], "poeem-search import_reference");
         assert_eq!(meta["reference"]["n_items"], 300);
         assert_eq!(meta["reference"]["source_file"], Value::Null);
@@ -671,12 +687,12 @@ fn reference_import_drops_zero_norm_items_without_checking_them() {
                 .flat_map(|&i| file.codes[i * 2..i * 2 + 2].to_vec())
                 .collect::<Vec<_>>(),
             &kept.iter().map(|&i| file.ids[i] as u64).collect::<Vec<_>>(),
-            Value::Null,
+            IndexMetadata::default(),
         )
         .unwrap();
         assert_eq!(without_metadata(&imported.parts), expected);
         assert_eq!(
-            imported.parts.metadata["reference"]["n_dropped_zero_norm"],
+            json_metadata(&imported.parts)["reference"]["n_dropped_zero_norm"],
             40
         );
     }
@@ -834,7 +850,7 @@ fn import_reference_reads_a_file_and_records_its_name() {
     assert_eq!(imported.parts.params.metric, Metric::Cosine);
     assert_eq!(imported.parts.params.n_items, 7);
     assert_eq!(
-        imported.parts.metadata["reference"]["source_file"],
+        json_metadata(&imported.parts)["reference"]["source_file"],
         "items.idx"
     );
     assert!(matches!(

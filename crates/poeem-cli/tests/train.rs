@@ -282,7 +282,9 @@ fn export_search_and_evaluate_round_trip() {
     opened.verify().unwrap();
     assert_eq!(opened.params().n_items, 40);
     assert_eq!(
-        opened.metadata()["poeem_model"]["item_ids"].as_str(),
+        opened.metadata().extra["poeem_model"]
+            .get("item_ids")
+            .and_then(|v| v.as_str()),
         Some("dense")
     );
 

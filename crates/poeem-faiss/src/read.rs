@@ -5,8 +5,10 @@ use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
-use poeem_search::{IndexHead, IndexParams, IndexParts, ListBuffer, Metric, write_index_streaming};
-use serde_json::json;
+use poeem_search::{
+    IndexHead, IndexMetadata, IndexParams, IndexParts, ListBuffer, MetadataValue, Metric,
+    write_index_streaming,
+};
 
 use crate::codes::{code_size, unpack};
 use crate::error::fourcc_name;
@@ -768,14 +770,17 @@ impl<R: Read + Seek> FaissReader<R> {
             faiss_n_bits: ivf.n_bits,
             nprobe: ivf.nprobe,
         };
-        let metadata = json!({
-            "source": "faiss",
-            "faiss_version_checked": FAISS_VERSION_CHECKED,
-            "faiss_structure": summary.structure,
-            "by_residual": ivf.by_residual,
-            "faiss_n_bits": ivf.n_bits,
-            "faiss_nprobe": ivf.nprobe,
-        });
+        let mut metadata = IndexMetadata::new();
+        for (key, value) in [
+            ("source", MetadataValue::from("faiss")),
+            ("faiss_version_checked", FAISS_VERSION_CHECKED.into()),
+            ("faiss_structure", summary.structure.clone().into()),
+            ("by_residual", ivf.by_residual.into()),
+            ("faiss_n_bits", ivf.n_bits.into()),
+            ("faiss_nprobe", ivf.nprobe.into()),
+        ] {
+            metadata.extra.insert(key.to_owned(), value);
+        }
         let head = IndexHead {
             params,
             rotation,

@@ -83,7 +83,7 @@ fn random_parts(seed: u64, s: &Shape) -> IndexParts {
         &lists,
         &codes,
         &ids,
-        json!({"seed": seed}),
+        serde_json::from_value(json!({"seed": seed})).unwrap(),
     )
     .unwrap()
 }

@@ -115,8 +115,9 @@ impl IvfPqCodec {
                 got: rotation.dim(),
             });
         }
-        let mut rotated = vec![0.0f32; n * padded];
-        rotate_padded(data, dim, &rotation, &mut rotated, par);
+        let mut rotated = Vec::with_capacity(n * padded);
+        let skip = Some(&rotation).filter(|r| !r.is_identity());
+        rotate_rows(data, dim, padded, skip, &mut rotated, &mut Vec::new(), par);
 
         let mut settings = config.kmeans.clone();
         let coarse = if config.n_lists == 0 {
@@ -173,30 +174,7 @@ impl IvfPqCodec {
         coarse: Option<CoarseQuantizer>,
         pq: ProductQuantizer,
     ) -> Result<Self, PqError> {
-        let padded = padded_dim(dim, pq.n_subspaces());
-        if pq.dim() != padded {
-            return Err(PqError::DimensionMismatch {
-                what: "product quantizer dimension",
-                expected: padded,
-                got: pq.dim(),
-            });
-        }
-        if rotation.dim() != padded {
-            return Err(PqError::DimensionMismatch {
-                what: "rotation dimension",
-                expected: padded,
-                got: rotation.dim(),
-            });
-        }
-        if let Some(c) = &coarse
-            && c.dim() != padded
-        {
-            return Err(PqError::DimensionMismatch {
-                what: "coarse quantizer dimension",
-                expected: padded,
-                got: c.dim(),
-            });
-        }
+        IvfPqRef::new(dim, Some(&rotation), coarse.as_ref(), &pq)?;
         Ok(Self {
             dim,
             rotation,
@@ -230,6 +208,17 @@ impl IvfPqCodec {
         &self.pq
     }
 
+    /// The codec's parts, borrowed: the encode and decode the codec runs, for callers that
+    /// keep their own buffers (an identity rotation is skipped).
+    pub fn view(&self) -> IvfPqRef<'_> {
+        IvfPqRef {
+            dim: self.dim,
+            rotation: Some(&self.rotation).filter(|r| !r.is_identity()),
+            coarse: self.coarse.as_ref(),
+            pq: &self.pq,
+        }
+    }
+
     /// Number of lists (1 when there is no coarse level).
     pub fn n_lists(&self) -> usize {
         self.coarse.as_ref().map_or(1, CoarseQuantizer::n_lists)
@@ -240,9 +229,10 @@ impl IvfPqCodec {
     /// # Errors
     /// On a ragged or non-finite input.
     pub fn rotate(&self, data: &[f32], par: Par) -> Result<Vec<f32>, PqError> {
-        let n = check_rows(data, self.dim, "vectors")?;
-        let mut out = vec![0.0f32; n * self.padded_dim()];
-        rotate_padded(data, self.dim, &self.rotation, &mut out, par);
+        check_rows(data, self.dim, "vectors")?;
+        let mut out = Vec::new();
+        self.view()
+            .rotate_into(data, &mut out, &mut Vec::new(), par);
         Ok(out)
     }
 
@@ -258,7 +248,8 @@ impl IvfPqCodec {
         par: Par,
     ) -> Result<(), PqError> {
         let mut rotated = self.rotate(data, par)?;
-        self.encode_rotated(&mut rotated, lists, codes, par)
+        self.view()
+            .encode_rotated(&mut rotated, lists, codes, None, par)
     }
 
     /// Encodes like [`encode`](Self::encode) and writes each row's squared quantization error
@@ -276,46 +267,8 @@ impl IvfPqCodec {
         par: Par,
     ) -> Result<(), PqError> {
         let mut rotated = self.rotate(data, par)?;
-        self.assign_residuals(&mut rotated, lists, par)?;
-        self.pq.encode_with_errors(&rotated, codes, errors, par)
-    }
-
-    /// Encodes already padded and rotated vectors, overwriting them with their residuals.
-    pub(crate) fn encode_rotated<C: Code>(
-        &self,
-        rotated: &mut [f32],
-        lists: &mut [u32],
-        codes: &mut [C],
-        par: Par,
-    ) -> Result<(), PqError> {
-        self.assign_residuals(rotated, lists, par)?;
-        self.pq.encode(rotated, codes, par)
-    }
-
-    /// Assigns padded, rotated vectors to their lists and replaces them by their residuals.
-    fn assign_residuals(
-        &self,
-        rotated: &mut [f32],
-        lists: &mut [u32],
-        par: Par,
-    ) -> Result<(), PqError> {
-        let padded = self.padded_dim();
-        let n = rotated.len() / padded;
-        if lists.len() != n {
-            return Err(PqError::DimensionMismatch {
-                what: "lists",
-                expected: n,
-                got: lists.len(),
-            });
-        }
-        match &self.coarse {
-            Some(coarse) => {
-                coarse.assign_lists(rotated, lists, par)?;
-                subtract_centroids(rotated, padded, coarse, lists);
-            }
-            None => lists.fill(0),
-        }
-        Ok(())
+        self.view()
+            .encode_rotated(&mut rotated, lists, codes, Some(errors), par)
     }
 
     /// Reconstructions in the rotated, padded space: `v_j + decode(codes)`.
@@ -328,38 +281,7 @@ impl IvfPqCodec {
         codes: &[C],
         out: &mut [f32],
     ) -> Result<(), PqError> {
-        let padded = self.padded_dim();
-        let n = lists.len();
-        if out.len() != n * padded {
-            return Err(PqError::DimensionMismatch {
-                what: "decode output",
-                expected: n * padded,
-                got: out.len(),
-            });
-        }
-        if codes.len() != n * self.pq.n_subspaces() {
-            return Err(PqError::DimensionMismatch {
-                what: "codes",
-                expected: n * self.pq.n_subspaces(),
-                got: codes.len(),
-            });
-        }
-        if let Some(&bad) = lists.iter().find(|&&l| l as usize >= self.n_lists()) {
-            return Err(PqError::CodeOutOfRange {
-                what: "list",
-                value: bad as usize,
-                max: self.n_lists() - 1,
-            });
-        }
-        self.pq.decode(codes, out)?;
-        if let Some(coarse) = &self.coarse {
-            for (z, &list) in out.chunks_exact_mut(padded).zip(lists) {
-                for (v, &c) in z.iter_mut().zip(coarse.centroids().get(list as usize)) {
-                    *v += c;
-                }
-            }
-        }
-        Ok(())
+        self.view().decode_rotated(lists, codes, out)
     }
 
     /// Reconstructions in the original space, `n × dim`.
@@ -373,25 +295,8 @@ impl IvfPqCodec {
         out: &mut [f32],
         par: Par,
     ) -> Result<(), PqError> {
-        let padded = self.padded_dim();
-        let mut rotated = vec![0.0f32; lists.len() * padded];
-        self.decode_rotated(lists, codes, &mut rotated)?;
-        if out.len() != lists.len() * self.dim {
-            return Err(PqError::DimensionMismatch {
-                what: "decode output",
-                expected: lists.len() * self.dim,
-                got: out.len(),
-            });
-        }
-        let mut back = vec![0.0f32; rotated.len()];
-        self.rotation.apply_transpose(&rotated, &mut back, par);
-        for (o, b) in out
-            .chunks_exact_mut(self.dim)
-            .zip(back.chunks_exact(padded))
-        {
-            o.copy_from_slice(&b[..self.dim]);
-        }
-        Ok(())
+        self.view()
+            .decode(lists, codes, out, &mut Vec::new(), &mut Vec::new(), par)
     }
 
     /// Mean squared reconstruction error `mean ‖x − x̂‖²` over row-major `n × dim` vectors
@@ -416,9 +321,10 @@ impl IvfPqCodec {
         let mut residual = rotated.to_vec();
         let mut lists = vec![0u32; n];
         let mut codes = vec![0u16; n * self.pq.n_subspaces()];
-        self.encode_rotated(&mut residual, &mut lists, &mut codes, par)?;
+        let parts = self.view();
+        parts.encode_rotated(&mut residual, &mut lists, &mut codes, None, par)?;
         let mut z = vec![0.0f32; rotated.len()];
-        self.decode_rotated(&lists, &codes, &mut z)?;
+        parts.decode_rotated(&lists, &codes, &mut z)?;
         Ok((z, lists))
     }
 }
@@ -431,21 +337,33 @@ pub(crate) fn squared_error(a: &[f32], b: &[f32]) -> f64 {
         .sum()
 }
 
-/// Zero-pads `n × dim` rows to the rotation's dimension and rotates them into `out`.
-fn rotate_padded(data: &[f32], dim: usize, rotation: &Rotation, out: &mut [f32], par: Par) {
-    let padded = rotation.dim();
-    if rotation.is_identity() && padded == dim {
-        out.copy_from_slice(data);
-        return;
-    }
-    let mut buffer = vec![0.0f32; out.len()];
-    for (dst, row) in buffer.chunks_exact_mut(padded).zip(data.chunks_exact(dim)) {
-        dst[..dim].copy_from_slice(row);
-    }
-    if rotation.is_identity() {
-        out.copy_from_slice(&buffer);
-    } else {
-        rotation.apply(&buffer, out, par);
+/// Row-major `n × dim` vectors zero-padded to `padded` values and rotated by `rotation` (none:
+/// only padded) into `out`, resized to `n × padded`; `scratch` holds the padded rows when they
+/// are both padded and rotated.
+fn rotate_rows(
+    data: &[f32],
+    dim: usize,
+    padded: usize,
+    rotation: Option<&Rotation>,
+    out: &mut Vec<f32>,
+    scratch: &mut Vec<f32>,
+    par: Par,
+) {
+    let n = data.len() / dim;
+    out.clear();
+    match rotation {
+        None if padded == dim => out.extend_from_slice(data),
+        None => pad_rows(data, dim, padded, out),
+        Some(r) => {
+            let input = if padded == dim {
+                data
+            } else {
+                pad_rows(data, dim, padded, scratch);
+                &scratch[..]
+            };
+            out.resize(n * padded, 0.0);
+            r.apply(input, out, par);
+        }
     }
 }
 
@@ -454,5 +372,259 @@ fn subtract_centroids(rows: &mut [f32], dim: usize, coarse: &CoarseQuantizer, li
         for (v, &c) in row.iter_mut().zip(coarse.centroids().get(list as usize)) {
             *v -= c;
         }
+    }
+}
+
+/// Zero-pads row-major `n × dim` rows to `n × padded` into `out` (resized).
+pub fn pad_rows(data: &[f32], dim: usize, padded: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(data.len() / dim * padded, 0.0);
+    for (dst, row) in out.chunks_exact_mut(padded).zip(data.chunks_exact(dim)) {
+        dst[..dim].copy_from_slice(row);
+    }
+}
+
+/// An IVF-PQ codec's parts, borrowed: the one implementation of its encode and decode.
+///
+/// [`IvfPqCodec`] runs through it ([`IvfPqCodec::view`]), and so does the indexing layer of
+/// `poeem-train`, which keeps its quantizers in step with its parameters and its buffers from
+/// batch to batch: both give the same lists, codes and reconstructions, bit for bit. The steps
+/// are those of the codec: `x' = pad(x) R`, list `j = argmin ‖x' − v_j‖²`, codes
+/// `PQ(x' − v_j)`; decoding `z = v_j + decode(codes)`, then `z Rᵀ` cut to `dim`. A rotation of
+/// `None` is the identity, skipped.
+#[derive(Debug, Clone, Copy)]
+pub struct IvfPqRef<'a> {
+    dim: usize,
+    rotation: Option<&'a Rotation>,
+    coarse: Option<&'a CoarseQuantizer>,
+    pq: &'a ProductQuantizer,
+}
+
+impl<'a> IvfPqRef<'a> {
+    /// The parts of a codec for `dim`-dimensional vectors; `rotation` `None` for the identity
+    /// (the caller decides: an identity matrix given here is applied like any other).
+    ///
+    /// # Errors
+    /// When the parts' dimensions disagree with `dim` padded to the PQ's subspaces.
+    pub fn new(
+        dim: usize,
+        rotation: Option<&'a Rotation>,
+        coarse: Option<&'a CoarseQuantizer>,
+        pq: &'a ProductQuantizer,
+    ) -> Result<Self, PqError> {
+        let padded = padded_dim(dim, pq.n_subspaces());
+        let check = |what: &'static str, got: usize| {
+            if got == padded {
+                Ok(())
+            } else {
+                Err(PqError::DimensionMismatch {
+                    what,
+                    expected: padded,
+                    got,
+                })
+            }
+        };
+        check("product quantizer dimension", pq.dim())?;
+        if let Some(r) = rotation {
+            check("rotation dimension", r.dim())?;
+        }
+        if let Some(c) = coarse {
+            check("coarse quantizer dimension", c.dim())?;
+        }
+        let parts = Self {
+            dim,
+            rotation,
+            coarse,
+            pq,
+        };
+        Ok(parts)
+    }
+
+    /// Dimension after zero padding: the PQ's.
+    fn padded(&self) -> usize {
+        self.pq.dim()
+    }
+
+    /// The rotation, `None` for the identity.
+    pub fn rotation(&self) -> Option<&'a Rotation> {
+        self.rotation
+    }
+
+    /// `x' = pad(x) R` for row-major `n × dim` vectors into `out`, resized to
+    /// `n × padded_dim`; `scratch` holds the padded rows when they are also rotated. Values are
+    /// not checked.
+    ///
+    /// # Panics
+    /// When `data` is not a whole number of rows.
+    #[track_caller]
+    pub fn rotate_into(&self, data: &[f32], out: &mut Vec<f32>, scratch: &mut Vec<f32>, par: Par) {
+        assert!(
+            data.len().is_multiple_of(self.dim),
+            "whole rows of dim values"
+        );
+        rotate_rows(
+            data,
+            self.dim,
+            self.padded(),
+            self.rotation,
+            out,
+            scratch,
+            par,
+        );
+    }
+
+    /// Encodes rotated, padded vectors (`n × padded_dim`, as [`rotate_into`](Self::rotate_into)
+    /// gives them): `lists[i]`, and `codes[i·M..(i+1)·M]` of the residual `x' − v_j`, which
+    /// replaces the row in `rotated`. With `errors`, each row's squared quantization error from
+    /// the PQ encode's own scores ([`ProductQuantizer::encode_with_errors`]).
+    ///
+    /// # Errors
+    /// On a ragged or non-finite input, outputs of the wrong length, or codes too narrow.
+    pub fn encode_rotated<C: Code>(
+        &self,
+        rotated: &mut [f32],
+        lists: &mut [u32],
+        codes: &mut [C],
+        errors: Option<&mut [f32]>,
+        par: Par,
+    ) -> Result<(), PqError> {
+        let padded = self.padded();
+        let n = rotated.len() / padded;
+        if lists.len() != n {
+            return Err(PqError::DimensionMismatch {
+                what: "lists",
+                expected: n,
+                got: lists.len(),
+            });
+        }
+        match self.coarse {
+            Some(coarse) => {
+                coarse.assign_lists(rotated, lists, par)?;
+                subtract_centroids(rotated, padded, coarse, lists);
+            }
+            None => lists.fill(0),
+        }
+        match errors {
+            Some(errors) => self.pq.encode_with_errors(rotated, codes, errors, par),
+            None => self.pq.encode(rotated, codes, par),
+        }
+    }
+
+    /// Reconstructions in the rotated, padded space, `z = v_j + [c_{k_1} | … | c_{k_M}]`, into
+    /// `out` (`n × padded_dim`).
+    ///
+    /// # Errors
+    /// On buffers of mismatched lengths, or a list or code out of range.
+    pub fn decode_rotated<C: Code>(
+        &self,
+        lists: &[u32],
+        codes: &[C],
+        out: &mut [f32],
+    ) -> Result<(), PqError> {
+        let padded = self.padded();
+        let (n, m) = (lists.len(), self.pq.n_subspaces());
+        if out.len() != n * padded {
+            return Err(PqError::DimensionMismatch {
+                what: "decode output",
+                expected: n * padded,
+                got: out.len(),
+            });
+        }
+        if codes.len() != n * m {
+            return Err(PqError::DimensionMismatch {
+                what: "codes",
+                expected: n * m,
+                got: codes.len(),
+            });
+        }
+        let n_lists = self.coarse.map_or(1, CoarseQuantizer::n_lists);
+        if let Some(&bad) = lists.iter().find(|&&l| l as usize >= n_lists) {
+            return Err(PqError::CodeOutOfRange {
+                what: "list",
+                value: bad as usize,
+                max: n_lists - 1,
+            });
+        }
+        let n_codewords = self.pq.n_codewords();
+        if let Some(&bad) = codes.iter().find(|c| c.index() >= n_codewords) {
+            return Err(PqError::CodeOutOfRange {
+                what: "PQ code",
+                value: bad.index(),
+                max: n_codewords - 1,
+            });
+        }
+        for ((z, code), &list) in out
+            .chunks_exact_mut(padded)
+            .zip(codes.chunks_exact(m))
+            .zip(lists)
+        {
+            self.pq.decode_one(code, z);
+            if let Some(coarse) = self.coarse {
+                for (v, &c) in z.iter_mut().zip(coarse.centroids().get(list as usize)) {
+                    *v += c;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `z Rᵀ` cut back to `dim` values per row: rotated, padded rows (`n × padded_dim`) into
+    /// `out` (`n × dim`); `scratch` holds the rotated-back rows when they are also cut.
+    ///
+    /// # Panics
+    /// When the lengths disagree.
+    #[track_caller]
+    pub fn unrotate_into(&self, z: &[f32], out: &mut [f32], scratch: &mut Vec<f32>, par: Par) {
+        let (dim, padded) = (self.dim, self.padded());
+        assert_eq!(z.len() / padded * dim, out.len(), "one output row per row");
+        let back = match self.rotation {
+            None => z,
+            Some(r) if padded == dim => {
+                r.apply_transpose(z, out, par);
+                return;
+            }
+            Some(r) => {
+                scratch.clear();
+                scratch.resize(z.len(), 0.0);
+                r.apply_transpose(z, scratch, par);
+                &scratch[..]
+            }
+        };
+        for (o, b) in out.chunks_exact_mut(dim).zip(back.chunks_exact(padded)) {
+            o.copy_from_slice(&b[..dim]);
+        }
+    }
+
+    /// Reconstructions in the original space (`n × dim`), `decode_rotated` then
+    /// `unrotate_into`, written straight into `out` when there is neither rotation nor padding;
+    /// `z` and `scratch` are the buffers between the steps.
+    ///
+    /// # Errors
+    /// As [`decode_rotated`](Self::decode_rotated), and `out` of the wrong length.
+    pub fn decode<C: Code>(
+        &self,
+        lists: &[u32],
+        codes: &[C],
+        out: &mut [f32],
+        z: &mut Vec<f32>,
+        scratch: &mut Vec<f32>,
+        par: Par,
+    ) -> Result<(), PqError> {
+        let n = lists.len();
+        if out.len() != n * self.dim {
+            return Err(PqError::DimensionMismatch {
+                what: "decode output",
+                expected: n * self.dim,
+                got: out.len(),
+            });
+        }
+        if self.rotation.is_none() && self.padded() == self.dim {
+            return self.decode_rotated(lists, codes, out);
+        }
+        z.clear();
+        z.resize(n * self.padded(), 0.0);
+        self.decode_rotated(lists, codes, z)?;
+        self.unrotate_into(z, out, scratch, par);
+        Ok(())
     }
 }

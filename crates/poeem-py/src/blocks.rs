@@ -456,7 +456,7 @@ impl IvfPqCodec {
                 data,
                 ids.as_deref(),
                 metric,
-                serde_json::Value::Null,
+                poeem::search::IndexMetadata::default(),
                 par,
             )?;
             let bytes = encode_index(&parts)?;

@@ -111,7 +111,8 @@ impl Index {
         let index = self.index();
         let mut value =
             serde_json::to_value(index.info()).map_err(|e| invalid(format!("info: {e}")))?;
-        value["metadata"] = index.metadata().clone();
+        value["metadata"] = serde_json::to_value(index.metadata())
+            .map_err(|e| invalid(format!("metadata: {e}")))?;
         value["kernel"] = self.shared.kernel().name().into();
         let text = value.to_string();
         py.import("json")?.call_method1("loads", (text,))

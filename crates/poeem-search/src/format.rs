@@ -15,6 +15,7 @@ use bytemuck::{AnyBitPattern, PodCastError};
 use crate::SearchError;
 use crate::keys::ItemKeysView;
 use crate::layout::{BLOCK, CodeLayout, IndexParams, IndexParts, IndexView, Metric};
+use crate::metadata::IndexMetadata;
 
 /// The first eight bytes of every index file.
 pub const MAGIC: [u8; 8] = *b"POEEMIDX";
@@ -255,7 +256,7 @@ pub(crate) struct Layout {
     pub(crate) entries: Vec<SectionEntry>,
     /// For each known kind (by [`SectionKind::slot`]), its entry's position in `entries`.
     known: [Option<usize>; SectionKind::ALL.len()],
-    pub(crate) metadata: serde_json::Value,
+    pub(crate) metadata: IndexMetadata,
     pub(crate) file_len: u64,
 }
 
@@ -636,7 +637,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Layout, SearchError> {
         header_crc32: stored_crc,
         entries,
         known,
-        metadata: serde_json::Value::Null,
+        metadata: IndexMetadata::default(),
         file_len,
     };
     for kind in SectionKind::ALL {
@@ -665,26 +666,10 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Layout, SearchError> {
         let entry = layout.entry(kind).ok_or_else(|| missing(kind))?;
         check_len(entry, kind, expected)?;
     }
-    layout.metadata = parse_metadata(layout.section(bytes, SectionKind::Metadata)?)?;
+    layout.metadata = IndexMetadata::decode(layout.section(bytes, SectionKind::Metadata)?)?;
     view(bytes, &layout)?;
     item_keys(bytes, &layout)?;
     Ok(layout)
-}
-
-fn parse_metadata(bytes: &[u8]) -> Result<serde_json::Value, SearchError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| SearchError::BadMetadata {
-        reason: format!("not UTF-8: {e}"),
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| SearchError::BadMetadata {
-            reason: e.to_string(),
-        })?;
-    if !value.is_object() {
-        return Err(SearchError::BadMetadata {
-            reason: "not a JSON object".to_owned(),
-        });
-    }
-    Ok(value)
 }
 
 /// The validated view of a parsed file's sections, borrowed from `bytes`, which must be the
@@ -897,16 +882,7 @@ fn prepare(parts: &IndexParts) -> Result<Vec<u8>, SearchError> {
     if let Some(keys) = &parts.item_keys {
         keys.check(&parts.ids)?;
     }
-    if !parts.metadata.is_object() {
-        return Err(SearchError::InvalidParameter {
-            name: "metadata",
-            value: parts.metadata.to_string(),
-            reason: "must be a JSON object",
-        });
-    }
-    serde_json::to_vec(&parts.metadata).map_err(|e| SearchError::BadMetadata {
-        reason: e.to_string(),
-    })
+    parts.metadata.encode()
 }
 
 /// Encodes an index as the bytes of a file (version [`version_for`] its parameters).
@@ -915,8 +891,7 @@ fn prepare(parts: &IndexParts) -> Result<Vec<u8>, SearchError> {
 /// whole file in memory.
 ///
 /// # Errors
-/// When the parts are inconsistent (see [`IndexView::new`]), the metadata is not a JSON object,
-/// or the host is big-endian.
+/// When the parts are inconsistent (see [`IndexView::new`]) or the host is big-endian.
 pub fn encode_index(parts: &IndexParts) -> Result<Vec<u8>, SearchError> {
     let metadata = prepare(parts)?;
     let plan = Plan::new(parts, &metadata)?;

@@ -10,6 +10,7 @@ use crate::keys::ItemKeysView;
 use crate::layout::{
     BLOCK, CodeLayout, IndexParams, IndexParts, IndexView, PADDING_ID, fast_scan_position,
 };
+use crate::metadata::IndexMetadata;
 use crate::storage::Storage;
 
 /// An index file, validated and ready to search.
@@ -124,8 +125,8 @@ impl Index {
         &self.layout.params
     }
 
-    /// The metadata section: a JSON object describing how the index was built.
-    pub fn metadata(&self) -> &serde_json::Value {
+    /// The metadata section: how the index was built.
+    pub fn metadata(&self) -> &IndexMetadata {
         &self.layout.metadata
     }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SearchError;
 use crate::keys::ItemKeys;
+use crate::metadata::IndexMetadata;
 use crate::refine::RefineView;
 
 /// Items per code block: lists are padded to a multiple of this many slots.
@@ -616,8 +617,8 @@ pub struct IndexParts {
     pub ids: Vec<u64>,
     /// Block-transposed codes.
     pub codes: Vec<u8>,
-    /// Provenance: how the index was built (a JSON object).
-    pub metadata: serde_json::Value,
+    /// Provenance: how the index was built.
+    pub metadata: IndexMetadata,
     /// The bytes of the optional refine section ([`crate::refine`]), or `None`.
     pub refine: Option<Vec<u8>>,
     /// The items' original ids (key `i` names the item of id `i`), written as the optional
@@ -643,7 +644,7 @@ impl IndexParts {
         lists: &[u32],
         item_codes: &[C],
         ids: &[u64],
-        metadata: serde_json::Value,
+        metadata: IndexMetadata,
     ) -> Result<Self, SearchError> {
         params.n_items = lists.len();
         params.validate()?;

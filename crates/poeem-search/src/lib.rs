@@ -9,6 +9,8 @@
 //!   [`Index`], a file opened for search (memory-mapped by [`Index::open`], on the heap by
 //!   [`Index::read`] and [`Index::from_bytes`]), specified in `docs/index-format.md`;
 //! - [`ItemKeys`]: the items' original ids (any strings), an optional section of the file;
+//! - [`metadata`]: the metadata section's provenance record, typed ([`IndexMetadata`],
+//!   [`MetadataValue`]);
 //! - [`stream`]: the same files written list by list ([`write_index_streaming`]), for converters
 //!   whose input does not fit in memory;
 //! - [`refine`]: the optional refinement data that re-ranking reads;
@@ -20,6 +22,7 @@ mod index;
 mod kernels;
 mod keys;
 pub mod layout;
+pub mod metadata;
 pub mod refine;
 mod searcher;
 mod storage;
@@ -37,6 +40,7 @@ pub use keys::{ItemKeys, ItemKeysView};
 pub use layout::{
     BLOCK, CodeLayout, IndexParams, IndexParts, IndexView, ListView, Metric, PADDING_ID, padded_len,
 };
+pub use metadata::{IndexMetadata, MetadataValue};
 pub use refine::{RefineKind, RefineView};
 pub use searcher::{Probe, SearchIndex, SearchParams, Searcher, SharedIndex};
 pub use stream::{IndexHead, ListBuffer, write_index_streaming};

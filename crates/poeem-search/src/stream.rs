@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::SearchError;
 use crate::format::{SectionKind, check_host, encode_header};
 use crate::layout::{BLOCK, IndexParams, PADDING_ID, padded_len, put_code};
+use crate::metadata::IndexMetadata;
 
 /// The parts of an index that precede its lists: everything but the ids and codes.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +30,8 @@ pub struct IndexHead {
     pub codebooks: Vec<f32>,
     /// `n_lists` item counts.
     pub list_sizes: Vec<u64>,
-    /// Provenance: a JSON object.
-    pub metadata: serde_json::Value,
+    /// Provenance.
+    pub metadata: IndexMetadata,
 }
 
 /// One list as a [`write_index_streaming`] callback hands it over: item `i` has id `ids[i]` and
@@ -140,13 +141,6 @@ fn check_head(head: &IndexHead) -> Result<Vec<u64>, SearchError> {
         offsets.push(slots);
     }
     mismatch("items in the lists", usize::try_from(items).ok(), p.n_items)?;
-    if !head.metadata.is_object() {
-        return Err(SearchError::InvalidParameter {
-            name: "metadata",
-            value: head.metadata.to_string(),
-            reason: "must be a JSON object",
-        });
-    }
     Ok(offsets)
 }
 
@@ -171,9 +165,7 @@ pub fn write_index_streaming<E: From<SearchError>>(
     check_host()?;
     let offsets = check_head(head)?;
     let p = head.params;
-    let metadata = serde_json::to_vec(&head.metadata).map_err(|e| SearchError::BadMetadata {
-        reason: e.to_string(),
-    })?;
+    let metadata = head.metadata.encode()?;
     let slots = offsets[p.n_lists];
     let overflow = |what| SearchError::Overflow { what };
     let ids_len = slots.checked_mul(8).ok_or(overflow("ids section size"))?;

@@ -76,7 +76,7 @@ fn random_fast_index(
         &lists,
         &codes,
         &ids,
-        serde_json::Value::Null,
+        poeem_search::IndexMetadata::default(),
     )
     .expect("consistent parts");
     (parts, vectors)

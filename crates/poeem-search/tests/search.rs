@@ -76,7 +76,7 @@ fn random_index(shape: Shape, seed: u64) -> IndexParts {
         &lists,
         &codes,
         &ids,
-        serde_json::Value::Null,
+        poeem_search::IndexMetadata::default(),
     )
     .expect("consistent parts")
 }
@@ -769,7 +769,7 @@ fn a_shared_index_searched_by_many_threads_gives_the_sequential_results() {
             rotated,
         };
         let mut parts = random_index(shape, 11);
-        parts.metadata = serde_json::json!({});
+        parts.metadata = poeem_search::IndexMetadata::default();
         let index = Index::from_bytes(&encode_index(&parts).unwrap()).unwrap();
         let shared = SharedIndex::new(index);
         let mut rng = ChaCha8Rng::seed_from_u64(3);

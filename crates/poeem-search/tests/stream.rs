@@ -53,7 +53,7 @@ fn random_parts(
         &lists,
         &codes,
         &ids,
-        json!({"test": seed}),
+        serde_json::from_value(json!({"test": seed})).unwrap(),
     )
     .unwrap()
 }

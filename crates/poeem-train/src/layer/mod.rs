@@ -247,16 +247,6 @@ impl RowSums {
     }
 }
 
-/// Zero-pads `n × dim` rows to `n × padded` into `out`.
-pub(crate) fn pad_rows(x: &[f32], dim: usize, padded: usize, out: &mut Vec<f32>) {
-    let n = x.len() / dim;
-    out.clear();
-    out.resize(n * padded, 0.0);
-    for (dst, row) in out.chunks_exact_mut(padded).zip(x.chunks_exact(dim)) {
-        dst[..dim].copy_from_slice(row);
-    }
-}
-
 impl IndexingLayer {
     /// A layer for vectors of `dim` values, at step 0 of the warm-up.
     ///

@@ -6,11 +6,11 @@
 //! those are copied ([`Quantizers::refresh`]), so a step never rebuilds a codec.
 
 use faer::Par;
-use poeem_pq::{Centroids, CoarseQuantizer, IvfPqCodec, ProductQuantizer, padded_dim};
+use poeem_pq::{Centroids, CoarseQuantizer, IvfPqCodec, IvfPqRef, ProductQuantizer, padded_dim};
 use poeem_rotation::Rotation;
 
 use super::config::IndexingLayerConfig;
-use super::{Batch, Params, Work, pad_rows};
+use super::{Batch, Params, Work};
 use crate::TrainError;
 
 /// The coarse and product quantizers of the layer's current parameters.
@@ -95,10 +95,9 @@ impl Quantizers {
     }
 
     /// `τ(x)` into `out` with `rotation` (the layer's, `None` without one), keeping `x'`, the
-    /// lists, codes and errors `e = z − x'` in `batch`: the same operations, in the same
-    /// order per value, as `codec(rotation).decode(codec(rotation).encode(x))`, without a
-    /// rotation when it is the identity and writing `z` straight into `out` when nothing is
-    /// padded.
+    /// lists, codes and errors `e = z − x'` in `batch`: the codec's own encode and decode
+    /// ([`IvfPqRef`], what `codec(rotation)` runs), so `τ(x)` is bit for bit
+    /// `codec(rotation).decode(codec(rotation).encode(x))`, on the layer's buffers.
     ///
     /// # Errors
     /// When a residual is not finite (the centroids overflowed).
@@ -111,99 +110,42 @@ impl Quantizers {
         out: &mut [f32],
         par: Par,
     ) -> Result<(), TrainError> {
-        let (dim, p) = (self.dim, self.pq.dim());
-        let (m, sub) = (self.pq.n_subspaces(), self.pq.sub_dim());
-        let n = x.len() / dim;
         let rotation = rotation.filter(|_| !self.identity);
+        let codec = IvfPqRef::new(self.dim, rotation, self.coarse.as_ref(), &self.pq)
+            .expect("the layer's quantizers and rotation have the padded dimension");
+        let (dim, p) = (self.dim, self.pq.dim());
+        let n = x.len() / dim;
 
-        // x' = x R.
-        match rotation {
-            None if p == dim => {
-                batch.rotated.clear();
-                batch.rotated.extend_from_slice(x);
-            }
-            None => pad_rows(x, dim, p, &mut batch.rotated),
-            Some(r) => {
-                let input = if p == dim {
-                    x
-                } else {
-                    pad_rows(x, dim, p, &mut work.padded);
-                    &work.padded[..]
-                };
-                batch.rotated.clear();
-                batch.rotated.resize(n * p, 0.0);
-                r.apply(input, &mut batch.rotated, par);
-            }
-        }
-
-        // Lists, and the residuals x' − v_j in `batch.error`.
+        // x', then the lists and codes of the residuals x' − v_j (computed in `batch.error`).
+        codec.rotate_into(x, &mut batch.rotated, &mut work.padded, par);
+        batch.error.clear();
+        batch.error.extend_from_slice(&batch.rotated);
         batch.lists.clear();
         batch.lists.resize(n, 0);
-        batch.error.clear();
-        match &self.coarse {
-            Some(coarse) => {
-                coarse.assign_lists(&batch.rotated, &mut batch.lists, par)?;
-                for (row, &list) in batch.rotated.chunks_exact(p).zip(&batch.lists) {
-                    let v = coarse.centroids().get(list as usize);
-                    batch.error.extend(row.iter().zip(v).map(|(&r, &c)| r - c));
-                }
-            }
-            None => batch.error.extend_from_slice(&batch.rotated),
-        }
         batch.codes.clear();
-        batch.codes.resize(n * m, 0);
-        self.pq.encode(&batch.error, &mut batch.codes, par)?;
+        batch.codes.resize(n * self.pq.n_subspaces(), 0);
+        codec.encode_rotated(
+            &mut batch.error,
+            &mut batch.lists,
+            &mut batch.codes,
+            None,
+            par,
+        )?;
 
-        // z = v_j + [c_{k_1} | … | c_{k_M}], and e = z − x'.
+        // z = v_j + [c_{k_1} | … | c_{k_M}] (straight into `out` when nothing is rotated or
+        // padded), e = z − x', and τ(x) = z Rᵀ cut back to dim.
         let direct = rotation.is_none() && p == dim;
         if !direct {
             work.z.clear();
             work.z.resize(n * p, 0.0);
         }
         let z: &mut [f32] = if direct { &mut *out } else { &mut work.z };
-        for (i, ((z, e), codes)) in z
-            .chunks_exact_mut(p)
-            .zip(batch.error.chunks_exact_mut(p))
-            .zip(batch.codes.chunks_exact(m))
-            .enumerate()
-        {
-            for (s, (z, &code)) in z.chunks_exact_mut(sub).zip(codes).enumerate() {
-                z.copy_from_slice(self.pq.codebook(s).get(usize::from(code)));
-            }
-            if let Some(coarse) = &self.coarse {
-                let v = coarse.centroids().get(batch.lists[i] as usize);
-                for (z, &c) in z.iter_mut().zip(v) {
-                    *z += c;
-                }
-            }
-            for ((e, &z), &r) in e
-                .iter_mut()
-                .zip(&*z)
-                .zip(&batch.rotated[i * p..(i + 1) * p])
-            {
-                *e = z - r;
-            }
+        codec.decode_rotated(&batch.lists, &batch.codes, z)?;
+        for ((e, &z), &r) in batch.error.iter_mut().zip(&*z).zip(&batch.rotated) {
+            *e = z - r;
         }
-        if direct {
-            return Ok(());
-        }
-
-        // τ(x) = z Rᵀ, cut back to dim.
-        let back = match rotation {
-            None => &work.z[..],
-            Some(r) if p == dim => {
-                r.apply_transpose(&work.z, out, par);
-                return Ok(());
-            }
-            Some(r) => {
-                work.back.clear();
-                work.back.resize(n * p, 0.0);
-                r.apply_transpose(&work.z, &mut work.back, par);
-                &work.back[..]
-            }
-        };
-        for (o, b) in out.chunks_exact_mut(dim).zip(back.chunks_exact(p)) {
-            o.copy_from_slice(&b[..dim]);
+        if !direct {
+            codec.unrotate_into(&work.z, out, &mut work.back, par);
         }
         Ok(())
     }

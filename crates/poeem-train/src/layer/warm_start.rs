@@ -1,14 +1,14 @@
 //! The one-off initialisation of the centroids, codebooks and rotation (method §2, §3).
 
 use faer::Par;
-use poeem_pq::{IvfPqCodec, IvfPqConfig, padded_dim, train_opq};
+use poeem_pq::{IvfPqCodec, IvfPqConfig, pad_rows, padded_dim, train_opq};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::config::{CentroidInit, IndexingLayerConfig};
 use super::rotation::LearnedRotation;
-use super::{Params, Work, pad_rows};
+use super::{Params, Work};
 use crate::{OptimizerState, TrainError};
 
 /// Mixed into the seed of the random init so that its stream differs from the others.

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{ItemIds, PipelineError};
 use crate::build::index_from_codec;
 use crate::pq::Par;
-use crate::search::{IndexParts, ItemKeys, Metric};
+use crate::search::{IndexMetadata, IndexParts, ItemKeys, Metric};
 use crate::train::Model;
 
 /// The metadata entry an exported index carries about its model (an object with `item_ids`,
@@ -92,17 +92,21 @@ pub fn export_index(model: &Model, par: Par) -> Result<(IndexParts, ExportReport
 
     let start = Instant::now();
     let normalized_items = model.config().normalize_item_before_layer;
-    let metadata = json!({
-        MODEL_METADATA_KEY: {
-            "item_ids": item_ids.name(),
-            "n_items": items.len(),
-            "n_queries": model.n_queries(),
-            "dim": model.dim(),
-            "layer_steps": layer.steps(),
-            "rotation": layer.config().rotation,
-            "normalized_items": normalized_items,
-        },
+    let mut metadata = IndexMetadata::new();
+    let model_entry = json!({
+        "item_ids": item_ids.name(),
+        "n_items": items.len(),
+        "n_queries": model.n_queries(),
+        "dim": model.dim(),
+        "layer_steps": layer.steps(),
+        "rotation": layer.config().rotation,
+        "normalized_items": normalized_items,
     });
+    // Every JSON value is a metadata value, so the conversion cannot fail.
+    metadata.extra.insert(
+        MODEL_METADATA_KEY.to_owned(),
+        serde_json::from_value(model_entry).unwrap_or_default(),
+    );
     let mut parts = index_from_codec(
         &codec,
         &vectors,
@@ -115,11 +119,7 @@ pub fn export_index(model: &Model, par: Par) -> Result<(IndexParts, ExportReport
         parts.item_keys = Some(ItemKeys::new(items.tokens())?);
     }
     let encode_seconds = start.elapsed().as_secs_f64();
-    let relative_distortion = parts
-        .metadata
-        .get("relative_distortion")
-        .and_then(serde_json::Value::as_f64)
-        .unwrap_or(f64::NAN);
+    let relative_distortion = parts.metadata.relative_distortion.unwrap_or(f64::NAN);
     let report = ExportReport {
         n_items: items.len(),
         item_ids,
@@ -133,8 +133,9 @@ pub fn export_index(model: &Model, par: Par) -> Result<(IndexParts, ExportReport
 
 /// The [`ItemIds`] recorded in an index's metadata by [`export_index`]; `None` for an index
 /// built elsewhere.
-pub fn exported_item_ids(metadata: &serde_json::Value) -> Option<ItemIds> {
+pub fn exported_item_ids(metadata: &IndexMetadata) -> Option<ItemIds> {
     metadata
+        .extra
         .get(MODEL_METADATA_KEY)?
         .get("item_ids")?
         .as_str()?
