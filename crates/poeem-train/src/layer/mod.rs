@@ -623,15 +623,20 @@ impl IndexingLayer {
             return Ok(());
         }
         let mut rows = Batch::default();
-        let mut out = vec![0.0f32; x.len()];
-        quantizers.encode_decode(
-            params.rotation(),
-            x,
-            &mut rows,
-            &mut self.work,
-            &mut out,
-            par,
-        )?;
+        if self.state.config.coarse_objective == CoarseObjective::ListMeans {
+            // List means read only x' and the lists: no PQ encode of the sample.
+            quantizers.assign_lists(params.rotation(), x, &mut rows, &mut self.work, par)?;
+        } else {
+            let mut out = vec![0.0f32; x.len()];
+            quantizers.encode_decode(
+                params.rotation(),
+                x,
+                &mut rows,
+                &mut self.work,
+                &mut out,
+                par,
+            )?;
+        }
         self.state.coarse_pending = rows;
         Ok(())
     }
@@ -798,20 +803,18 @@ fn accumulate_gradient(
             coarse.touch(list as usize);
         }
         coarse.start_sums(p);
-        for ((e, x), &list) in coarse_rows
-            .error
-            .chunks_exact(p)
-            .zip(coarse_rows.rotated.chunks_exact(p))
-            .zip(&coarse_rows.lists)
-        {
-            let list = list as usize;
-            if list_means {
+        if list_means {
+            // The rows' x' and lists only: a catalogue sample has no codes or errors.
+            for (x, &list) in coarse_rows.rotated.chunks_exact(p).zip(&coarse_rows.lists) {
+                let list = list as usize;
                 let v = &centroids[list * p..(list + 1) * p];
                 row.clear();
                 row.extend(v.iter().zip(x).map(|(&v, &x)| v - x));
                 coarse.add(list, row);
-            } else {
-                coarse.add(list, e);
+            }
+        } else {
+            for (e, &list) in coarse_rows.error.chunks_exact(p).zip(&coarse_rows.lists) {
+                coarse.add(list as usize, e);
             }
         }
     }

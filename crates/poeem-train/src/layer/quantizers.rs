@@ -94,6 +94,33 @@ impl Quantizers {
             .expect("the layer's quantizers and rotation have the padded dimension")
     }
 
+    /// `x'` and its lists into `batch`, nothing else (no codes or errors): what the coarse
+    /// level's list means need of a catalogue sample.
+    ///
+    /// # Errors
+    /// When a rotated row is not finite.
+    pub(crate) fn assign_lists(
+        &self,
+        rotation: Option<&Rotation>,
+        x: &[f32],
+        batch: &mut Batch,
+        work: &mut Work,
+        par: Par,
+    ) -> Result<(), TrainError> {
+        let rotation = rotation.filter(|_| !self.identity);
+        let codec = IvfPqRef::new(self.dim, rotation, self.coarse.as_ref(), &self.pq)
+            .expect("the layer's quantizers and rotation have the padded dimension");
+        codec.rotate_into(x, &mut batch.rotated, &mut work.padded, par);
+        batch.lists.clear();
+        batch.lists.resize(x.len() / self.dim, 0);
+        batch.error.clear();
+        batch.codes.clear();
+        if let Some(coarse) = &self.coarse {
+            coarse.assign_lists(&batch.rotated, &mut batch.lists, par)?;
+        }
+        Ok(())
+    }
+
     /// `τ(x)` into `out` with `rotation` (the layer's, `None` without one), keeping `x'`, the
     /// lists, codes and errors `e = z − x'` in `batch`: the codec's own encode and decode
     /// ([`IvfPqRef`], what `codec(rotation)` runs), so `τ(x)` is bit for bit
