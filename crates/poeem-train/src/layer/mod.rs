@@ -653,11 +653,9 @@ impl IndexingLayer {
                 out.copy_from_slice(x);
                 Ok(())
             }
-            Some(quantizers) => quantizers.encode_decode(
+            Some(quantizers) => quantizers.quantize(
                 self.state.params.as_ref().and_then(Params::rotation),
                 x,
-                &mut Batch::default(),
-                &mut Work::default(),
                 out,
                 par,
             ),

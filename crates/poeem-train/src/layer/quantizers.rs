@@ -94,6 +94,31 @@ impl Quantizers {
             .expect("the layer's quantizers and rotation have the padded dimension")
     }
 
+    /// `τ(x)` into `out` with `rotation`, keeping nothing: the codec's encode and decode
+    /// ([`IvfPqRef`]), for inference.
+    ///
+    /// # Errors
+    /// When a residual is not finite (the centroids overflowed).
+    pub(crate) fn quantize(
+        &self,
+        rotation: Option<&Rotation>,
+        x: &[f32],
+        out: &mut [f32],
+        par: Par,
+    ) -> Result<(), TrainError> {
+        let rotation = rotation.filter(|_| !self.identity);
+        let codec = IvfPqRef::new(self.dim, rotation, self.coarse.as_ref(), &self.pq)
+            .expect("the layer's quantizers and rotation have the padded dimension");
+        let n = x.len() / self.dim;
+        let (mut rotated, mut scratch) = (Vec::new(), Vec::new());
+        codec.rotate_into(x, &mut rotated, &mut scratch, par);
+        let mut lists = vec![0u32; n];
+        let mut codes = vec![0u16; n * self.pq.n_subspaces()];
+        codec.encode_rotated(&mut rotated, &mut lists, &mut codes, None, par)?;
+        codec.decode(&lists, &codes, out, &mut rotated, &mut scratch, par)?;
+        Ok(())
+    }
+
     /// `x'` and its lists into `batch`, nothing else (no codes or errors): what the coarse
     /// level's list means need of a catalogue sample.
     ///
