@@ -14,7 +14,11 @@
 //!   (`Kernel::sum_blocks_4bit`: byte shuffles, 16-bit sums; and one query through the search,
 //!   with the table quantization and the integer top-k threshold);
 //! - `search`: on the 1M index, `search_one` latency at nprobe 8 and `search_batch` over 1,000
-//!   queries (one and two threads).
+//!   queries (one and two threads);
+//! - `first_query`: on the same (L2) index, preparing it for search and answering one query at
+//!   nprobe 8, as a one-query `poeem search` does: the item terms of the probed lists only
+//!   (`lazy_terms`, what search does) against every item's terms first (`all_terms`, what
+//!   preparing an L2 index cost before the terms became lazy; `precompute_terms` on 2 threads).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -207,6 +211,29 @@ fn search(c: &mut Criterion) {
             b.iter(|| {
                 search_index
                     .search_batch(black_box(&queries), &params, &mut ids, &mut scores, par)
+                    .expect("searching")
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("first_query_1M_IVF1024_PQ16x8_nprobe8");
+    group.sample_size(10);
+    let query = &queries[..DIM];
+    let (mut ids, mut scores) = ([0i64; K], [0f32; K]);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("a thread pool");
+    for (name, all_terms) in [("lazy_terms", false), ("all_terms", true)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let prepared = SearchIndex::new(index.view());
+                if all_terms {
+                    pool.install(|| prepared.precompute_terms());
+                }
+                Searcher::new(&prepared)
+                    .search_one(black_box(query), &params, &mut ids, &mut scores)
                     .expect("searching")
             })
         });

@@ -10,7 +10,8 @@
 //!   one table per query;
 //! - L2: `‖q' − v_j‖² + e_s − 2 Σ_m T[m][k_m]`, where the item's residual
 //!   `r = [c¹_{k_1} | … | c^M_{k_M}]` gives the per-item term `e_s = ‖r‖² + 2⟨v_j, r⟩`,
-//!   computed once per index (in f64, one float per slot).
+//!   computed once per list, the first time a search probes it (in f64, one float per slot),
+//!   so opening an index and its first query cost no pass over every item.
 //!
 //! faiss's IVF-PQ instead precomputes `P_j[m][k] = ‖c^(m)_k‖² + 2⟨v_j^(m), c^(m)_k⟩`
 //! (`n_lists × M × 2^n_bits` floats) and adds `P_j` to the query's table for every probed list;
@@ -23,7 +24,7 @@
 //! matrix products, then scan query by query.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Arch, Simd, WithSimd};
@@ -174,8 +175,8 @@ impl SearchParams {
 ///
 /// Derived memory (see [`SearchIndex::derived_bytes`]): copies of the rotation, the coarse
 /// centroids and the codebooks laid out for single-query dot products, the centroids' squared
-/// norms, and for L2 indexes one float per slot (the item term `e_s`: 4 bytes per item beside
-/// its `M` code bytes). Searching takes `&self`: any number of threads may search one index at
+/// norms, and for L2 indexes one float per slot of each list searched so far (the item term
+/// `e_s`: 4 bytes per item beside its `M` code bytes). Searching takes `&self`: any number of threads may search one index at
 /// once, each with its own [`Searcher`]. [`SharedIndex`] is the owned form, with no lifetime.
 #[derive(Debug)]
 pub struct SearchIndex<'a> {
@@ -201,9 +202,9 @@ struct Tables {
     stride: usize,
     /// Each subspace's codewords as columns: `sub_dim × 2^n_bits`.
     codebook_blocks: Vec<ColumnBlocks>,
-    /// `e_s = ‖r_s‖² + 2⟨v_j, r_s⟩` of every slot (0 for padding), L2 with transposed codes
-    /// only.
-    slot_terms: Vec<f32>,
+    /// Per list, `e_s = ‖r_s‖² + 2⟨v_j, r_s⟩` of its slots (0 for padding), computed when a
+    /// search first probes the list; L2 with transposed codes only (empty otherwise).
+    slot_terms: Vec<OnceLock<Box<[f32]>>>,
     /// Whether the codes use the 4-bit fast-scan layout.
     fast_scan: bool,
     /// Fast-scan L2 only: `P_j[m][k] = ‖c^(m)_k‖² + 2⟨v_j^(m), c^(m)_k⟩`, `n_lists × M × 16`,
@@ -235,7 +236,7 @@ impl Tables {
             .collect();
         let fast_scan = p.code_layout == CodeLayout::FastScan4;
         let slot_terms = if p.metric == Metric::L2 && !fast_scan {
-            l2_slot_terms(view)
+            (0..n_lists).map(|_| OnceLock::new()).collect()
         } else {
             Vec::new()
         };
@@ -334,12 +335,18 @@ impl SharedIndex {
     pub fn kernel(&self) -> Kernel {
         self.tables.kernel
     }
+
+    /// [`SearchIndex::precompute_terms`]: the terms are kept in this value's shared tables.
+    pub fn precompute_terms(&self) {
+        self.search_index().precompute_terms();
+    }
 }
 
 impl<'a> SearchIndex<'a> {
     /// Prepares `view` for search with the fastest kernel this CPU runs ([`Kernel::detect`]).
-    /// For L2 indexes this decodes every item once (`n_items × padded_dim` multiply-adds, on
-    /// the rayon pool) to compute its term `e_s`.
+    /// This touches no item: an L2 index computes its items' terms `e_s` list by list as
+    /// searches first probe the lists ([`SearchIndex::precompute_terms`] does all of them at
+    /// once).
     pub fn new(view: IndexView<'a>) -> Self {
         Self::build(view, Kernel::detect())
     }
@@ -391,8 +398,31 @@ impl<'a> SearchIndex<'a> {
         size_of::<f32>()
             * (blocks.map(|b| b.data.len()).sum::<usize>()
                 + self.tables.centroid_norms.len()
-                + self.tables.slot_terms.len()
+                + self
+                    .tables
+                    .slot_terms
+                    .iter()
+                    .filter_map(OnceLock::get)
+                    .map(|terms| terms.len())
+                    .sum::<usize>()
                 + self.tables.list_terms.len())
+    }
+
+    /// Computes now, on the rayon pool, the per-item terms an L2 index otherwise computes list
+    /// by list during its first searches (`n_items × padded_dim` multiply-adds in all): for a
+    /// server that wants its first queries as fast as the later ones. Does nothing for other
+    /// indexes, or for lists already done.
+    pub fn precompute_terms(&self) {
+        (0..self.tables.slot_terms.len())
+            .into_par_iter()
+            .for_each(|j| {
+                self.list_slot_terms(j);
+            });
+    }
+
+    /// The L2 item terms of list `j`'s slots, computed on first use.
+    fn list_slot_terms(&self, j: usize) -> &[f32] {
+        self.tables.slot_terms[j].get_or_init(|| l2_slot_terms(&self.view, j))
     }
 
     /// Searches a batch of queries: `queries` holds `n` rows of `dim` values, and row `i`'s
@@ -726,12 +756,7 @@ impl<'a> SearchIndex<'a> {
                 self.tables.kernel.scan4(&scan, top);
                 continue;
             }
-            let slot_bias = if l2 {
-                let slots = first_slot as usize..offsets[j + 1] as usize;
-                &self.tables.slot_terms[slots]
-            } else {
-                &[][..]
-            };
+            let slot_bias = if l2 { self.list_slot_terms(j) } else { &[][..] };
             let scan = Scan {
                 table,
                 n_subspaces: p.n_subspaces,
@@ -1155,43 +1180,35 @@ impl WithSimd for BlockDots<'_> {
 }
 
 /// The L2 item terms `e_s = ‖r_s‖² + 2⟨v_j, r_s⟩ = Σ_m ⟨c^(m)_{k_m}, c^(m)_{k_m} + 2 v_j^(m)⟩` of
-/// every slot (0 for padding), summed in f64. One-byte codes at or above `2^n_bits` (only in a
-/// corrupt index) count as zero codewords, as their zero table entries do in the scan; two-byte
-/// codes are masked to `n_bits`, as the scan masks them.
-fn l2_slot_terms(view: &IndexView<'_>) -> Vec<f32> {
+/// list `j`'s slots (0 for padding), summed in f64. One-byte codes at or above `2^n_bits` (only
+/// in a corrupt index) count as zero codewords, as their zero table entries do in the scan;
+/// two-byte codes are masked to `n_bits`, as the scan masks them.
+fn l2_slot_terms(view: &IndexView<'_>, j: usize) -> Box<[f32]> {
     let p = view.params();
     let (d, k, sub) = (p.padded_dim, p.n_codewords(), p.sub_dim());
     let (centroids, codebooks) = (view.coarse_centroids(), view.codebooks());
-    let mut terms = vec![0.0f32; view.slot_ids().len()];
-    let mut lists = Vec::with_capacity(p.n_lists);
-    let mut rest = &mut terms[..];
-    for pair in view.list_offsets().windows(2) {
-        let (list, tail) = rest.split_at_mut((pair[1] - pair[0]) as usize);
-        lists.push(list);
-        rest = tail;
-    }
-    lists.into_par_iter().enumerate().for_each(|(j, out)| {
-        let centroid = &centroids[j * d..(j + 1) * d];
-        for (pos, e) in out[..view.list(j).len()].iter_mut().enumerate() {
-            let mut sum = 0.0f64;
-            for m in 0..p.n_subspaces {
-                let code = view.code(j, pos, m) as usize;
-                let code = if p.code_width() == 2 {
-                    code & (k - 1)
-                } else {
-                    code
-                };
-                if code >= k {
-                    continue;
-                }
-                let word = &codebooks[(m * k + code) * sub..(m * k + code + 1) * sub];
-                for (&c, &v) in word.iter().zip(&centroid[m * sub..]) {
-                    sum += f64::from(c) * (f64::from(c) + 2.0 * f64::from(v));
-                }
+    let offsets = view.list_offsets();
+    let mut terms = vec![0.0f32; (offsets[j + 1] - offsets[j]) as usize].into_boxed_slice();
+    let centroid = &centroids[j * d..(j + 1) * d];
+    for (pos, e) in terms[..view.list(j).len()].iter_mut().enumerate() {
+        let mut sum = 0.0f64;
+        for m in 0..p.n_subspaces {
+            let code = view.code(j, pos, m) as usize;
+            let code = if p.code_width() == 2 {
+                code & (k - 1)
+            } else {
+                code
+            };
+            if code >= k {
+                continue;
             }
-            *e = sum as f32;
+            let word = &codebooks[(m * k + code) * sub..(m * k + code + 1) * sub];
+            for (&c, &v) in word.iter().zip(&centroid[m * sub..]) {
+                sum += f64::from(c) * (f64::from(c) + 2.0 * f64::from(v));
+            }
         }
-    });
+        *e = sum as f32;
+    }
     terms
 }
 

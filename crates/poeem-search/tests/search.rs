@@ -911,3 +911,68 @@ fn excluded_ids_are_filtered_inside_the_top_k() {
         );
     }
 }
+
+/// An L2 index computes its items' terms list by list as searches probe the lists: preparing
+/// it touches no item, a search adds the terms of the lists it scanned and no others, and
+/// `precompute_terms` (a server's warm-up) adds the rest without changing any result.
+#[test]
+fn l2_item_terms_are_computed_for_the_probed_lists_only() {
+    let shape = Shape {
+        dim: 12,
+        n_lists: 8,
+        n_subspaces: 4,
+        n_bits: 8,
+        metric: Metric::L2,
+        n_items: 2_000,
+        rotated: false,
+    };
+    let parts = random_index(shape, 21);
+    let view = parts.view().unwrap();
+    let slots_of = |j: usize| (view.list_offsets()[j + 1] - view.list_offsets()[j]) as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let queries: Vec<Vec<f32>> = (0..16).map(|_| random_query(&mut rng, 12)).collect();
+    let params = SearchParams::new(10, 2);
+    let search_all = |index: &SearchIndex<'_>| -> Vec<(Vec<i64>, Vec<f32>)> {
+        let mut searcher = Searcher::new(index);
+        queries
+            .iter()
+            .map(|q| {
+                let (mut ids, mut scores) = (vec![0i64; 10], vec![0.0f32; 10]);
+                searcher
+                    .search_one(q, &params, &mut ids, &mut scores)
+                    .unwrap();
+                (ids, scores)
+            })
+            .collect()
+    };
+
+    let lazy = SearchIndex::new(view);
+    let prepared = lazy.derived_bytes();
+    let probed = lazy.probed_lists(&queries[0], 2, params.probe).unwrap();
+    let (mut ids, mut scores) = (vec![0i64; 10], vec![0.0f32; 10]);
+    Searcher::new(&lazy)
+        .search_one(&queries[0], &params, &mut ids, &mut scores)
+        .unwrap();
+    let probed_slots: usize = probed.iter().map(|&j| slots_of(j as usize)).sum();
+    assert!(probed_slots > 0 && probed_slots < view.slot_ids().len());
+    assert_eq!(lazy.derived_bytes(), prepared + 4 * probed_slots);
+    let from_lazy = search_all(&lazy);
+
+    let warmed = SearchIndex::new(view);
+    warmed.precompute_terms();
+    assert_eq!(warmed.derived_bytes(), prepared + 4 * view.slot_ids().len());
+    assert_eq!(search_all(&warmed), from_lazy);
+
+    // Other metrics have no item terms to compute.
+    let ip = random_index(
+        Shape {
+            metric: Metric::InnerProduct,
+            ..shape
+        },
+        21,
+    );
+    let ip = SearchIndex::new(ip.view().unwrap());
+    let before = ip.derived_bytes();
+    ip.precompute_terms();
+    assert_eq!(ip.derived_bytes(), before);
+}
