@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use faer::{Accum, MatMut, MatRef};
 use poeem::build::{BuildConfig, build_index};
-use poeem::pq::Par;
+use poeem::pq::{OpqConfig, OpqInit, OpqObjective, Par};
 use poeem::search::{Index, Metric, RefineKind, SearchIndex, SearchParams, Searcher, write_index};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -70,9 +70,51 @@ pub(crate) struct SearchArgs {
     /// Seed of the query split and of both builds.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Learn a rotation before the IVF-PQ: poeem's `--opq`, faiss's `OPQ{M},IVF{n},PQ{M}`.
+    #[arg(long)]
+    opq: bool,
+    /// With `--opq`: poeem's initial rotation, `random` (its default, as faiss's) or
+    /// `identity`.
+    #[arg(long, value_enum, default_value_t = BenchOpqInit::Random)]
+    opq_init: BenchOpqInit,
+    /// With `--opq`: what poeem's rounds fit the rotation to, `vectors` (its default, as
+    /// faiss's) or `ivf-residuals`.
+    #[arg(long, value_enum, default_value_t = BenchOpqObjective::Vectors)]
+    opq_objective: BenchOpqObjective,
+    /// With `--opq`: poeem's alternation rounds [default: `OpqConfig`'s].
+    #[arg(long)]
+    opq_rounds: Option<usize>,
+    /// Use a seeded sample of this many rows (queries included) instead of all of them.
+    #[arg(long)]
+    rows: Option<usize>,
+    /// Zero-pad the vectors to this dimension (at least the data's; rounded up to a multiple
+    /// of M) instead of the next multiple of M.
+    #[arg(long)]
+    pad_to: Option<usize>,
+    /// Scale every row to unit norm after standardising (with `--metric ip`: cosine ranking).
+    #[arg(long)]
+    normalise: bool,
     /// Python interpreter with faiss (default: $POEEM_PYTHON, /tmp/faiss-venv/bin/python, python3).
     #[arg(long)]
     python: Option<PathBuf>,
+}
+
+/// poeem's OPQ initial rotations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchOpqInit {
+    /// A seeded random rotation.
+    Random,
+    /// The identity.
+    Identity,
+}
+
+/// poeem's OPQ objectives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchOpqObjective {
+    /// A PQ of the rotated vectors.
+    Vectors,
+    /// The whole IVF-PQ codec.
+    IvfResiduals,
 }
 
 /// The metrics both libraries share.
@@ -119,7 +161,12 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
 
     let vectors = poeem::io::read_vectors(&args.vectors)
         .with_context(|| format!("reading {}", args.vectors.display()))?;
-    let (n, dim) = (vectors.len(), vectors.dim);
+    let dim = vectors.dim;
+    let mut data = vectors.data;
+    if let Some(rows) = args.rows {
+        data = sample_rows(&data, dim, rows, args.seed);
+    }
+    let n = data.len() / dim;
     ensure!(
         n > args.queries + args.n_lists,
         "{}: {n} rows are too few to hold out {} queries and still train {} lists",
@@ -127,9 +174,11 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
         args.queries,
         args.n_lists
     );
-    let mut data = vectors.data;
     standardise_columns(&mut data, dim)?;
-    let padded_dim = dim.div_ceil(m) * m;
+    if args.normalise {
+        normalise_rows(&mut data, dim);
+    }
+    let padded_dim = args.pad_to.unwrap_or(dim).max(dim).div_ceil(m) * m;
     let (queries, base) = split_and_pad(&data, dim, padded_dim, args.queries, args.seed);
     drop(data);
     let (nq, nb) = (args.queries, base.len() / padded_dim);
@@ -145,7 +194,16 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
         );
     }
     println!(
-        "index: IVF{},PQ{m}x{}{}, residuals encoded, metric {}; k = {k}{}",
+        "index: {}IVF{},PQ{m}x{}{}, residuals encoded, metric {}; k = {k}{}",
+        if args.opq {
+            let init = match args.opq_init {
+                BenchOpqInit::Random => "random",
+                BenchOpqInit::Identity => "identity",
+            };
+            format!("OPQ{m} (poeem's from a {init} rotation),")
+        } else {
+            String::new()
+        },
         args.n_lists,
         args.n_bits,
         if args.n_bits == 4 { " (fast-scan)" } else { "" },
@@ -202,6 +260,7 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
             args.kmeans_iterations.unwrap_or(0),
             args.n_bits as usize,
             args.rerank_factor,
+            usize::from(args.opq),
         ],
     )?;
     let faiss = peer.receive()?;
@@ -213,6 +272,20 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
         config.refine = Some(RefineKind::F32);
     }
     config.seed = args.seed;
+    if args.opq {
+        config.opq = Some(OpqConfig {
+            init: match args.opq_init {
+                BenchOpqInit::Random => OpqInit::Random,
+                BenchOpqInit::Identity => OpqInit::Identity,
+            },
+            objective: match args.opq_objective {
+                BenchOpqObjective::Vectors => OpqObjective::Vectors,
+                BenchOpqObjective::IvfResiduals => OpqObjective::IvfResiduals,
+            },
+            n_rounds: args.opq_rounds.unwrap_or(OpqConfig::default().n_rounds),
+            ..OpqConfig::default()
+        });
+    }
     if let Some(iterations) = args.kmeans_iterations {
         config.kmeans.max_iter = iterations;
         config.kmeans.tolerance = 0.0;
@@ -463,6 +536,35 @@ fn split_and_pad(
         out
     };
     (gather(&order[..n_queries]), gather(&order[n_queries..]))
+}
+
+/// A seeded sample of `rows` rows of `data` (all of them when there are fewer), in their order.
+fn sample_rows(data: &[f32], dim: usize, rows: usize, seed: u64) -> Vec<f32> {
+    let n = data.len() / dim;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x0005_A3B1));
+    order.truncate(rows.min(n));
+    order.sort_unstable();
+    order
+        .iter()
+        .flat_map(|&r| &data[r * dim..(r + 1) * dim])
+        .copied()
+        .collect()
+}
+
+/// Scales every row to unit norm (zero rows stay zero).
+fn normalise_rows(data: &mut [f32], dim: usize) {
+    for row in data.chunks_exact_mut(dim) {
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
+        if norm > 0.0 {
+            row.iter_mut()
+                .for_each(|v| *v = (f64::from(*v) / norm) as f32);
+        }
+    }
 }
 
 /// Queries per ground-truth task, and base rows per GEMM block.

@@ -24,6 +24,8 @@ import faiss
 # 8: IVF{n},PQ{M} (8-bit codes); 4: IVF{n},PQ{M}x4fsr (4-bit fast-scan, residuals encoded).
 # rerank_factor > 0 wraps the index in an exact re-ranking (",RFlat", k_factor = rerank_factor).
 (n_bits, rerank_factor) = map(int, sys.argv[11:13]) if len(sys.argv) > 11 else (8, 0)
+# opq = 1 puts faiss's OPQ rotation in front: OPQ{M},IVF{n},PQ{M}... (an IndexPreTransform).
+opq = int(sys.argv[13]) if len(sys.argv) > 13 else 0
 
 base = np.ascontiguousarray(np.load(base_path), dtype=np.float32)
 queries = np.ascontiguousarray(np.load(query_path), dtype=np.float32)
@@ -32,6 +34,8 @@ nq = queries.shape[0]
 metric = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}[metric_name]
 
 key = f"IVF{n_lists},PQ{n_subspaces}" + ("x4fsr" if n_bits == 4 else "")
+if opq:
+    key = f"OPQ{n_subspaces}," + key
 if rerank_factor > 0:
     key += ",RFlat"
 index = faiss.index_factory(d, key, metric)
@@ -40,6 +44,8 @@ if rerank_factor > 0:
     ivf = faiss.downcast_index(index.base_index)
 else:
     ivf = index
+if opq:
+    ivf = faiss.downcast_index(ivf.index)
 if n_bits == 4:
     assert isinstance(ivf, faiss.IndexIVFPQFastScan) and ivf.by_residual and ivf.pq.nbits == 4
 else:

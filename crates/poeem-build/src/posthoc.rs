@@ -14,8 +14,8 @@ use std::borrow::Cow;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use poeem_pq::{
-    Code, IvfPqCodec, IvfPqConfig, KMeansInit, KMeansSettings, MAX_BITS, OpqConfig, PqTraining,
-    ProgressFn, mean_squared_norm, train_opq,
+    Code, IvfPqCodec, IvfPqConfig, KMeansInit, KMeansSettings, MAX_BITS, OpqConfig, OpqInit,
+    OpqObjective, PqTraining, ProgressFn, mean_squared_norm, train_opq,
 };
 use poeem_search::Par;
 use rayon::prelude::*;
@@ -158,7 +158,7 @@ impl BuildOptions {
     /// Default bits per code.
     pub const DEFAULT_N_BITS: u32 = 8;
     /// Default OPQ rounds when OPQ is asked for.
-    pub const DEFAULT_OPQ_ROUNDS: usize = 10;
+    pub const DEFAULT_OPQ_ROUNDS: usize = OpqConfig::DEFAULT_ROUNDS;
     /// Default Lloyd iterations of each k-means.
     pub const DEFAULT_KMEANS_ITERATIONS: usize = 20;
 
@@ -678,6 +678,14 @@ fn opq_json(opq: &OpqConfig) -> Value {
         "n_rounds": opq.n_rounds,
         "iterations_per_round": opq.iterations_per_round,
         "max_train_points": opq.max_train_points,
+        "init": match opq.init {
+            OpqInit::Random => "random",
+            OpqInit::Identity => "identity",
+        },
+        "objective": match opq.objective {
+            OpqObjective::Vectors => "vectors",
+            OpqObjective::IvfResiduals => "ivf_residuals",
+        },
     })
 }
 

@@ -237,6 +237,7 @@ fn opq_build_has_lower_distortion_on_anisotropic_data() {
         n_rounds: 6,
         iterations_per_round: 4,
         max_train_points: None,
+        ..OpqConfig::default()
     });
     let (parts, opq) = build_index(&data, dim, None, &config, Par::Seq, &mut quiet()).unwrap();
     assert!(

@@ -30,6 +30,6 @@ pub use ivfpq::{IvfPqCodec, IvfPqConfig, IvfPqRef, PqTraining, pad_rows, padded_
 pub use kmeans::{
     KMeans, KMeansConfig, KMeansInit, KMeansReport, KMeansSettings, mean_squared_norm,
 };
-pub use opq::{OpqConfig, OpqReport, train_opq};
+pub use opq::{OpqConfig, OpqInit, OpqObjective, OpqReport, train_opq};
 pub use pq::{Code, MAX_BITS, PqConfig, ProductQuantizer};
 pub use progress::{Progress, ProgressFn, Stage};

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use poeem_pq::{
     Centroids, CoarseQuantizer, Code, IvfPqCodec, IvfPqConfig, KMeans, KMeansConfig, KMeansInit,
-    KMeansSettings, OpqConfig, Par, PqConfig, PqError, PqTraining, ProductQuantizer, Progress,
-    Stage, mean_squared_norm, train_opq,
+    KMeansSettings, OpqConfig, OpqInit, OpqObjective, Par, PqConfig, PqError, PqTraining,
+    ProductQuantizer, Progress, Stage, mean_squared_norm, train_opq,
 };
 use poeem_rotation::Rotation;
 use proptest::collection::vec as pvec;
@@ -971,6 +971,7 @@ fn opq_beats_plain_ivfpq_on_rotated_anisotropic_data() {
         n_rounds: 10,
         iterations_per_round: 4,
         max_train_points: None,
+        ..OpqConfig::default()
     };
     let mut rounds = 0;
     let (codec, report) = train_opq(&data, dim, &config, &opq, Par::Seq, &mut |p| {
@@ -1028,6 +1029,7 @@ fn opq_with_padding_and_thread_count_independence() {
         n_rounds: 6,
         iterations_per_round: 3,
         max_train_points: None,
+        ..OpqConfig::default()
     };
     let (codec, report) = train_opq(&data, dim, &config, &opq, Par::Seq, &mut |_| {}).unwrap();
     assert_eq!(codec.padded_dim(), 12);
@@ -1035,9 +1037,14 @@ fn opq_with_padding_and_thread_count_independence() {
     assert!(codec.rotation().orthogonality_error() < 1e-5);
     let last = *report.distortion.last().unwrap();
     assert_eq!(last, codec.distortion(&data, Par::Seq).unwrap());
-    // The distortion, measured in the rotated padded space, is the error of the decoded vectors.
+    // The distortion, measured in the rotated padded space, bounds the error of the decoded
+    // vectors, which drop the padded coordinates (a rotation away from the identity puts some
+    // reconstruction there), and is close to it.
     let (_, _, _, mse) = round_trip(&codec, &data);
-    assert!((mse - last).abs() <= 1e-4 * last, "decoded {mse} vs {last}");
+    assert!(
+        mse <= last * (1.0 + 1e-5) && mse >= 0.98 * last,
+        "decoded {mse} vs {last}"
+    );
 
     // Training does not depend on the thread count.
     let (codec2, report2) =
@@ -1394,6 +1401,7 @@ fn ivfpq_progress_goes_coarse_then_each_subspace() {
         n_rounds: 2,
         iterations_per_round: 2,
         max_train_points: None,
+        ..OpqConfig::default()
     };
     config.kmeans.tolerance = 0.0;
     config.kmeans.max_iter = iterations;
@@ -1469,4 +1477,42 @@ fn encode_with_errors_reports_each_rows_squared_error() {
         ),
         "{err}"
     );
+}
+
+/// OPQ's starting rotation: from the identity, a subspace that starts on zero padding stays
+/// on it (the alternation is local), so 9 coordinates padded to 12 use 3 of the 4 subspaces;
+/// from a random rotation all 4 carry data and the distortion is lower, under either objective.
+#[test]
+fn opq_from_a_random_rotation_uses_every_subspace_of_padded_data() {
+    let (dim, n) = (9, 3000);
+    let mut r = rng(95);
+    let mut raw = Vec::with_capacity(n * dim);
+    for _ in 0..n {
+        for j in 0..dim {
+            raw.push((normal(&mut r) * 0.85f64.powi(j as i32)) as f32);
+        }
+    }
+    let mut data = vec![0.0f32; raw.len()];
+    Rotation::random(dim, 96).apply(&raw, &mut data, Par::Seq);
+    let config = ivfpq_config(4, 4, 4);
+    for objective in [OpqObjective::Vectors, OpqObjective::IvfResiduals] {
+        let distortion = |init| {
+            let opq = OpqConfig {
+                n_rounds: 8,
+                max_train_points: None,
+                init,
+                objective,
+                ..OpqConfig::default()
+            };
+            let (codec, report) =
+                train_opq(&data, dim, &config, &opq, Par::Seq, &mut |_| {}).unwrap();
+            assert_eq!(codec.padded_dim(), 12);
+            *report.distortion.last().unwrap()
+        };
+        let (identity, random) = (distortion(OpqInit::Identity), distortion(OpqInit::Random));
+        assert!(
+            random < 0.9 * identity,
+            "{objective:?}: from a random rotation {random}, from the identity {identity}"
+        );
+    }
 }

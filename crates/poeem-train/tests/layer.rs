@@ -7,8 +7,8 @@
 
 use faer::Par;
 use poeem_pq::{
-    Centroids, CoarseQuantizer, IvfPqCodec, IvfPqConfig, KMeansInit, KMeansSettings, PqTraining,
-    ProductQuantizer,
+    Centroids, CoarseQuantizer, IvfPqCodec, IvfPqConfig, KMeansInit, KMeansSettings, OpqConfig,
+    OpqInit, OpqObjective, PqTraining, ProductQuantizer,
 };
 use poeem_rotation::{PairSelection, Rotation};
 use poeem_train::layer::CodeDistribution;
@@ -1236,6 +1236,11 @@ fn configs_round_trip_through_serde() {
             rotation: RotationMode::OpqThenGivens(PairSelection::Steepest),
             pq_training: PqTraining::RawVectors,
             centroid_init: CentroidInit::Random,
+            opq: OpqConfig {
+                init: OpqInit::Identity,
+                objective: OpqObjective::IvfResiduals,
+                ..OpqConfig::default()
+            },
             ..IndexingLayerConfig::paper()
         },
     ] {
@@ -1243,6 +1248,23 @@ fn configs_round_trip_through_serde() {
         let back: IndexingLayerConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, config);
     }
+    // Settings saved before OPQ's starting rotation and objective were settings read as the
+    // OPQ of that time trained: from the identity, refitting the whole codec each round.
+    let mut old = serde_json::to_value(IndexingLayerConfig::paper()).unwrap();
+    let opq = old["opq"].as_object_mut().unwrap();
+    assert!(opq.remove("init").is_some() && opq.remove("objective").is_some());
+    let back: IndexingLayerConfig = serde_json::from_value(old).unwrap();
+    assert_eq!(
+        (back.opq.init, back.opq.objective),
+        (OpqInit::Identity, OpqObjective::IvfResiduals)
+    );
+    assert_eq!(
+        (
+            IndexingLayerConfig::paper().opq.init,
+            IndexingLayerConfig::paper().opq.objective
+        ),
+        (OpqInit::Random, OpqObjective::Vectors)
+    );
     let tutorial = IndexingLayerConfig::tutorial();
     assert_eq!(
         (

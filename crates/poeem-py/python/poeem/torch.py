@@ -116,7 +116,7 @@ class IndexingLayer(nn.Module):
         coarse_objective="list-means",
         warm_start_items="batches",
         kmeans_iterations=25,
-        opq_rounds=10,
+        opq_rounds=50,
         givens_learning_rate=1e-3,
         givens_max_angle=0.1,
         reorthonormalize_every=1000,

@@ -108,16 +108,44 @@ pub(crate) mod kmeans_settings {
     }
 }
 
-/// [`poeem_pq::OpqConfig`] field by field.
+/// [`poeem_pq::OpqConfig`] field by field, its initial rotation and objective by name.
+/// Checkpoints written before these were settings have neither, and trained as
+/// `Identity` / `IvfResiduals` do.
 pub(crate) mod opq_config {
-    use poeem_pq::OpqConfig;
+    use poeem_pq::{OpqConfig, OpqInit, OpqObjective};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum InitRepr {
+        Random,
+        Identity,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum ObjectiveRepr {
+        Vectors,
+        IvfResiduals,
+    }
+
+    fn init_before_the_setting() -> InitRepr {
+        InitRepr::Identity
+    }
+
+    fn objective_before_the_setting() -> ObjectiveRepr {
+        ObjectiveRepr::IvfResiduals
+    }
 
     #[derive(Serialize, Deserialize)]
     struct Repr {
         n_rounds: usize,
         iterations_per_round: usize,
         max_train_points: Option<usize>,
+        #[serde(default = "init_before_the_setting")]
+        init: InitRepr,
+        #[serde(default = "objective_before_the_setting")]
+        objective: ObjectiveRepr,
     }
 
     pub(crate) fn serialize<S: Serializer>(value: &OpqConfig, s: S) -> Result<S::Ok, S::Error> {
@@ -125,6 +153,14 @@ pub(crate) mod opq_config {
             n_rounds: value.n_rounds,
             iterations_per_round: value.iterations_per_round,
             max_train_points: value.max_train_points,
+            init: match value.init {
+                OpqInit::Random => InitRepr::Random,
+                OpqInit::Identity => InitRepr::Identity,
+            },
+            objective: match value.objective {
+                OpqObjective::Vectors => ObjectiveRepr::Vectors,
+                OpqObjective::IvfResiduals => ObjectiveRepr::IvfResiduals,
+            },
         }
         .serialize(s)
     }
@@ -135,6 +171,14 @@ pub(crate) mod opq_config {
             n_rounds: r.n_rounds,
             iterations_per_round: r.iterations_per_round,
             max_train_points: r.max_train_points,
+            init: match r.init {
+                InitRepr::Random => OpqInit::Random,
+                InitRepr::Identity => OpqInit::Identity,
+            },
+            objective: match r.objective {
+                ObjectiveRepr::Vectors => OpqObjective::Vectors,
+                ObjectiveRepr::IvfResiduals => OpqObjective::IvfResiduals,
+            },
         })
     }
 }
