@@ -6,12 +6,17 @@
 
 use faer::Par;
 use poeem_rotation::Rotation;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
-use crate::data::{check_rows, check_training_rows};
+use crate::data::{check_rows, check_training_rows, sample_rows};
 use crate::pq::check_layout;
 use crate::{
     CoarseQuantizer, Code, KMeansSettings, PqConfig, PqError, ProductQuantizer, ProgressFn,
 };
+
+/// Mixed into the codec's seed to draw the rows training reads.
+const TRAINING_SAMPLE_SEED: u64 = 0x7A41_5A3E;
 
 /// What the product quantizer's codebooks are fitted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,7 +112,7 @@ impl IvfPqCodec {
     ) -> Result<Self, PqError> {
         let padded = padded_dim(dim, config.n_subspaces);
         check_layout(padded, config.n_subspaces, config.n_bits)?;
-        let n = check_training_rows(data, dim, "IVF-PQ training data")?;
+        check_training_rows(data, dim, "IVF-PQ training data")?;
         if rotation.dim() != padded {
             return Err(PqError::DimensionMismatch {
                 what: "rotation dimension",
@@ -115,9 +120,29 @@ impl IvfPqCodec {
                 got: rotation.dim(),
             });
         }
-        let mut rotated = Vec::with_capacity(n * padded);
+        // Neither level's k-means reads more than `max_points_per_centroid` points per centroid,
+        // so only that many rows are rotated and kept (the coarse lists' and the codebooks'
+        // samples are then drawn from them): memory does not grow with the catalogue.
+        let sampled = config
+            .kmeans
+            .max_points_per_centroid
+            .map(|per| per.saturating_mul(config.n_lists.max(1usize << config.n_bits)))
+            .and_then(|max| {
+                let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ TRAINING_SAMPLE_SEED);
+                sample_rows(data, dim, max, &mut rng)
+            });
         let skip = Some(&rotation).filter(|r| !r.is_identity());
-        rotate_rows(data, dim, padded, skip, &mut rotated, &mut Vec::new(), par);
+        let mut rotated = match sampled {
+            // The sample is already a copy in the padded, rotated space.
+            Some(rows) if skip.is_none() && padded == dim => rows,
+            sampled => {
+                let data = sampled.as_deref().unwrap_or(data);
+                let mut rotated = Vec::with_capacity(data.len() / dim * padded);
+                rotate_rows(data, dim, padded, skip, &mut rotated, &mut Vec::new(), par);
+                rotated
+            }
+        };
+        let n = rotated.len() / padded;
 
         let mut settings = config.kmeans.clone();
         let coarse = if config.n_lists == 0 {
@@ -253,8 +278,10 @@ impl IvfPqCodec {
     }
 
     /// Encodes like [`encode`](Self::encode) and writes each row's squared quantization error
-    /// `‖x − decode(list, code)‖²` into `errors` (`n` values), from the PQ encode's own scores
-    /// ([`ProductQuantizer::encode_with_errors`]): no decode is run.
+    /// in the rotated, padded space, `‖x' − (v_j + PQ(x' − v_j))‖²`, into `errors` (`n`
+    /// values), from the PQ encode's own scores ([`ProductQuantizer::encode_with_errors`]): no
+    /// decode is run. It equals `‖x − decode(list, code)‖²` when the rotation is the identity
+    /// or there is no padding, and bounds it otherwise (decoding drops the padded coordinates).
     ///
     /// # Errors
     /// As [`encode`](Self::encode), and `errors` of the wrong length.
