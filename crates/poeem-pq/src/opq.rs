@@ -72,7 +72,7 @@ pub enum OpqInit {
     /// The identity: each subspace starts as a block of the input's coordinates. The
     /// alternation is a local method, so a subspace that starts on zero padding stays on it
     /// (bio padded 74 → 96 with M = 12: recall@10 0.472 against 0.511 from a random rotation,
-    /// 10 rounds, nprobe 8).
+    /// 10 whole-codec rounds, nprobe 8).
     Identity,
 }
 
