@@ -176,8 +176,9 @@ impl SearchParams {
 /// Derived memory (see [`SearchIndex::derived_bytes`]): copies of the rotation, the coarse
 /// centroids and the codebooks laid out for single-query dot products, the centroids' squared
 /// norms, and for L2 indexes one float per slot of each list searched so far (the item term
-/// `e_s`: 4 bytes per item beside its `M` code bytes). Searching takes `&self`: any number of threads may search one index at
-/// once, each with its own [`Searcher`]. [`SharedIndex`] is the owned form, with no lifetime.
+/// `e_s`: 4 bytes per item beside its `M` code bytes). Searching takes `&self`: any number of
+/// threads may search one index at once, each with its own [`Searcher`]. [`SharedIndex`] is the
+/// owned form, with no lifetime.
 #[derive(Debug)]
 pub struct SearchIndex<'a> {
     view: IndexView<'a>,
