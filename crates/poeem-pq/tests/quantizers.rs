@@ -944,21 +944,33 @@ fn ivfpq_decode_rejects_out_of_range_lists_and_codes() {
 // 9. OPQ
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn opq_beats_plain_ivfpq_on_rotated_anisotropic_data() {
-    let (dim, n) = (16, 4000);
-    // Per-dimension standard deviations decay geometrically; a random rotation then spreads the
-    // principal axes over every PQ block.
-    let mut r = rng(91);
+/// `n × dim` Gaussian vectors whose coordinate `j` has standard deviation `scale · decay^j`,
+/// then mixed by the random rotation of `mix_seed`, so the principal axes spread over every
+/// PQ block.
+fn decaying_mixed(
+    n: usize,
+    dim: usize,
+    decay: f64,
+    scale: f64,
+    seed: u64,
+    mix_seed: u64,
+) -> Vec<f32> {
+    let mut r = rng(seed);
     let mut raw = Vec::with_capacity(n * dim);
     for _ in 0..n {
         for j in 0..dim {
-            raw.push((normal(&mut r) * 0.8f64.powi(j as i32) * 3.0) as f32);
+            raw.push((normal(&mut r) * decay.powi(j as i32) * scale) as f32);
         }
     }
-    let mixing = Rotation::random(dim, 92);
     let mut data = vec![0.0f32; raw.len()];
-    mixing.apply(&raw, &mut data, Par::Seq);
+    Rotation::random(dim, mix_seed).apply(&raw, &mut data, Par::Seq);
+    data
+}
+
+#[test]
+fn opq_beats_plain_ivfpq_on_rotated_anisotropic_data() {
+    let (dim, n) = (16, 4000);
+    let data = decaying_mixed(n, dim, 0.8, 3.0, 91, 92);
 
     let config = IvfPqConfig {
         seed: 3,
@@ -1015,15 +1027,7 @@ fn opq_beats_plain_ivfpq_on_rotated_anisotropic_data() {
 fn opq_with_padding_and_thread_count_independence() {
     // dim 10 with 4 subspaces: OPQ rotates the zero-padded 12-dimensional space.
     let (dim, n) = (10, 3000);
-    let mut r = rng(93);
-    let mut raw = Vec::with_capacity(n * dim);
-    for _ in 0..n {
-        for j in 0..dim {
-            raw.push((normal(&mut r) * 0.8f64.powi(j as i32) * 3.0) as f32);
-        }
-    }
-    let mut data = vec![0.0f32; raw.len()];
-    Rotation::random(dim, 94).apply(&raw, &mut data, Par::Seq);
+    let data = decaying_mixed(n, dim, 0.8, 3.0, 93, 94);
     let config = ivfpq_config(4, 4, 4);
     let opq = OpqConfig {
         n_rounds: 6,
@@ -1504,15 +1508,7 @@ fn encode_with_errors_reports_each_rows_squared_error() {
 #[test]
 fn opq_from_a_random_rotation_uses_every_subspace_of_padded_data() {
     let (dim, n) = (9, 3000);
-    let mut r = rng(95);
-    let mut raw = Vec::with_capacity(n * dim);
-    for _ in 0..n {
-        for j in 0..dim {
-            raw.push((normal(&mut r) * 0.85f64.powi(j as i32)) as f32);
-        }
-    }
-    let mut data = vec![0.0f32; raw.len()];
-    Rotation::random(dim, 96).apply(&raw, &mut data, Par::Seq);
+    let data = decaying_mixed(n, dim, 0.85, 1.0, 95, 96);
     let config = ivfpq_config(4, 4, 4);
     for objective in [OpqObjective::Vectors, OpqObjective::IvfResiduals] {
         let distortion = |init| {

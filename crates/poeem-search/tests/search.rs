@@ -754,6 +754,25 @@ fn search_index_is_shared_across_threads() {
     });
 }
 
+/// Each query's `(ids, scores)` from one `Searcher` over `index`, in order.
+fn search_each(
+    index: &SearchIndex<'_>,
+    queries: &[Vec<f32>],
+    params: &SearchParams,
+) -> Vec<(Vec<i64>, Vec<f32>)> {
+    let mut searcher = Searcher::new(index);
+    queries
+        .iter()
+        .map(|q| {
+            let (mut ids, mut scores) = (vec![0i64; params.k], vec![0.0f32; params.k]);
+            searcher
+                .search_one(q, params, &mut ids, &mut scores)
+                .unwrap();
+            (ids, scores)
+        })
+        .collect()
+}
+
 #[test]
 fn a_shared_index_searched_by_many_threads_gives_the_sequential_results() {
     fn assert_owned_send_sync<T: Send + Sync + Clone + 'static>() {}
@@ -778,17 +797,7 @@ fn a_shared_index_searched_by_many_threads_gives_the_sequential_results() {
         // The answers of a sequential loop, through the borrowed form of a separately prepared
         // index.
         let borrowed = SearchIndex::new(parts.view().unwrap());
-        let mut searcher = Searcher::new(&borrowed);
-        let expected: Vec<(Vec<i64>, Vec<f32>)> = queries
-            .iter()
-            .map(|q| {
-                let (mut ids, mut scores) = (vec![0i64; 10], vec![0.0f32; 10]);
-                searcher
-                    .search_one(q, &params, &mut ids, &mut scores)
-                    .unwrap();
-                (ids, scores)
-            })
-            .collect();
+        let expected = search_each(&borrowed, &queries, &params);
         // Four threads, each with a clone of the one value, searching every query in its own
         // order, and a batch search on the rayon pool at the same time.
         std::thread::scope(|s| {
@@ -932,19 +941,7 @@ fn l2_item_terms_are_computed_for_the_probed_lists_only() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let queries: Vec<Vec<f32>> = (0..16).map(|_| random_query(&mut rng, 12)).collect();
     let params = SearchParams::new(10, 2);
-    let search_all = |index: &SearchIndex<'_>| -> Vec<(Vec<i64>, Vec<f32>)> {
-        let mut searcher = Searcher::new(index);
-        queries
-            .iter()
-            .map(|q| {
-                let (mut ids, mut scores) = (vec![0i64; 10], vec![0.0f32; 10]);
-                searcher
-                    .search_one(q, &params, &mut ids, &mut scores)
-                    .unwrap();
-                (ids, scores)
-            })
-            .collect()
-    };
+    let search_all = |index: &SearchIndex<'_>| search_each(index, &queries, &params);
 
     let lazy = SearchIndex::new(view);
     let prepared = lazy.derived_bytes();
