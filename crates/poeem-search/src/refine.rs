@@ -193,6 +193,19 @@ impl<'a> RefineView<'a> {
         self.n_sub
     }
 
+    /// The stored bytes of slot `slot`: its vector for `f32` / `f16`, its codes for `pq8`.
+    ///
+    /// # Panics
+    /// When `slot` is not below the slot count.
+    pub fn slot_bytes(&self, slot: usize) -> &'a [u8] {
+        let per_slot = match self.kind {
+            RefineKind::F32 => self.width * 4,
+            RefineKind::F16 => self.width * 2,
+            RefineKind::Pq8 => self.n_sub,
+        };
+        &self.data[slot * per_slot..][..per_slot]
+    }
+
     /// The refined vector of slot `slot` into `out` (`dim` values for `f32` / `f16` in the
     /// original space; for `pq8`, `padded_dim` values of the decoded residual, to add to the
     /// item's reconstruction in the rotated space).
@@ -204,20 +217,20 @@ impl<'a> RefineView<'a> {
         assert_eq!(out.len(), self.width, "output length");
         match self.kind {
             RefineKind::F32 => {
-                let row = &self.data[slot * self.width * 4..][..self.width * 4];
+                let row = self.slot_bytes(slot);
                 for (o, c) in out.iter_mut().zip(row.chunks_exact(4)) {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             }
             RefineKind::F16 => {
-                let row = &self.data[slot * self.width * 2..][..self.width * 2];
+                let row = self.slot_bytes(slot);
                 for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
                     *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
                 }
             }
             RefineKind::Pq8 => {
                 let sub = self.width / self.n_sub;
-                let codes = &self.data[slot * self.n_sub..][..self.n_sub];
+                let codes = self.slot_bytes(slot);
                 for (m, (&code, dst)) in codes.iter().zip(out.chunks_exact_mut(sub)).enumerate() {
                     let word = (m * REFINE_PQ_CODEWORDS + usize::from(code)) * sub * 4;
                     for (o, c) in dst

@@ -31,7 +31,9 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::kernels::fastscan::CODEWORDS as FS_CODEWORDS;
-use crate::kernels::{Kernel, Offered, QuantizedTable, Scan, Scan4, TABLE_STRIDE, scalar};
+use crate::kernels::{
+    Kernel, Offered, QuantizedTable, Scan, Scan4, TABLE_STRIDE, prefetch, scalar,
+};
 use crate::refine::RefineKind;
 use crate::topk::TopK;
 use crate::{CodeLayout, Index, IndexView, Metric, SearchError};
@@ -42,6 +44,11 @@ const LANES: usize = 64;
 const BATCH_ROWS: usize = 64;
 /// Memory a batch's lookup tables may take, which caps its rows for wide tables.
 const BATCH_TABLE_BYTES: usize = 2 << 20;
+/// Bytes of a probed list's ids and of its codes fetched ahead of its scan: whole lists of a
+/// few hundred items; the start of larger ones, whose sequential codes the CPU fetches itself.
+const PREFETCH_BYTES: usize = 4096;
+/// Partial sums of a re-ranking score.
+const REFINE_LANES: usize = 8;
 
 /// How the lists to scan are chosen.
 ///
@@ -634,17 +641,41 @@ impl<'a> SearchIndex<'a> {
     }
 
     /// Keeps in `probes` the `nprobe` lists `probe` chooses from a query's coarse dot products
-    /// `dots` (`probes.sorted()` gives them best first).
-    fn select_lists(&self, dots: &[f32], nprobe: usize, probe: Probe, probes: &mut TopK) {
+    /// `dots` (`probes.sorted()` gives them best first); `keys` is scratch.
+    ///
+    /// The keys are computed in one pass, then compared with the threshold 16 at a time: only
+    /// the lanes that pass (few, once the first lists have set it) are offered.
+    fn select_lists(
+        &self,
+        dots: &[f32],
+        nprobe: usize,
+        probe: Probe,
+        probes: &mut TopK,
+        keys: &mut Vec<f32>,
+    ) {
+        const CHUNK: usize = 16;
         let p = self.view.params();
         probes.reset(nprobe.min(p.n_lists));
+        let norms = &self.tables.centroid_norms;
+        keys.clear();
+        if probe.resolve(p.metric) == Probe::L2 {
+            keys.extend(dots.iter().zip(norms).map(|(&dot, &norm)| norm - 2.0 * dot));
+        } else {
+            keys.extend(dots[..norms.len()].iter().map(|&dot| -dot));
+        }
         let mut threshold = probes.threshold();
-        let by_l2 = probe.resolve(p.metric) == Probe::L2;
-        for (j, (&dot, &norm)) in dots.iter().zip(&self.tables.centroid_norms).enumerate() {
-            let key = if by_l2 { norm - 2.0 * dot } else { -dot };
-            if key <= threshold {
-                probes.push(key, j as u64);
-                threshold = probes.threshold();
+        for (c, chunk) in keys.chunks(CHUNK).enumerate() {
+            let mut mask = chunk.iter().enumerate().fold(0u32, |mask, (i, &key)| {
+                mask | (u32::from(key <= threshold) << i)
+            });
+            // Lanes that passed the threshold the chunk started with; it falls as they enter.
+            while mask != 0 {
+                let i = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if chunk[i] <= threshold {
+                    probes.push(chunk[i], (c * CHUNK + i) as u64);
+                    threshold = probes.threshold();
+                }
             }
         }
     }
@@ -671,7 +702,7 @@ impl<'a> SearchIndex<'a> {
             .centroid_blocks
             .dots(self.tables.arch, &rotated, &mut dots);
         let mut probes = TopK::default();
-        self.select_lists(&dots, nprobe, probe, &mut probes);
+        self.select_lists(&dots, nprobe, probe, &mut probes, &mut Vec::new());
         Ok(probes.sorted().iter().map(|&(_, j)| j as u32).collect())
     }
 
@@ -694,15 +725,16 @@ impl<'a> SearchIndex<'a> {
         let p = self.view.params();
         let rerank = self.view.refine().is_some() && params.rerank_factor > 0;
         let ScanScratch {
+            list_keys,
             probes,
             top,
-            fs_table,
             quantized,
             reranked,
+            scaled_raw,
             refined,
             reconstructed,
         } = scratch;
-        self.select_lists(dots, params.nprobe, params.probe, probes);
+        self.select_lists(dots, params.nprobe, params.probe, probes, list_keys);
         let candidates = if rerank {
             params.k.saturating_mul(params.rerank_factor)
         } else {
@@ -718,7 +750,31 @@ impl<'a> SearchIndex<'a> {
         if self.tables.fast_scan && !l2 {
             quantized.quantize(table);
         }
-        for &(_, j) in probes.sorted() {
+        // Each list's ids, codes and (fast-scan L2) table terms are fetched while the list
+        // before it is scanned.
+        let terms_len = if self.tables.list_terms.is_empty() {
+            0
+        } else {
+            table.len()
+        };
+        let fetch = |j: u64| {
+            let j = j as usize;
+            let list = self.view.list(j);
+            if !rerank {
+                prefetch(bytemuck::cast_slice(list.ids), PREFETCH_BYTES);
+            }
+            prefetch(list.codes, PREFETCH_BYTES);
+            let terms = &self.tables.list_terms[j * terms_len..(j + 1) * terms_len];
+            prefetch(bytemuck::cast_slice(terms), PREFETCH_BYTES);
+        };
+        let probed = probes.sorted();
+        if let Some(&(_, first)) = probed.first() {
+            fetch(first);
+        }
+        for (i, &(_, j)) in probed.iter().enumerate() {
+            if let Some(&(_, next)) = probed.get(i + 1) {
+                fetch(next);
+            }
             let j = j as usize;
             let list = self.view.list(j);
             if list.is_empty() {
@@ -733,14 +789,8 @@ impl<'a> SearchIndex<'a> {
             if self.tables.fast_scan {
                 if l2 {
                     let len = table.len();
-                    fs_table.clear();
-                    fs_table.extend(
-                        table
-                            .iter()
-                            .zip(&self.tables.list_terms[j * len..(j + 1) * len])
-                            .map(|(&t, &e)| t + e),
-                    );
-                    quantized.quantize(fs_table);
+                    let terms = &self.tables.list_terms[j * len..(j + 1) * len];
+                    quantized.quantize_sum(table, Some(terms));
                 }
                 let scan = Scan4 {
                     table: quantized,
@@ -775,10 +825,24 @@ impl<'a> SearchIndex<'a> {
         }
         let best = if rerank {
             reranked.reset(params.k);
-            for &(_, slot) in top.sorted() {
+            let candidates = top.sorted();
+            // The candidates' rows are scattered over the refine data: ask for all of them
+            // before reading the first, so that their cache misses overlap.
+            if let Some(refine) = self.view.refine() {
+                for &(_, slot) in candidates {
+                    prefetch(refine.slot_bytes(slot as usize), usize::MAX);
+                }
+            }
+            let slot_ids = self.view.slot_ids();
+            for &(_, slot) in candidates {
+                prefetch(bytemuck::bytes_of(&slot_ids[slot as usize]), 8);
+            }
+            scaled_raw.clear();
+            scaled_raw.extend(raw.iter().map(|&v| scale * v));
+            for &(_, slot) in candidates {
                 let slot = slot as usize;
-                let key = self.refined_key(slot, raw, scale, query, refined, reconstructed);
-                reranked.push(key, self.view.slot_ids()[slot]);
+                let key = self.refined_key(slot, scaled_raw, query, refined, reconstructed);
+                reranked.push(key, slot_ids[slot]);
             }
             reranked.sorted()
         } else {
@@ -800,14 +864,13 @@ impl<'a> SearchIndex<'a> {
     }
 
     /// The key (smaller is better) of slot `slot` scored with the refinement data: exactly,
-    /// against `scale · raw` in the original space, for `f32` / `f16`; against `q'` in the
-    /// rotated space for `pq8`, whose vector is the item's reconstruction plus the decoded
-    /// residual. Sums run in coordinate order, in f32.
+    /// against `scaled_raw` (`scale · raw`) in the original space, for `f32` / `f16`; against
+    /// `q'` in the rotated space for `pq8`, whose vector is the item's reconstruction plus the
+    /// decoded residual. Sums in f32, by [`refined_sum`].
     fn refined_key(
         &self,
         slot: usize,
-        raw: &[f32],
-        scale: f32,
+        scaled_raw: &[f32],
         query: &[f32],
         refined: &mut Vec<f32>,
         reconstructed: &mut Vec<f32>,
@@ -817,18 +880,11 @@ impl<'a> SearchIndex<'a> {
             unreachable!("re-ranking only runs on indexes with refinement data")
         };
         let l2 = p.metric == Metric::L2;
-        let key = |q: &mut dyn Iterator<Item = f32>, x: &[f32]| -> f32 {
-            let mut acc = 0.0f32;
-            for (qi, &xi) in q.zip(x) {
-                acc += if l2 { (qi - xi) * (qi - xi) } else { qi * xi };
-            }
-            if l2 { acc } else { -acc }
-        };
-        match refine.kind() {
+        let sum = match refine.kind() {
             RefineKind::F32 | RefineKind::F16 => {
                 refined.resize(p.dim, 0.0);
                 refine.decode(slot, refined);
-                key(&mut raw.iter().map(|&v| scale * v), refined)
+                refined_sum(l2, scaled_raw, refined)
             }
             RefineKind::Pq8 => {
                 refined.resize(p.padded_dim, 0.0);
@@ -839,10 +895,37 @@ impl<'a> SearchIndex<'a> {
                 for (r, &e) in reconstructed.iter_mut().zip(refined.iter()) {
                     *r += e;
                 }
-                key(&mut query.iter().copied(), reconstructed)
+                refined_sum(l2, query, reconstructed)
             }
+        };
+        if l2 { sum } else { -sum }
+    }
+}
+
+/// `Σ_i (q_i − x_i)²` (`l2`) or `Σ_i q_i x_i`, in f32, summed in [`REFINE_LANES`] interleaved
+/// partial sums (lane `l` takes coordinates `l`, `l + 8`, …) that are then added pairwise: one
+/// fixed order, and no chain of dependent additions as long as the vector.
+fn refined_sum(l2: bool, q: &[f32], x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; REFINE_LANES];
+    let term = |a: f32, b: f32| if l2 { (a - b) * (a - b) } else { a * b };
+    let (qc, xc) = (q.chunks_exact(REFINE_LANES), x.chunks_exact(REFINE_LANES));
+    let (q_rest, x_rest) = (qc.remainder(), xc.remainder());
+    for (qs, xs) in qc.zip(xc) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(qs).zip(xs) {
+            *lane += term(a, b);
         }
     }
+    for ((lane, &a), &b) in lanes.iter_mut().zip(q_rest).zip(x_rest) {
+        *lane += term(a, b);
+    }
+    let mut width = REFINE_LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
 }
 
 /// Where one query's results go.
@@ -854,14 +937,16 @@ struct Output<'o> {
 /// The scratch of one query's scan.
 #[derive(Debug, Default)]
 struct ScanScratch {
+    /// The key of each list (smaller is better), `n_lists`.
+    list_keys: Vec<f32>,
     probes: TopK,
     top: TopK,
-    /// Fast-scan L2: the query's table plus a list's terms, `M × 16`.
-    fs_table: Vec<f32>,
     /// Fast-scan: the quantized table.
     quantized: QuantizedTable,
     /// Re-ranking: the best `k` by refined score.
     reranked: TopK,
+    /// Re-ranking: `scale · raw`, the query the float refinement data are scored against.
+    scaled_raw: Vec<f32>,
     /// Re-ranking: a candidate's refinement vector.
     refined: Vec<f32>,
     /// Re-ranking with `pq8`: a candidate's reconstruction.

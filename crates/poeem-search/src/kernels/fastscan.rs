@@ -21,6 +21,8 @@
 //! integer sums with byte shuffles and compares them with the integer threshold that
 //! [`int_threshold`] derives, so it offers exactly the same candidates in the same order.
 
+use pulp::{Arch, Simd, WithSimd};
+
 use super::Scan4;
 use crate::BLOCK;
 use crate::layout::fast_scan_position;
@@ -49,40 +51,32 @@ impl QuantizedTable {
     /// When `table` is empty or not whole rows.
     #[track_caller]
     pub fn quantize(&mut self, table: &[f32]) {
+        self.quantize_sum(table, None);
+    }
+
+    /// Quantizes `table + terms` (entry by entry, one f32 addition each; `terms` as long as
+    /// `table`) as [`QuantizedTable::quantize`] quantizes a table: the fast-scan L2 table of a
+    /// query and a list's terms, without a third buffer.
+    ///
+    /// # Panics
+    /// When `table` is empty or not whole rows, or `terms` is not as long as `table`.
+    #[track_caller]
+    pub(crate) fn quantize_sum(&mut self, table: &[f32], terms: Option<&[f32]>) {
         assert!(
             !table.is_empty() && table.len().is_multiple_of(CODEWORDS),
             "whole rows of 16"
         );
-        let m_count = table.len() / CODEWORDS;
-        let q_max = (65535 / m_count).min(255) as f32;
-        let mut base = 0.0f32;
-        let mut range = 0.0f32;
-        for row in table.chunks_exact(CODEWORDS) {
-            let (lo, hi) = row
-                .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                    (lo.min(v), hi.max(v))
-                });
-            base += lo;
-            range = range.max(hi - lo);
+        if let Some(terms) = terms {
+            assert_eq!(terms.len(), table.len(), "one term per table entry");
         }
-        let step = if range.is_finite() && range > 0.0 {
-            range / q_max
-        } else {
-            0.0
-        };
-        let scale = if step > 0.0 { 1.0 / step } else { 0.0 };
+        let m_count = table.len() / CODEWORDS;
         self.entries.clear();
         self.entries.resize(m_count.div_ceil(2) * 2 * CODEWORDS, 0);
-        for (m, row) in table.chunks_exact(CODEWORDS).enumerate() {
-            let lo = row.iter().fold(f32::INFINITY, |lo, &v| lo.min(v));
-            let dst = &mut self.entries[m * CODEWORDS..(m + 1) * CODEWORDS];
-            for (d, &v) in dst.iter_mut().zip(row) {
-                // Round half up (the value is ≥ 0): `as` truncates, saturates, and maps NaN to
-                // 0; no libm call, so the loop vectorizes.
-                *d = ((v - lo) * scale + 0.5).min(q_max) as u8;
-            }
-        }
+        let (base, step) = Arch::new().dispatch(Quantize {
+            table,
+            terms,
+            entries: &mut self.entries,
+        });
         self.base = base;
         self.step = step;
     }
@@ -93,6 +87,113 @@ impl QuantizedTable {
     pub(crate) fn key(offset: f32, step: f32, sum: u16) -> f32 {
         offset + f32::from(sum) * step
     }
+}
+
+/// [`QuantizedTable::quantize_sum`]'s work as a [`WithSimd`] operation, so that its loops over
+/// fixed rows of 16 are compiled for the instruction set chosen at run time. Returns
+/// `(Σ_m min_m, δ)` and writes the entries.
+struct Quantize<'a> {
+    table: &'a [f32],
+    terms: Option<&'a [f32]>,
+    entries: &'a mut [u8],
+}
+
+impl WithSimd for Quantize<'_> {
+    type Output = (f32, f32);
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) -> (f32, f32) {
+        let Self {
+            table,
+            terms,
+            entries,
+        } = self;
+        let m_count = table.len() / CODEWORDS;
+        let q_max = (65535 / m_count).min(255) as f32;
+        let mut base = 0.0f32;
+        let mut range = 0.0f32;
+        for m in 0..m_count {
+            let (lo, hi) = row_min_max(&row(table, terms, m));
+            base += lo;
+            range = range.max(hi - lo);
+        }
+        let step = if range.is_finite() && range > 0.0 {
+            range / q_max
+        } else {
+            0.0
+        };
+        let scale = if step > 0.0 { 1.0 / step } else { 0.0 };
+        for (m, dst) in entries
+            .chunks_exact_mut(CODEWORDS)
+            .take(m_count)
+            .enumerate()
+        {
+            let values = row(table, terms, m);
+            let (lo, _) = row_min_max(&values);
+            for (d, &v) in dst.iter_mut().zip(&values) {
+                // NaN becomes `q_max`; a NaN `lo` has already made the keys NaN.
+                *d = round_byte(greater(lesser((v - lo) * scale, q_max), 0.0));
+            }
+        }
+        (base, step)
+    }
+}
+
+/// `x` (in `[0, 255]`) rounded to the nearest integer, ties to even: adding `1.5 · 2^23`
+/// leaves the rounded value in the low mantissa bits. No conversion instruction, so the loop
+/// vectorizes.
+#[inline(always)]
+fn round_byte(x: f32) -> u8 {
+    const SHIFTER: f32 = 12_582_912.0; // 1.5 · 2^23
+    (x + SHIFTER).to_bits() as u8
+}
+
+/// Row `m` of `table` (plus `terms`).
+#[inline(always)]
+fn row(table: &[f32], terms: Option<&[f32]>, m: usize) -> [f32; CODEWORDS] {
+    let at = |t: &[f32]| -> [f32; CODEWORDS] {
+        let Some(r) = t[m * CODEWORDS..].first_chunk::<CODEWORDS>() else {
+            unreachable!("whole rows of 16")
+        };
+        *r
+    };
+    let values = at(table);
+    match terms {
+        Some(terms) => {
+            let terms = at(terms);
+            std::array::from_fn(|i| values[i] + terms[i])
+        }
+        None => values,
+    }
+}
+
+/// The smallest and largest of a row by a tree of pairwise steps that the compiler turns into
+/// vector instructions. With NaN in the row, either may come out NaN (and the list's keys with
+/// it: a table holding NaN, possible only in an index with non-finite floats, passes nothing).
+#[inline(always)]
+fn row_min_max(v: &[f32; CODEWORDS]) -> (f32, f32) {
+    let (mut lo, mut hi) = (*v, *v);
+    let mut width = CODEWORDS / 2;
+    while width > 0 {
+        for i in 0..width {
+            lo[i] = lesser(lo[i], lo[i + width]);
+            hi[i] = greater(hi[i], hi[i + width]);
+        }
+        width /= 2;
+    }
+    (lo[0], hi[0])
+}
+
+/// `a` when it is smaller, else `b` (so `b` when either is NaN): one `minps`.
+#[inline(always)]
+fn lesser(a: f32, b: f32) -> f32 {
+    if a < b { a } else { b }
+}
+
+/// `a` when it is larger, else `b` (so `b` when either is NaN): one `maxps`.
+#[inline(always)]
+fn greater(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
 }
 
 /// The largest sum `S` whose key `offset + S · step` does not exceed `threshold`, or −1 when
@@ -107,7 +208,26 @@ pub(crate) fn int_threshold(offset: f32, step: f32, threshold: f32) -> i32 {
     if key(65535) <= threshold {
         return 65535;
     }
-    let (mut lo, mut hi) = (0i32, 65535i32);
+    // Now key(0) ≤ threshold < key(65535), so the step is positive and the quotient finite:
+    // start from it, and walk to the exact boundary, one sum at a time while that is short,
+    // else by bisection.
+    let guess = ((threshold - offset) / step).clamp(0.0, 65534.0) as i32;
+    let up = key(guess) <= threshold;
+    let (mut lo, mut hi) = if up { (guess, 65535) } else { (0, guess) };
+    // key(lo) ≤ threshold < key(hi) throughout.
+    for _ in 0..2 {
+        if up {
+            if key(lo + 1) > threshold {
+                return lo;
+            }
+            lo += 1;
+        } else {
+            if key(hi - 1) <= threshold {
+                return hi - 1;
+            }
+            hi -= 1;
+        }
+    }
     while hi - lo > 1 {
         let mid = (lo + hi) / 2;
         if key(mid) <= threshold {
@@ -148,5 +268,87 @@ pub(crate) fn scan(s: &Scan4<'_>, top: &mut TopK) {
                 top.push(key, s.id(base + l));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The boundary by bisection alone: the definition `int_threshold` must meet.
+    fn bisected(offset: f32, step: f32, threshold: f32) -> i32 {
+        let key = |s: i32| QuantizedTable::key(offset, step, s as u16);
+        (0..=65535)
+            .rev()
+            .find(|&s| key(s) <= threshold)
+            .map_or(-1, |s| {
+                // Keys are monotonic: every smaller sum passes too.
+                assert!(key(0) <= threshold);
+                s
+            })
+    }
+
+    #[test]
+    fn int_threshold_is_the_largest_passing_sum() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let mut cases = vec![
+            (0.0, 0.0, 0.0),
+            (1.0, 0.0, 0.5),
+            (1.0, 0.0, 1.0),
+            (0.0, 1.0, f32::INFINITY),
+            (f32::NAN, 1.0, 5.0),
+            (-3.0, 1e-7, -2.999),
+            (1e6, 0.25, 1e6 + 100.0),
+        ];
+        for _ in 0..300 {
+            let (offset, step) = (next() * 200.0 - 100.0, next() * next() * 0.01);
+            let sum = (next() * 70000.0) as u16;
+            // A threshold exactly on a key, and others near one.
+            let on = QuantizedTable::key(offset, step, sum);
+            cases.extend([
+                (offset, step, on),
+                (offset, step, on + step * (next() - 0.5)),
+                (offset, step, f32::from_bits(on.to_bits() + 1)),
+                (offset, step, offset - next()),
+            ]);
+        }
+        for (offset, step, threshold) in cases {
+            assert_eq!(
+                int_threshold(offset, step, threshold),
+                bisected(offset, step, threshold),
+                "offset {offset}, step {step}, threshold {threshold}"
+            );
+        }
+    }
+
+    #[test]
+    fn quantizing_a_sum_equals_quantizing_the_summed_table() {
+        let table: Vec<f32> = (0..5 * CODEWORDS)
+            .map(|i| (i * 37 % 23) as f32 * 0.3 - 2.0)
+            .collect();
+        let terms: Vec<f32> = (0..5 * CODEWORDS)
+            .map(|i| (i * 11 % 7) as f32 * 0.7)
+            .collect();
+        let summed: Vec<f32> = table.iter().zip(&terms).map(|(a, b)| a + b).collect();
+        let (mut a, mut b) = (QuantizedTable::default(), QuantizedTable::default());
+        a.quantize_sum(&table, Some(&terms));
+        b.quantize(&summed);
+        assert_eq!(
+            (a.entries, a.base, a.step),
+            (b.entries.clone(), b.base, b.step)
+        );
+        // Each row's smallest entry quantizes to 0, the widest row's largest to q_max = 255;
+        // the missing sixth row is zeros.
+        for row in b.entries.chunks_exact(CODEWORDS).take(5) {
+            assert_eq!(row.iter().min(), Some(&0));
+        }
+        assert_eq!(b.entries.iter().max(), Some(&255));
+        assert!(b.entries[5 * CODEWORDS..].iter().all(|&e| e == 0));
     }
 }
