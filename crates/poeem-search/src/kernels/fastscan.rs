@@ -6,14 +6,17 @@
 //!
 //! - per subspace an offset `min_m = min_k T[m][k]`, and one shared step
 //!   `δ = max_m (max_k T[m][k] − min_m) / q_max` with `q_max = min(255, ⌊65535 / M⌋)`;
-//! - `Q[m][k] = round((T[m][k] − min_m) / δ) ∈ [0, q_max]`, so a slot's sum `Σ_m Q[m][k_m]`
-//!   is at most `M · q_max ≤ 65535` and fits a 16-bit accumulator for any codes;
+//! - `Q[m][k] = round((T[m][k] − min_m) · (1/δ)) ∈ [0, q_max]` (to nearest, ties to even), so a
+//!   slot's sum `Σ_m Q[m][k_m]` is at most `M · q_max ≤ 65535` and fits a 16-bit accumulator
+//!   for any codes;
 //! - a slot's key is `(bias + Σ_m min_m) + S · δ` with `S` its 16-bit sum (f32 arithmetic).
 //!
 //! Error bound: each entry is off by at most `δ/2`, so a key differs from the float ADC key
 //! `bias + Σ_m T[m][k_m]` by at most `M · δ / 2` (plus f32 rounding of the two sums, a few ulps
 //! of their magnitudes). Keys of one list are exact multiples of `δ` apart, so the order inside
-//! a list is the float order up to that bound; re-ranking restores exact order.
+//! a list is the float order up to that bound; re-ranking restores exact order. A table holding
+//! NaN (only from an index with non-finite floats) may get a NaN offset, and then its list
+//! offers nothing.
 //!
 //! The scan: for each block, the 32 sums `S_l` (wrapping 16-bit adds, in subspace order, which
 //! for in-range tables never wrap), then lane by lane, for the slots holding an item, the key,
