@@ -1,4 +1,5 @@
-//! `cargo xtask bench-faiss search`: IVF-PQ search on real vectors, poeem against faiss.
+//! `cargo xtask bench-faiss search`: IVF-PQ search on real (or generated) vectors, poeem against
+//! faiss.
 //!
 //! Both libraries get the same standardised (and, where `n_subspaces` does not divide the
 //! dimension, zero-padded) base vectors, build the same IVF-PQ (same `n_lists`, `M`, 8 bits,
@@ -29,8 +30,16 @@ use poeem::pipeline::{markdown_table as markdown, median};
 pub(crate) struct SearchArgs {
     /// Vectors to index (`.npy` or `.fvecs`); standardised per column, then split into base and
     /// queries.
-    #[arg(long)]
-    vectors: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "generate",
+        conflicts_with = "generate"
+    )]
+    vectors: Option<PathBuf>,
+    /// Instead of `--vectors`: `ROWSxDIM` clustered Gaussian vectors (1,000 clusters with
+    /// standard normal centres, spread 1 per coordinate; seeded by `--seed`), e.g. `2000000x64`.
+    #[arg(long, value_parser = parse_rows_by_dim)]
+    generate: Option<(usize, usize)>,
     /// Coarse lists (IVF).
     #[arg(long, default_value_t = 1024)]
     n_lists: usize,
@@ -159,18 +168,29 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
     let repeats = args.repeats.max(1);
     let (m, k) = (args.n_subspaces, args.k);
 
-    let vectors = poeem::io::read_vectors(&args.vectors)
-        .with_context(|| format!("reading {}", args.vectors.display()))?;
-    let dim = vectors.dim;
-    let mut data = vectors.data;
+    let (source, dim, mut data) = match (&args.vectors, args.generate) {
+        (Some(path), _) => {
+            let vectors = poeem::io::read_vectors(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (path.display().to_string(), vectors.dim, vectors.data)
+        }
+        (None, Some((rows, dim))) => (
+            format!(
+                "generated clustered Gaussian (1,000 clusters, spread 1, seed {})",
+                args.seed
+            ),
+            dim,
+            poeem::synthetic::clustered_gaussian(rows, dim, GENERATED_CLUSTERS, 1.0, args.seed),
+        ),
+        (None, None) => bail!("give --vectors or --generate"),
+    };
     if let Some(rows) = args.rows {
         data = sample_rows(&data, dim, rows, args.seed);
     }
     let n = data.len() / dim;
     ensure!(
         n > args.queries + args.n_lists,
-        "{}: {n} rows are too few to hold out {} queries and still train {} lists",
-        args.vectors.display(),
+        "{source}: {n} rows are too few to hold out {} queries and still train {} lists",
         args.queries,
         args.n_lists
     );
@@ -184,8 +204,7 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
     let (nq, nb) = (args.queries, base.len() / padded_dim);
 
     println!(
-        "data: {} ({n} × {dim}), standardised per column; {nb} base vectors, {nq} held-out queries (seed {})",
-        args.vectors.display(),
+        "data: {source} ({n} × {dim}), standardised per column; {nb} base vectors, {nq} held-out queries (seed {})",
         args.seed
     );
     if padded_dim != dim {
@@ -453,6 +472,23 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
         report.relative_distortion
     );
     Ok(())
+}
+
+/// Clusters of `--generate`'s vectors.
+const GENERATED_CLUSTERS: usize = 1000;
+
+/// `ROWSxDIM` (both at least 1).
+fn parse_rows_by_dim(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("expected ROWSxDIM with both at least 1, e.g. 2000000x64; got {s:?}");
+    let (rows, dim) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (rows, dim) = (
+        rows.trim().parse::<usize>().map_err(|_| bad())?,
+        dim.trim().parse::<usize>().map_err(|_| bad())?,
+    );
+    if rows == 0 || dim == 0 {
+        return Err(bad());
+    }
+    Ok((rows, dim))
 }
 
 fn check_args(args: &SearchArgs) -> Result<()> {
@@ -770,6 +806,15 @@ mod tests {
                 let want: Vec<i64> = scored[..k].iter().map(|&(_, i)| i as i64).collect();
                 assert_eq!(row, want.as_slice(), "{metric:?}");
             }
+        }
+    }
+
+    #[test]
+    fn rows_by_dim_parses_and_rejects() {
+        assert_eq!(parse_rows_by_dim("2000000x64"), Ok((2_000_000, 64)));
+        assert_eq!(parse_rows_by_dim("10X3"), Ok((10, 3)));
+        for bad in ["", "64", "0x64", "10x0", "x64", "10x", "ax3", "10x3x2"] {
+            assert!(parse_rows_by_dim(bad).is_err(), "{bad:?}");
         }
     }
 
