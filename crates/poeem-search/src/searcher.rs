@@ -44,6 +44,12 @@ const LANES: usize = 64;
 const BATCH_ROWS: usize = 64;
 /// Memory a batch's lookup tables may take, which caps its rows for wide tables.
 const BATCH_TABLE_BYTES: usize = 2 << 20;
+/// Most queries a fast-scan batch scans together, list by list.
+const GROUP_ROWS: usize = 1024;
+/// Memory the dot products and tables of a fast-scan batch's group may take.
+const GROUP_BYTES: usize = 8 << 20;
+/// Average bytes of a list's ids and codes above which a fast-scan batch scans list by list.
+const GROUP_LIST_BYTES: usize = 2 * PREFETCH_BYTES;
 /// Bytes of a probed list's ids and of its codes fetched ahead of its scan: whole lists of a
 /// few hundred items; the start of larger ones, whose sequential codes the CPU fetches itself.
 const PREFETCH_BYTES: usize = 4096;
@@ -437,9 +443,11 @@ impl<'a> SearchIndex<'a> {
     /// results go to `ids[i·k..(i+1)·k]` and `scores[i·k..(i+1)·k]`, as
     /// [`Searcher::search_one`] writes them. Chunks of up to 64 queries are rotated, scored
     /// against the coarse centroids and given their lookup tables by matrix products, then
-    /// scanned one query at a time. Queries are split into `par`'s tasks at multiples of the
-    /// chunk, so the results do not depend on `par`; they equal `search_one`'s up to float
-    /// rounding (the dot products are summed in another order).
+    /// scanned one query at a time, or (a fast-scan index with long lists) in groups of up to
+    /// 1,024 queries, list by list, so that each probed list is read from memory once for the
+    /// group. Queries are split into `par`'s tasks at multiples of the chunk, so the results do
+    /// not depend on `par`; they equal `search_one`'s up to float rounding (the dot products are
+    /// summed in another order).
     ///
     /// # Errors
     /// As [`Searcher::search_one`] for any row (nothing is written then), or
@@ -475,6 +483,22 @@ impl<'a> SearchIndex<'a> {
         scores: &mut [f32],
         par: Par,
     ) -> Result<(), SearchError> {
+        self.search_batch_in_groups(queries, excluded, params, ids, scores, par, None)
+    }
+
+    /// [`search_batch_excluding`](Self::search_batch_excluding), scanning `group` queries
+    /// together (a multiple of the chunk) instead of [`SearchIndex::group_rows`]'s choice.
+    #[allow(clippy::too_many_arguments)]
+    fn search_batch_in_groups(
+        &self,
+        queries: &[f32],
+        excluded: &[&[u64]],
+        params: &SearchParams,
+        ids: &mut [i64],
+        scores: &mut [f32],
+        par: Par,
+        group: Option<usize>,
+    ) -> Result<(), SearchError> {
         params.validate()?;
         let dim = self.view.params().dim;
         let n = queries.len() / dim;
@@ -508,20 +532,21 @@ impl<'a> SearchIndex<'a> {
             Par::Rayon(t) => t.get(),
         };
         let rows = n.div_ceil(tasks).next_multiple_of(chunk);
+        let group = group.unwrap_or_else(|| self.group_rows(chunk));
         let run = |part: BatchPart<'_>| {
-            // Scratch for at most one chunk, no more rows than this part has (a one-query
+            // Scratch for at most one group, no more rows than this part has (a one-query
             // call should not allocate and zero 64 queries' lookup tables).
-            let mut batch = Batch::new(self, chunk.min(part.scales.len()));
+            let mut batch = Batch::new(self, group.min(part.scales.len()));
             for (c, (((q, s), i), o)) in part
                 .queries
-                .chunks(chunk * dim)
-                .zip(part.scales.chunks(chunk))
-                .zip(part.ids.chunks_mut(chunk * k))
-                .zip(part.scores.chunks_mut(chunk * k))
+                .chunks(group * dim)
+                .zip(part.scales.chunks(group))
+                .zip(part.ids.chunks_mut(group * k))
+                .zip(part.scores.chunks_mut(group * k))
                 .enumerate()
             {
-                let x = part.excluded.get(c * chunk..).unwrap_or(&[]);
-                batch.run(q, s, &x[..x.len().min(chunk)], params, i, o);
+                let x = part.excluded.get(c * group..).unwrap_or(&[]);
+                batch.run(q, s, &x[..x.len().min(group)], params, chunk, i, o);
             }
         };
         let parts = queries
@@ -550,6 +575,24 @@ impl<'a> SearchIndex<'a> {
     fn batch_rows(&self) -> usize {
         let table_bytes = self.table_len() * size_of::<f32>();
         (BATCH_TABLE_BYTES / table_bytes).clamp(1, BATCH_ROWS)
+    }
+
+    /// Queries a batch scans together, a multiple of `chunk`. For a fast-scan index whose lists
+    /// average more than [`GROUP_LIST_BYTES`] of ids and codes, as many as fit [`GROUP_BYTES`]
+    /// (dot products and tables), up to [`GROUP_ROWS`], so that a list probed by several of
+    /// them is read from memory once for all. Otherwise `chunk`, scanned query by query: short
+    /// lists come into cache ahead of their scan anyway (and an 8-bit query's table, larger
+    /// than such a list, stays in cache over its lists).
+    fn group_rows(&self, chunk: usize) -> usize {
+        let p = self.view.params();
+        let list_bytes = self.view.slot_ids().len() / p.n_lists.max(1)
+            * (size_of::<u64>() + p.n_subspaces.div_ceil(2));
+        if !self.tables.fast_scan || list_bytes <= GROUP_LIST_BYTES {
+            return chunk;
+        }
+        let row_bytes = (self.table_len() + p.n_lists) * size_of::<f32>();
+        let rows = (GROUP_BYTES / row_bytes).min(GROUP_ROWS);
+        (rows / chunk).max(1) * chunk
     }
 
     /// Entries of one query's lookup table, `M × stride`.
@@ -713,7 +756,7 @@ impl<'a> SearchIndex<'a> {
     fn scan_one(
         &self,
         scratch: &mut ScanScratch,
-        (raw, scale): (&[f32], f32),
+        raw: (&[f32], f32),
         query: &[f32],
         dots: &[f32],
         table: &[f32],
@@ -721,111 +764,153 @@ impl<'a> SearchIndex<'a> {
         excluded: &[u64],
         out: Output<'_>,
     ) -> usize {
-        let Output { ids, scores } = out;
-        let p = self.view.params();
-        let rerank = self.view.refine().is_some() && params.rerank_factor > 0;
         let ScanScratch {
             list_keys,
             probes,
-            top,
-            quantized,
+            query: state,
+            finish,
+        } = scratch;
+        self.select_lists(dots, params.nprobe, params.probe, probes, list_keys);
+        self.begin_query(state, query, table, params, excluded);
+        let rerank = self.reranks(params);
+        let probed = probes.sorted();
+        if let Some(&(_, first)) = probed.first() {
+            self.fetch_list(first as usize, rerank, PREFETCH_BYTES);
+        }
+        for (i, &(_, j)) in probed.iter().enumerate() {
+            // Each list is fetched while the list before it is scanned.
+            if let Some(&(_, next)) = probed.get(i + 1) {
+                self.fetch_list(next as usize, rerank, PREFETCH_BYTES);
+            }
+            let j = j as usize;
+            self.scan_list(state, j, dots[j], table, rerank);
+        }
+        self.finish_query(state, finish, raw, query, params, out)
+    }
+
+    /// Whether a search with `params` re-ranks its candidates.
+    fn reranks(&self, params: &SearchParams) -> bool {
+        self.view.refine().is_some() && params.rerank_factor > 0
+    }
+
+    /// Readies `state` for a query whose lists are about to be scanned: its candidates (`k`,
+    /// or `k·R` to re-rank), excluded ids, `‖q'‖²` (L2) and, for a fast-scan index scored by
+    /// inner product, the query's one quantized table.
+    fn begin_query(
+        &self,
+        state: &mut QueryScan,
+        query: &[f32],
+        table: &[f32],
+        params: &SearchParams,
+        excluded: &[u64],
+    ) {
+        let candidates = if self.reranks(params) {
+            params.k.saturating_mul(params.rerank_factor)
+        } else {
+            params.k
+        };
+        state.top.reset(candidates);
+        if !excluded.is_empty() {
+            state.top.exclude(excluded);
+        }
+        let l2 = self.view.params().metric == Metric::L2;
+        state.query_norm = if l2 { squared_norm(query) } else { 0.0 };
+        if self.tables.fast_scan && !l2 {
+            state.quantized.quantize(table);
+        }
+    }
+
+    /// Asks the CPU for the first `bytes` of list `j`'s ids (unless the scan offers slots) and
+    /// codes, and for its (fast-scan L2) table terms, ahead of its scan.
+    fn fetch_list(&self, j: usize, rerank: bool, bytes: usize) {
+        let list = self.view.list(j);
+        if !rerank {
+            prefetch(bytemuck::cast_slice(list.ids), bytes);
+        }
+        prefetch(list.codes, bytes);
+        if !self.tables.list_terms.is_empty() {
+            let len = self.table_len();
+            let terms = &self.tables.list_terms[j * len..(j + 1) * len];
+            prefetch(bytemuck::cast_slice(terms), PREFETCH_BYTES);
+        }
+    }
+
+    /// Scans list `j` for the query of `state`, whose coarse dot product with the list's
+    /// centroid is `dot` and whose lookup table is `table`, offering its items (or, to
+    /// re-rank, their slots) to `state.top`.
+    fn scan_list(&self, state: &mut QueryScan, j: usize, dot: f32, table: &[f32], rerank: bool) {
+        let p = self.view.params();
+        let list = self.view.list(j);
+        if list.is_empty() {
+            return;
+        }
+        let first_slot = self.view.list_offsets()[j];
+        let l2 = p.metric == Metric::L2;
+        let bias = if l2 {
+            state.query_norm + (self.tables.centroid_norms[j] - 2.0 * dot)
+        } else {
+            -dot
+        };
+        let QueryScan { top, quantized, .. } = state;
+        if self.tables.fast_scan {
+            if l2 {
+                let len = table.len();
+                let terms = &self.tables.list_terms[j * len..(j + 1) * len];
+                quantized.quantize_sum(table, Some(terms));
+            }
+            let scan = Scan4 {
+                table: quantized,
+                n_subspaces: p.n_subspaces,
+                bias,
+                codes: list.codes,
+                n_items: list.len(),
+                ids: if rerank {
+                    Offered::Slots(first_slot)
+                } else {
+                    Offered::Ids(list.ids)
+                },
+            };
+            self.tables.kernel.scan4(&scan, top);
+            return;
+        }
+        let slot_bias = if l2 { self.list_slot_terms(j) } else { &[][..] };
+        let scan = Scan {
+            table,
+            n_subspaces: p.n_subspaces,
+            bias,
+            slot_bias,
+            codes: list.codes,
+            ids: list.ids,
+            slots: rerank.then_some(first_slot),
+        };
+        if p.code_width() == 1 {
+            self.tables.kernel.scan(&scan, top);
+        } else {
+            scalar::scan_wide(&scan, self.tables.stride, (p.n_codewords() - 1) as u16, top);
+        }
+    }
+
+    /// Writes the results of the query of `state` once its lists are scanned, re-ranking its
+    /// candidates first when `params` asks to; returns the number found.
+    fn finish_query(
+        &self,
+        state: &mut QueryScan,
+        scratch: &mut FinishScratch,
+        (raw, scale): (&[f32], f32),
+        query: &[f32],
+        params: &SearchParams,
+        out: Output<'_>,
+    ) -> usize {
+        let Output { ids, scores } = out;
+        let FinishScratch {
             reranked,
             scaled_raw,
             refined,
             reconstructed,
         } = scratch;
-        self.select_lists(dots, params.nprobe, params.probe, probes, list_keys);
-        let candidates = if rerank {
-            params.k.saturating_mul(params.rerank_factor)
-        } else {
-            params.k
-        };
-        top.reset(candidates);
-        if !excluded.is_empty() {
-            top.exclude(excluded);
-        }
-        let l2 = p.metric == Metric::L2;
-        let query_norm = if l2 { squared_norm(query) } else { 0.0 };
-        let offsets = self.view.list_offsets();
-        if self.tables.fast_scan && !l2 {
-            quantized.quantize(table);
-        }
-        // Each list's ids, codes and (fast-scan L2) table terms are fetched while the list
-        // before it is scanned.
-        let terms_len = if self.tables.list_terms.is_empty() {
-            0
-        } else {
-            table.len()
-        };
-        let fetch = |j: u64| {
-            let j = j as usize;
-            let list = self.view.list(j);
-            if !rerank {
-                prefetch(bytemuck::cast_slice(list.ids), PREFETCH_BYTES);
-            }
-            prefetch(list.codes, PREFETCH_BYTES);
-            let terms = &self.tables.list_terms[j * terms_len..(j + 1) * terms_len];
-            prefetch(bytemuck::cast_slice(terms), PREFETCH_BYTES);
-        };
-        let probed = probes.sorted();
-        if let Some(&(_, first)) = probed.first() {
-            fetch(first);
-        }
-        for (i, &(_, j)) in probed.iter().enumerate() {
-            if let Some(&(_, next)) = probed.get(i + 1) {
-                fetch(next);
-            }
-            let j = j as usize;
-            let list = self.view.list(j);
-            if list.is_empty() {
-                continue;
-            }
-            let first_slot = offsets[j];
-            let bias = if l2 {
-                query_norm + (self.tables.centroid_norms[j] - 2.0 * dots[j])
-            } else {
-                -dots[j]
-            };
-            if self.tables.fast_scan {
-                if l2 {
-                    let len = table.len();
-                    let terms = &self.tables.list_terms[j * len..(j + 1) * len];
-                    quantized.quantize_sum(table, Some(terms));
-                }
-                let scan = Scan4 {
-                    table: quantized,
-                    n_subspaces: p.n_subspaces,
-                    bias,
-                    codes: list.codes,
-                    n_items: list.len(),
-                    ids: if rerank {
-                        Offered::Slots(first_slot)
-                    } else {
-                        Offered::Ids(list.ids)
-                    },
-                };
-                self.tables.kernel.scan4(&scan, top);
-                continue;
-            }
-            let slot_bias = if l2 { self.list_slot_terms(j) } else { &[][..] };
-            let scan = Scan {
-                table,
-                n_subspaces: p.n_subspaces,
-                bias,
-                slot_bias,
-                codes: list.codes,
-                ids: list.ids,
-                slots: rerank.then_some(first_slot),
-            };
-            if p.code_width() == 1 {
-                self.tables.kernel.scan(&scan, top);
-            } else {
-                scalar::scan_wide(&scan, self.tables.stride, (p.n_codewords() - 1) as u16, top);
-            }
-        }
-        let best = if rerank {
+        let best = if self.reranks(params) {
             reranked.reset(params.k);
-            let candidates = top.sorted();
+            let candidates = state.top.sorted();
             // The candidates' rows are scattered over the refine data: ask for all of them
             // before reading the first, so that their cache misses overlap.
             if let Some(refine) = self.view.refine() {
@@ -846,10 +931,10 @@ impl<'a> SearchIndex<'a> {
             }
             reranked.sorted()
         } else {
-            top.sorted()
+            state.top.sorted()
         };
         let found = best.len();
-        let higher = p.metric.higher_is_better();
+        let higher = self.view.params().metric.higher_is_better();
         ids.fill(-1);
         scores.fill(if higher {
             f32::NEG_INFINITY
@@ -940,9 +1025,25 @@ struct ScanScratch {
     /// The key of each list (smaller is better), `n_lists`.
     list_keys: Vec<f32>,
     probes: TopK,
+    query: QueryScan,
+    finish: FinishScratch,
+}
+
+/// One query's state between the choice of its lists and its results.
+#[derive(Debug, Default)]
+struct QueryScan {
+    /// The best candidates so far.
     top: TopK,
-    /// Fast-scan: the quantized table.
+    /// Fast-scan: the quantized table (inner product and cosine: the query's, for every list;
+    /// L2: the query's plus the list's terms, for the list being scanned).
     quantized: QuantizedTable,
+    /// L2: `‖q'‖²`.
+    query_norm: f32,
+}
+
+/// Scratch for writing a query's results.
+#[derive(Debug, Default)]
+struct FinishScratch {
     /// Re-ranking: the best `k` by refined score.
     reranked: TopK,
     /// Re-ranking: `scale · raw`, the query the float refinement data are scored against.
@@ -1043,7 +1144,8 @@ struct BatchPart<'q> {
     scores: &'q mut [f32],
 }
 
-/// The scratch of one batch task: a chunk of queries' prepared rows, dot products and tables.
+/// The scratch of one batch task: a group of queries' prepared rows, dot products, tables and
+/// scan states.
 struct Batch<'s, 'a> {
     index: &'s SearchIndex<'a>,
     /// Scaled queries, `rows × dim`.
@@ -1055,6 +1157,10 @@ struct Batch<'s, 'a> {
     /// Lookup tables, `rows × M × stride`.
     tables: Vec<f32>,
     scan: ScanScratch,
+    /// Grouped scans: one state per query of the group.
+    queries: Vec<QueryScan>,
+    /// Grouped scans: `(list, row, ⟨q', v_list⟩)` for every list each query probes.
+    probes: Vec<(u32, u32, f32)>,
 }
 
 impl<'s, 'a> Batch<'s, 'a> {
@@ -1067,25 +1173,126 @@ impl<'s, 'a> Batch<'s, 'a> {
             dots: vec![0.0; rows * p.n_lists],
             tables: vec![0.0; rows * index.table_len()],
             scan: ScanScratch::default(),
+            queries: Vec::new(),
+            probes: Vec::new(),
         }
     }
 
-    /// Searches `scales.len()` checked queries (at most the chunk's rows).
+    /// Searches `scales.len()` checked queries (at most the group's rows): their tables by
+    /// matrix products over chunks of `chunk` rows, then their scans, query by query or, for a
+    /// fast-scan index, list by list.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         queries: &[f32],
         scales: &[f32],
         excluded: &[&[u64]],
         params: &SearchParams,
+        chunk: usize,
         ids: &mut [i64],
         scores: &mut [f32],
     ) {
         let index = self.index;
         let p = index.view.params();
         let (b, dim, d, n_lists) = (scales.len(), p.dim, p.padded_dim, p.n_lists);
+        let table_len = index.table_len();
+        for (c, (q, s)) in queries
+            .chunks(chunk * dim)
+            .zip(scales.chunks(chunk))
+            .enumerate()
+        {
+            let rows = c * chunk..c * chunk + s.len();
+            self.prepare(q, s, rows);
+        }
+        let k_out = params.k;
+        let rows = self.rotated[..b * d]
+            .chunks_exact(d)
+            .zip(queries.chunks_exact(dim).zip(scales))
+            .zip(self.dots.chunks_exact(n_lists))
+            .zip(self.tables.chunks_exact(table_len))
+            .zip(
+                ids.chunks_exact_mut(k_out)
+                    .zip(scores.chunks_exact_mut(k_out)),
+            );
+        if !index.tables.fast_scan {
+            for (row, ((((query, raw), dots), table), (ids, scores))) in rows.enumerate() {
+                let excluded = excluded.get(row).copied().unwrap_or(&[]);
+                index.scan_one(
+                    &mut self.scan,
+                    (raw.0, *raw.1),
+                    query,
+                    dots,
+                    table,
+                    params,
+                    excluded,
+                    Output { ids, scores },
+                );
+            }
+            return;
+        }
+        // Fast-scan: every query chooses its lists, then each probed list is scanned for all
+        // the queries that probe it while its codes are in cache. Results do not depend on the
+        // order lists are scanned in (the top-k keeps the best by key, then id).
+        let rerank = index.reranks(params);
+        self.queries.resize_with(b, QueryScan::default);
+        self.probes.clear();
+        let ScanScratch {
+            list_keys,
+            probes,
+            finish,
+            ..
+        } = &mut self.scan;
+        for (row, state) in self.queries.iter_mut().enumerate() {
+            let dots = &self.dots[row * n_lists..(row + 1) * n_lists];
+            index.select_lists(dots, params.nprobe, params.probe, probes, list_keys);
+            self.probes.extend(
+                probes
+                    .sorted()
+                    .iter()
+                    .map(|&(_, j)| (j as u32, row as u32, dots[j as usize])),
+            );
+            let query = &self.rotated[row * d..(row + 1) * d];
+            let table = &self.tables[row * table_len..(row + 1) * table_len];
+            let excluded = excluded.get(row).copied().unwrap_or(&[]);
+            index.begin_query(state, query, table, params, excluded);
+        }
+        self.probes.sort_unstable_by_key(|&(j, row, _)| (j, row));
+        for (i, &(j, row, dot)) in self.probes.iter().enumerate() {
+            let (j, row) = (j as usize, row as usize);
+            if i == 0 {
+                index.fetch_list(j, rerank, usize::MAX);
+            }
+            // When a list's first query starts, the next list is fetched.
+            let starts_list = i == 0 || self.probes[i - 1].0 as usize != j;
+            if starts_list
+                && let Some(&(next, ..)) = self.probes[i..].iter().find(|&&(l, ..)| l as usize != j)
+            {
+                index.fetch_list(next as usize, rerank, usize::MAX);
+            }
+            let table = &self.tables[row * table_len..(row + 1) * table_len];
+            index.scan_list(&mut self.queries[row], j, dot, table, rerank);
+        }
+        for (row, ((((query, raw), _), _), (ids, scores))) in rows.enumerate() {
+            index.finish_query(
+                &mut self.queries[row],
+                finish,
+                (raw.0, *raw.1),
+                query,
+                params,
+                Output { ids, scores },
+            );
+        }
+    }
+
+    /// Rotates, scores against the coarse centroids and tabulates the chunk of queries
+    /// `queries` (scaled by `scales`) into rows `rows` of the group's buffers.
+    fn prepare(&mut self, queries: &[f32], scales: &[f32], rows: std::ops::Range<usize>) {
+        let index = self.index;
+        let p = index.view.params();
+        let (b, dim, d, n_lists) = (rows.len(), p.dim, p.padded_dim, p.n_lists);
         let (m_count, k, sub) = (p.n_subspaces, p.n_codewords(), p.sub_dim());
         let (stride, table_len) = (index.tables.stride, index.table_len());
-        let rotated = &mut self.rotated[..b * d];
+        let rotated = &mut self.rotated[rows.start * d..rows.end * d];
         match index.rotation() {
             None => {
                 for ((out, q), &s) in rotated
@@ -1119,8 +1326,8 @@ impl<'s, 'a> Batch<'s, 'a> {
                 );
             }
         }
-        let rotated = &self.rotated[..b * d];
-        let dots = &mut self.dots[..b * n_lists];
+        let rotated = &self.rotated[rows.start * d..rows.end * d];
+        let dots = &mut self.dots[rows.start * n_lists..rows.end * n_lists];
         faer::linalg::matmul::matmul(
             MatMut::from_row_major_slice_mut(dots, b, n_lists),
             Accum::Replace,
@@ -1130,7 +1337,7 @@ impl<'s, 'a> Batch<'s, 'a> {
             Par::Seq,
         );
         let codebooks = index.view.codebooks();
-        let tables = &mut self.tables[..b * table_len];
+        let tables = &mut self.tables[rows.start * table_len..rows.end * table_len];
         for m in 0..m_count {
             faer::linalg::matmul::matmul(
                 row_major_with_stride_mut(&mut tables[m * stride..], b, k, table_len),
@@ -1140,32 +1347,6 @@ impl<'s, 'a> Batch<'s, 'a> {
                     .transpose(),
                 index.table_scale(),
                 Par::Seq,
-            );
-        }
-        let k_out = params.k;
-        for (row, ((((query, raw), dots), table), (ids, scores))) in rotated
-            .chunks_exact(d)
-            .zip(queries.chunks_exact(dim).zip(scales))
-            .zip(self.dots.chunks_exact(n_lists))
-            .zip(self.tables.chunks_exact(table_len))
-            .zip(
-                ids.chunks_exact_mut(k_out)
-                    .zip(scores.chunks_exact_mut(k_out)),
-            )
-            .enumerate()
-        {
-            let raw = (raw.0, *raw.1);
-            let out = Output { ids, scores };
-            let excluded = excluded.get(row).copied().unwrap_or(&[]);
-            index.scan_one(
-                &mut self.scan,
-                raw,
-                query,
-                dots,
-                table,
-                params,
-                excluded,
-                out,
             );
         }
     }
@@ -1349,4 +1530,118 @@ fn is_identity(r: &[f32], d: usize) -> bool {
 #[inline(always)]
 fn squared_norm(x: &[f32]) -> f32 {
     x.iter().map(|v| v * v).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::refine::encode_float_refine;
+    use crate::{IndexMetadata, IndexParams, IndexParts};
+
+    /// A fast-scan index of `n_items` random items in `n_lists` lists, with `f32` refinement
+    /// data (the items' vectors are random; the codes need not be theirs).
+    fn fast_index(metric: Metric, n_lists: usize, n_items: usize, seed: u64) -> IndexParts {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (dim, m) = (6, 3);
+        let params = IndexParams {
+            dim,
+            padded_dim: dim,
+            n_lists,
+            n_subspaces: m,
+            n_bits: 4,
+            metric,
+            n_items: 0,
+            code_layout: CodeLayout::FastScan4,
+        };
+        let mut uniform =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        let (centroids, codebooks) = (uniform(n_lists * dim), uniform(16 * dim));
+        let vectors = uniform(n_items * dim);
+        let lists: Vec<u32> = (0..n_items).map(|i| (i * 7 % n_lists) as u32).collect();
+        let codes: Vec<u8> = (0..n_items * m).map(|i| (i * 11 % 16) as u8).collect();
+        let ids: Vec<u64> = (0..n_items as u64).map(|i| i * 31 % 100_003).collect();
+        let mut parts = IndexParts::from_item_codes(
+            params,
+            None,
+            centroids,
+            codebooks,
+            &lists,
+            &codes,
+            &ids,
+            IndexMetadata::default(),
+        )
+        .unwrap();
+        // The refinement rows in slot order: any vectors serve.
+        let slots = parts.ids.len();
+        parts.refine = Some(encode_float_refine(
+            RefineKind::F32,
+            dim,
+            &vectors
+                .iter()
+                .copied()
+                .cycle()
+                .take(slots * dim)
+                .collect::<Vec<_>>(),
+        ));
+        parts
+    }
+
+    /// Scanning many queries list by list gives the same bits as scanning them a chunk at a
+    /// time, with and without re-ranking and excluded ids, on one task or two.
+    #[test]
+    fn grouped_scans_equal_chunked_scans() {
+        for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
+            let parts = fast_index(metric, 5, 6000, 7);
+            let view = parts.view().unwrap();
+            let index = SearchIndex::new(view);
+            let chunk = index.batch_rows();
+            let n = 3 * chunk + 5;
+            let mut rng = ChaCha8Rng::seed_from_u64(11);
+            let queries: Vec<f32> = (0..n * 6).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let excluded: Vec<Vec<u64>> = (0..n as u64).map(|i| vec![i * 31 % 100_003]).collect();
+            let excluded: Vec<&[u64]> = excluded.iter().map(Vec::as_slice).collect();
+            for (rerank, nprobe) in [(0, 2), (3, 4)] {
+                let params = SearchParams::new(7, nprobe).with_rerank_factor(rerank);
+                let run = |group: usize, par: Par| {
+                    let (mut ids, mut scores) = (vec![0i64; n * 7], vec![0f32; n * 7]);
+                    index
+                        .search_batch_in_groups(
+                            &queries,
+                            &excluded,
+                            &params,
+                            &mut ids,
+                            &mut scores,
+                            par,
+                            Some(group),
+                        )
+                        .unwrap();
+                    (ids, scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>())
+                };
+                let chunked = run(chunk, Par::Seq);
+                assert!(chunked.0.iter().all(|&id| id >= 0));
+                for (group, par) in [(4 * chunk, Par::Seq), (2 * chunk, Par::rayon(2))] {
+                    assert_eq!(run(group, par), chunked, "{metric:?}, rerank {rerank}");
+                }
+            }
+        }
+    }
+
+    /// An index with long lists scans fast-scan batches in groups larger than a chunk.
+    #[test]
+    fn long_fast_scan_lists_are_scanned_in_groups() {
+        let (long, short) = (
+            fast_index(Metric::L2, 2, 6000, 1),
+            fast_index(Metric::L2, 64, 6000, 1),
+        );
+        let (long, short) = (
+            SearchIndex::new(long.view().unwrap()),
+            SearchIndex::new(short.view().unwrap()),
+        );
+        let chunk = long.batch_rows();
+        assert!(long.group_rows(chunk) > chunk);
+        assert_eq!(short.group_rows(chunk), chunk);
+    }
 }
