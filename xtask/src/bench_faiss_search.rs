@@ -36,7 +36,7 @@ pub(crate) struct SearchArgs {
         conflicts_with = "generate"
     )]
     vectors: Option<PathBuf>,
-    /// Instead of `--vectors`: `ROWSxDIM` clustered Gaussian vectors (1,000 clusters with
+    /// Instead of `--vectors`: `ROWSxDIM` clustered Gaussian vectors (100 clusters with
     /// standard normal centres, spread 1 per coordinate; seeded by `--seed`), e.g. `2000000x64`.
     #[arg(long, value_parser = parse_rows_by_dim)]
     generate: Option<(usize, usize)>,
@@ -176,7 +176,7 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
         }
         (None, Some((rows, dim))) => (
             format!(
-                "generated clustered Gaussian (1,000 clusters, spread 1, seed {})",
+                "generated clustered Gaussian (100 clusters, spread 1, seed {})",
                 args.seed
             ),
             dim,
@@ -475,7 +475,7 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
 }
 
 /// Clusters of `--generate`'s vectors.
-const GENERATED_CLUSTERS: usize = 1000;
+const GENERATED_CLUSTERS: usize = 100;
 
 /// `ROWSxDIM` (both at least 1).
 fn parse_rows_by_dim(s: &str) -> Result<(usize, usize), String> {
