@@ -206,6 +206,19 @@ impl<'a> RefineView<'a> {
         &self.data[slot * per_slot..][..per_slot]
     }
 
+    /// Slot `slot`'s `f32` vector in place, without a copy: `None` unless the data are `f32`
+    /// and the section's bytes lie 4-aligned on a little-endian CPU (as in files this crate
+    /// writes, read or mapped whole); [`RefineView::decode`] works in every case.
+    ///
+    /// # Panics
+    /// When `slot` is not below the slot count.
+    pub fn f32_row(&self, slot: usize) -> Option<&'a [f32]> {
+        if self.kind != RefineKind::F32 || cfg!(target_endian = "big") {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.slot_bytes(slot)).ok()
+    }
+
     /// The refined vector of slot `slot` into `out` (`dim` values for `f32` / `f16` in the
     /// original space; for `pq8`, `padded_dim` values of the decoded residual, to add to the
     /// item's reconstruction in the rotated space).
@@ -356,6 +369,48 @@ pub fn f16_to_f32(h: u16) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `f32_row` borrows what `decode` copies, for aligned `f32` data only.
+    #[test]
+    fn f32_rows_are_the_decoded_vectors() {
+        use crate::{CodeLayout, IndexParams, Metric};
+        let p = IndexParams {
+            dim: 3,
+            padded_dim: 4,
+            n_lists: 1,
+            n_subspaces: 2,
+            n_bits: 8,
+            metric: Metric::L2,
+            n_items: 2,
+            code_layout: CodeLayout::Transposed,
+        };
+        let vectors = [1.0f32, -2.5, 3.25, 0.0, 7.0, -0.125];
+        // A buffer of u64 puts the section 8-aligned, as a file's 64-aligned sections are.
+        let bytes = encode_float_refine(RefineKind::F32, 3, &vectors);
+        let mut words = vec![0u64; bytes.len().div_ceil(8) + 1];
+        let aligned = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()];
+        aligned.copy_from_slice(&bytes);
+        let view = RefineView::parse(aligned, &p, 2).unwrap();
+        let mut out = [0.0f32; 3];
+        for slot in 0..2 {
+            view.decode(slot, &mut out);
+            if cfg!(target_endian = "little") {
+                assert_eq!(view.f32_row(slot), Some(&out[..]));
+            }
+        }
+        // Misaligned by one byte: no borrowed row, decode still works.
+        let shifted = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[1..=bytes.len()];
+        shifted.copy_from_slice(&bytes);
+        let view = RefineView::parse(shifted, &p, 2).unwrap();
+        assert_eq!(view.f32_row(1), None);
+        view.decode(1, &mut out);
+        assert_eq!(out, [0.0, 7.0, -0.125]);
+        let half = encode_float_refine(RefineKind::F16, 3, &vectors);
+        let mut words = vec![0u64; half.len().div_ceil(8)];
+        let aligned = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..half.len()];
+        aligned.copy_from_slice(&half);
+        assert_eq!(RefineView::parse(aligned, &p, 2).unwrap().f32_row(0), None);
+    }
 
     #[test]
     fn half_precision_round_trips_and_rounds_to_nearest() {

@@ -966,11 +966,14 @@ impl<'a> SearchIndex<'a> {
         };
         let l2 = p.metric == Metric::L2;
         let sum = match refine.kind() {
-            RefineKind::F32 | RefineKind::F16 => {
-                refined.resize(p.dim, 0.0);
-                refine.decode(slot, refined);
-                refined_sum(l2, scaled_raw, refined)
-            }
+            RefineKind::F32 | RefineKind::F16 => match refine.f32_row(slot) {
+                Some(row) => refined_sum(l2, scaled_raw, row),
+                None => {
+                    refined.resize(p.dim, 0.0);
+                    refine.decode(slot, refined);
+                    refined_sum(l2, scaled_raw, refined)
+                }
+            },
             RefineKind::Pq8 => {
                 refined.resize(p.padded_dim, 0.0);
                 reconstructed.resize(p.padded_dim, 0.0);
