@@ -54,6 +54,11 @@ pub(crate) struct SearchArgs {
     /// its index in `,RFlat` with `k_factor` R (0: no re-ranking).
     #[arg(long, default_value_t = 0)]
     rerank_factor: usize,
+    /// With `--rerank-factor`: poeem's refinement data, `f32` (faiss `,RFlat`), `f16` (faiss
+    /// `,Refine(SQfp16)`) or `pq8` (an 8-bit PQ of the residual; faiss `,Refine(PQ{M}x8)`, an
+    /// 8-bit PQ of the vectors, the same bytes per item).
+    #[arg(long, default_value = "f32")]
+    refine: RefineKind,
     /// Lists probed per query, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
     nprobe: Vec<usize>,
@@ -229,8 +234,14 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
         args.metric.name(),
         if args.rerank_factor > 0 {
             format!(
-                "; exact re-ranking of the best k·{} (poeem --refine f32, faiss RFlat)",
-                args.rerank_factor
+                "; re-ranking of the best k·{} (poeem --refine {}, faiss {})",
+                args.rerank_factor,
+                args.refine.name(),
+                match args.refine {
+                    RefineKind::F32 => "RFlat".to_owned(),
+                    RefineKind::F16 => "Refine(SQfp16)".to_owned(),
+                    RefineKind::Pq8 => format!("Refine(PQ{m}x8)"),
+                }
             )
         } else {
             String::new()
@@ -281,6 +292,7 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
             args.rerank_factor,
             usize::from(args.opq),
         ],
+        &[args.refine.name()],
     )?;
     let faiss = peer.receive()?;
 
@@ -288,7 +300,7 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
     let mut config = BuildConfig::new(args.n_lists, m, args.n_bits);
     config.metric = args.metric.poeem();
     if args.rerank_factor > 0 {
-        config.refine = Some(RefineKind::F32);
+        config.refine = Some(args.refine);
     }
     config.seed = args.seed;
     if args.opq {
@@ -722,11 +734,13 @@ impl FaissProcess {
         script: &Path,
         paths: &[&std::ffi::OsStr],
         numbers: &[usize],
+        words: &[&str],
     ) -> Result<Self> {
         let mut child = crate::bench_faiss::python_command(python)
             .arg(script)
             .args(paths)
             .args(numbers.iter().map(ToString::to_string))
+            .args(words)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

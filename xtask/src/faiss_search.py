@@ -22,10 +22,13 @@ import faiss
 (base_path, query_path, out_dir, metric_name) = sys.argv[1:5]
 (n_lists, n_subspaces, k, seed, build_threads, kmeans_iterations) = map(int, sys.argv[5:11])
 # 8: IVF{n},PQ{M} (8-bit codes); 4: IVF{n},PQ{M}x4fsr (4-bit fast-scan, residuals encoded).
-# rerank_factor > 0 wraps the index in an exact re-ranking (",RFlat", k_factor = rerank_factor).
+# rerank_factor > 0 wraps the index in a re-ranking (k_factor = rerank_factor), see `refine`.
 (n_bits, rerank_factor) = map(int, sys.argv[11:13]) if len(sys.argv) > 11 else (8, 0)
 # opq = 1 puts faiss's OPQ rotation in front: OPQ{M},IVF{n},PQ{M}... (an IndexPreTransform).
 opq = int(sys.argv[13]) if len(sys.argv) > 13 else 0
+# The re-ranking data: f32 (",RFlat"), f16 (",Refine(SQfp16)") or pq8 (",Refine(PQ{M}x8)", an
+# 8-bit PQ of the vectors; poeem's pq8 encodes the residual of the 4-bit reconstruction).
+refine = sys.argv[14] if len(sys.argv) > 14 else "f32"
 
 base = np.ascontiguousarray(np.load(base_path), dtype=np.float32)
 queries = np.ascontiguousarray(np.load(query_path), dtype=np.float32)
@@ -37,7 +40,7 @@ key = f"IVF{n_lists},PQ{n_subspaces}" + ("x4fsr" if n_bits == 4 else "")
 if opq:
     key = f"OPQ{n_subspaces}," + key
 if rerank_factor > 0:
-    key += ",RFlat"
+    key += {"f32": ",RFlat", "f16": ",Refine(SQfp16)", "pq8": f",Refine(PQ{n_subspaces}x8)"}[refine]
 index = faiss.index_factory(d, key, metric)
 if rerank_factor > 0:
     index.k_factor = rerank_factor
