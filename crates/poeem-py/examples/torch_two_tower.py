@@ -39,6 +39,7 @@ import poeem.torch as pt
 
 DIM, FIELD, HIDDEN, TEMPERATURE = 64, 32, 128, 0.05
 CATALOGUE = 1024  # uniform catalogue items the layer sees each step (--catalogue)
+COARSE_LR, CODEBOOK_LR = 1.0, 4.0  # SGD on the layer's regularizer (see `train`)
 
 
 def read_table(path):
@@ -157,13 +158,16 @@ def train(d, train_idx, seed, layer_settings, epochs, batch, rank=0, world=1, ti
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("layer.")],
                "lr": 1e-3}]
     opt = torch.optim.Adam(groups)
-    # The layer's centroids and codebooks: plain SGD on the regularizer (divided by the rows the
-    # layer saw: the batch's distinct items, which the codebooks learn from, and the catalogue
-    # sample, which the centroids learn from), an online k-means whose step moves a centroid by
-    # 2·lr·(its share of the rows) towards its rows' mean. Not Adam: a dense Adam's momentum keeps moving the centroids and
-    # codewords a batch did not use (the Rust layer steps only the rows used).
-    layer_opt = torch.optim.SGD([{"params": [layer.coarse_centroids], "lr": 1.0},
-                                 {"params": [layer.codebooks], "lr": 4.0}]) if layer else None
+    # The layer's centroids and codebooks: plain SGD on the regularizer, an online k-means
+    # whose step moves a centroid or a codeword by 2·lr·(its share of the rows) towards its
+    # rows' mean. The codebooks' gradient is divided by the rows they learn from (the batch's
+    # distinct items); the centroids', as before, by the batch's and the catalogue sample's
+    # rows (the loss is divided by the batch's rows, and the centroids' learning rate scaled
+    # by batch / (batch + sample) rows each step). Not Adam: a dense Adam's momentum keeps moving the centroids and codewords a batch did
+    # not use (the Rust layer steps only the rows used).
+    layer_opt = torch.optim.SGD([{"params": [layer.coarse_centroids], "lr": COARSE_LR},
+                                 {"params": [layer.codebooks], "lr": CODEBOOK_LR}]) if layer \
+        else None
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
@@ -187,7 +191,9 @@ def train(d, train_idx, seed, layer_settings, epochs, batch, rank=0, world=1, ti
             loss = nn.functional.cross_entropy(logits.masked_fill(same, -1e9),
                                                torch.arange(len(i)))
             if layer is not None:
-                loss = loss + layer.regularizer_loss() / (len(distinct) + len(catalogue))
+                loss = loss + layer.regularizer_loss() / len(distinct)
+                layer_opt.param_groups[0]["lr"] = \
+                    COARSE_LR * len(distinct) / (len(distinct) + len(catalogue))
             opt.zero_grad()
             if layer_opt is not None:
                 layer_opt.zero_grad()
@@ -231,6 +237,9 @@ def main():
     ap.add_argument("--time", action="store_true", help="time 60 steps plain / with the layer")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads and the layer's Rust threads per process")
+    ap.add_argument("--rotation", default="none",
+                    choices=["none", "opq", "givens-random", "givens-greedy", "givens-steepest"],
+                    help="the layer's rotation (the post-hoc baseline always learns OPQ)")
     ap.add_argument("--catalogue", type=int, default=CATALOGUE,
                     help="uniform catalogue items the layer's coarse level learns from each "
                     "step")
@@ -245,7 +254,7 @@ def main():
     train_idx, test_idx = split(d)
     steps_per_epoch = len(train_idx) // args.batch
     layer_settings = dict(warmup_steps=steps_per_epoch * args.epochs // 2, buffer_size=8192,
-                          regularizer_weight=1.0, rotation="none", kmeans_iterations=25,
+                          regularizer_weight=1.0, rotation=args.rotation, kmeans_iterations=25,
                           warm_start_items="catalogue", threads=args.threads)
     if args.time:
         for name, settings in (("plain", None), ("layer", dict(layer_settings, warmup_steps=0,
