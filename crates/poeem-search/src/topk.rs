@@ -8,9 +8,9 @@
 //! Candidates go to a buffer of `2k + 32` pairs; when it fills, a selection keeps the best `k`
 //! and the threshold becomes the worst of them. Each offer is an append (a binary heap's sift,
 //! with its unpredictable branches, took about a sixth of a query's time in profiles at k = 10);
-//! the price is a threshold that lags the exact k-th best between selections.
-
-use std::cmp::Ordering;
+//! the price is a threshold that lags the exact k-th best between selections. A pair is held
+//! as one `u128` (the key's bits mapped to an unsigned integer in [`f32::total_cmp`] order,
+//! then the id), so the selections compare integers.
 
 /// Room beyond `k` in the buffer for small `k`.
 const SLACK: usize = 32;
@@ -19,18 +19,39 @@ const SLACK: usize = 32;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TopK {
     k: usize,
-    /// Candidates, unordered; at most `2k + SLACK`.
-    buf: Vec<(f32, u64)>,
+    /// Candidates ([`pack`]ed), unordered; at most `2k + SLACK`.
+    buf: Vec<u128>,
+    /// The kept pairs, best first, once [`TopK::sorted`] has run.
+    out: Vec<(f32, u64)>,
     /// No kept pair has a larger key: `+∞` until the first selection.
     threshold: f32,
     /// Ids never kept, sorted (a query's excluded items; usually empty).
     excluded: Vec<u64>,
 }
 
-/// Total order on candidates: by key, then by id.
+/// A candidate as an integer whose order is the candidates' total order: by key
+/// ([`f32::total_cmp`]: negative keys' bits inverted, the others' sign bit set), then by id.
 #[inline(always)]
-fn cmp(a: &(f32, u64), b: &(f32, u64)) -> Ordering {
-    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+fn pack(key: f32, id: u64) -> u128 {
+    let bits = key.to_bits();
+    let ordered = if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    };
+    u128::from(ordered) << 64 | u128::from(id)
+}
+
+/// The `(key, id)` of a [`pack`]ed candidate.
+#[inline(always)]
+fn unpack(packed: u128) -> (f32, u64) {
+    let ordered = (packed >> 64) as u32;
+    let bits = if ordered >> 31 == 1 {
+        ordered & !(1 << 31)
+    } else {
+        !ordered
+    };
+    (f32::from_bits(bits), packed as u64)
 }
 
 impl TopK {
@@ -72,7 +93,7 @@ impl TopK {
         if !self.excluded.is_empty() && self.excluded.binary_search(&id).is_ok() {
             return;
         }
-        self.buf.push((key, id));
+        self.buf.push(pack(key, id));
         if self.buf.len() >= self.capacity() {
             self.select();
         }
@@ -82,9 +103,9 @@ impl TopK {
     fn select(&mut self) {
         let k = self.k;
         if self.buf.len() > k {
-            self.buf.select_nth_unstable_by(k - 1, cmp);
+            self.buf.select_nth_unstable(k - 1);
             self.buf.truncate(k);
-            self.threshold = self.buf[k - 1].0;
+            self.threshold = unpack(self.buf[k - 1]).0;
         }
     }
 
@@ -92,8 +113,10 @@ impl TopK {
     /// [`TopK::reset`].
     pub(crate) fn sorted(&mut self) -> &[(f32, u64)] {
         self.select();
-        self.buf.sort_unstable_by(cmp);
-        &self.buf
+        self.buf.sort_unstable();
+        self.out.clear();
+        self.out.extend(self.buf.iter().map(|&p| unpack(p)));
+        &self.out
     }
 }
 
@@ -138,6 +161,37 @@ mod tests {
         assert_eq!(top.sorted(), &[(1.0, 9)]);
     }
 
+    #[test]
+    fn packed_order_is_total_cmp_then_id_and_unpacks_exactly() {
+        let keys = [
+            f32::NEG_INFINITY,
+            -f32::MAX,
+            -1.5,
+            -f32::MIN_POSITIVE,
+            -1e-45,
+            -0.0,
+            0.0,
+            1e-45,
+            f32::MIN_POSITIVE,
+            1.0,
+            1.5,
+            f32::MAX,
+            f32::INFINITY,
+        ];
+        let pairs: Vec<(f32, u64)> = keys
+            .iter()
+            .flat_map(|&k| [(k, 0), (k, 7), (k, u64::MAX)])
+            .collect();
+        for a in &pairs {
+            assert_eq!(unpack(pack(a.0, a.1)).0.to_bits(), a.0.to_bits());
+            assert_eq!(unpack(pack(a.0, a.1)).1, a.1);
+            for b in &pairs {
+                let expected = a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+                assert_eq!(pack(a.0, a.1).cmp(&pack(b.0, b.1)), expected, "{a:?} {b:?}");
+            }
+        }
+    }
+
     /// Many offers, with the threshold honoured as the scan honours it, keep what a full sort
     /// keeps.
     #[test]
@@ -157,7 +211,7 @@ mod tests {
                     top.push(key, id ^ 0x55);
                 }
             }
-            all.sort_by(cmp);
+            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             all.truncate(k);
             assert_eq!(top.sorted(), &all[..]);
         }

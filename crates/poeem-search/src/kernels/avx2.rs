@@ -173,17 +173,18 @@ pub(super) fn scan4(s: &super::Scan4<'_>, top: &mut TopK) {
 ///
 /// Per group: the low nibbles of its 32 bytes index the shuffle for lanes 0..16 (subspace `2p`
 /// in the low 128 bits, `2p + 1` in the high 128 bits), the high nibbles for lanes 16..32; each
-/// shuffled byte is widened to 16 bits by masking (even bytes) or shifting (odd bytes) and
-/// added. At the end the two 128-bit halves (the two subspaces of each pair) are added.
+/// shuffled vector is added as sixteen words (each word `even + 256 · odd`, wrapping) and, shifted
+/// right by 8, as its odd bytes; at the end `Σ even = Σ words − 256 · Σ odd` (exact modulo
+/// 2^16, as the specification's wrapping sums), which saves masking every shuffle. Then the two
+/// 128-bit halves (the two subspaces of each pair) are added.
 /// `entries` is the quantized table, one 32-byte group per pair (its loads hit L1).
 #[inline]
 #[target_feature(enable = "avx2")]
 fn sums_4bit(entries: &[u8], block: &[u8]) -> (__m256i, __m256i) {
     assert!(block.len() >= entries.len(), "block too short");
     let nibble = _mm256_set1_epi8(0x0F);
-    let low_byte = _mm256_set1_epi16(0x00FF);
-    let (mut lo_even, mut lo_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-    let (mut hi_even, mut hi_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let (mut lo_words, mut lo_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let (mut hi_words, mut hi_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
     for (lut, codes) in entries.chunks_exact(BLOCK).zip(block.chunks_exact(BLOCK)) {
         // SAFETY: each chunk holds 32 bytes, the width of an unaligned 256-bit load.
         let (lut, v) = unsafe {
@@ -196,11 +197,13 @@ fn sums_4bit(entries: &[u8], block: &[u8]) -> (__m256i, __m256i) {
         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
         let r_lo = _mm256_shuffle_epi8(lut, lo);
         let r_hi = _mm256_shuffle_epi8(lut, hi);
-        lo_even = _mm256_add_epi16(lo_even, _mm256_and_si256(r_lo, low_byte));
+        lo_words = _mm256_add_epi16(lo_words, r_lo);
         lo_odd = _mm256_add_epi16(lo_odd, _mm256_srli_epi16::<8>(r_lo));
-        hi_even = _mm256_add_epi16(hi_even, _mm256_and_si256(r_hi, low_byte));
+        hi_words = _mm256_add_epi16(hi_words, r_hi);
         hi_odd = _mm256_add_epi16(hi_odd, _mm256_srli_epi16::<8>(r_hi));
     }
+    let lo_even = _mm256_sub_epi16(lo_words, _mm256_slli_epi16::<8>(lo_odd));
+    let hi_even = _mm256_sub_epi16(hi_words, _mm256_slli_epi16::<8>(hi_odd));
     // Low halves of lo_* are subspace 2p of lanes 0..16, high halves subspace 2p+1 of the same
     // lanes; likewise hi_* for lanes 16..32. Add the halves: lanes 0..16 land in the low half of
     // the result, lanes 16..32 in the high half.
