@@ -919,36 +919,8 @@ fn held_out_evaluation_excludes_training_items() {
     assert_eq!(HeldOut::new(&data, true), held);
 }
 
-/// Loads a RecBole dataset from `POEEM_RECBOLE_DIR` (e.g. ml-100k) and prints counts and time.
-#[test]
-#[ignore = "reads a dataset named by POEEM_RECBOLE_DIR and POEEM_RECBOLE_NAME"]
-fn load_recbole_dataset_from_env() {
-    let dir = std::env::var("POEEM_RECBOLE_DIR").expect("POEEM_RECBOLE_DIR");
-    let name = std::env::var("POEEM_RECBOLE_NAME").unwrap_or_else(|_| "ml-100k".into());
-    let start = std::time::Instant::now();
-    let data = Dataset::load(&DataConfig::recbole(&dir, &name)).unwrap();
-    let elapsed = start.elapsed();
-    let fields = |f: &poeem_train::EntityFeatures| {
-        f.fields
-            .iter()
-            .map(|f| format!("{}({})", f.name, f.n_tokens))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    println!(
-        "{name}: {} users, {} items, {} train, {} test pairs in {elapsed:.2?}\n  user fields: {}\n  item fields: {}",
-        data.n_queries(),
-        data.n_items(),
-        data.train.len(),
-        data.test.len(),
-        fields(&data.query_features),
-        fields(&data.item_features),
-    );
-}
-
 mod parquet_input {
     use std::sync::Arc;
-    use std::time::Instant;
 
     use arrow_array::builder::{ListBuilder, StringBuilder, StringDictionaryBuilder};
     use arrow_array::types::Int32Type;
@@ -1078,38 +1050,5 @@ mod parquet_input {
         let fake = write(&dir, "fake.parquet", b"PAR1 and then text\n");
         let err = load(&fake, "user", "item", None).unwrap_err().to_string();
         assert!(err.contains("not a readable Parquet file"), "{err}");
-    }
-
-    /// `cargo test -p poeem-train --test data -- --ignored --nocapture million`: writes a
-    /// million-row interactions file (string user ids, integer items, timestamps) and times
-    /// loading it.
-    #[test]
-    #[ignore = "a timing run: writes a 1M-row file"]
-    fn million_row_parquet_loads_in_seconds() {
-        let dir = TempDir::new().unwrap();
-        let n = 1_000_000usize;
-        let users: Vec<String> = (0..n).map(|r| format!("user {}", r % 50_000)).collect();
-        let items: Vec<i64> = (0..n).map(|r| ((r * 7919) % 20_000) as i64).collect();
-        let times: Vec<i64> = (0..n as i64).collect();
-        let path = write_parquet(
-            &dir,
-            "big.parquet",
-            vec![
-                ("user_id", Arc::new(StringArray::from(users)) as ArrayRef),
-                ("item_id", Arc::new(Int64Array::from(items))),
-                ("timestamp", Arc::new(TimestampSecondArray::from(times))),
-            ],
-        );
-        let start = Instant::now();
-        let data = load(&path, "user_id", "item_id", Some("timestamp")).unwrap();
-        let seconds = start.elapsed().as_secs_f64();
-        println!(
-            "loaded {} pairs ({} users, {} items) from a {}-byte Parquet file in {seconds:.2} s",
-            data.train.len() + data.test.len(),
-            data.n_queries(),
-            data.n_items(),
-            std::fs::metadata(&path).unwrap().len()
-        );
-        assert_eq!(data.train.len() + data.test.len(), n);
     }
 }
