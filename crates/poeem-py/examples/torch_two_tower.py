@@ -207,6 +207,17 @@ def train(d, train_idx, seed, layer_settings, epochs, batch, rank=0, world=1, ti
     return model, step_times
 
 
+class Exact:
+    """Brute force by inner product: what an index of these vectors can reach at best."""
+
+    def __init__(self, vectors):
+        self.vectors = vectors
+
+    def search(self, queries, k, nprobe=None):
+        scores = queries @ self.vectors.T
+        return None, np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
 def evaluate(d, model, train_idx, test_idx, index_of, k=50):
     """recall@50 at nprobe 1, 2, 4, 8 through `index_of(vectors)` (training items removed)."""
     with torch.no_grad():
@@ -265,7 +276,8 @@ def main():
             print(f"{name}: median step {1e3 * np.median(times[20:]):.1f} ms CPU at batch "
                   f"{args.batch} ({len(times) - 20} steps)")
         return
-    results = {"poeem": [], "post-hoc OPQ": []}
+    results = {"poeem": [], "post-hoc OPQ": [], "brute force, poeem model (x, unquantized)": [],
+               "brute force, plain model": []}
     for seed in args.seeds:
         joint, _ = train(d, train_idx, seed, layer_settings, args.epochs, args.batch, rank,
                          world)
@@ -280,7 +292,11 @@ def main():
         results["post-hoc OPQ"].append(evaluate(
             d, plain, train_idx, test_idx,
             lambda v: poeem.build_index(v, n_lists=32, n_subspaces=8, opq=True, seed=seed)))
-        print(f"seed {seed}: poeem {results['poeem'][-1]}  post-hoc {results['post-hoc OPQ'][-1]}",
+        results["brute force, poeem model (x, unquantized)"].append(
+            evaluate(d, joint, train_idx, test_idx, Exact))
+        results["brute force, plain model"].append(
+            evaluate(d, plain, train_idx, test_idx, Exact))
+        print(f"seed {seed}: " + "  ".join(f"{name} {runs[-1]}" for name, runs in results.items()),
               flush=True)
     if rank == 0:
         print("recall@50, mean ± std over seeds", args.seeds, "(DDP, 2 processes)" if args.ddp else "")
