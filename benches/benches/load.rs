@@ -6,7 +6,8 @@
 //!   integer item ids over 20,000 items, second timestamps), written once to a temporary
 //!   directory, loaded and split by `Dataset::load`;
 //! - `recbole`: with `POEEM_RECBOLE_DIR` set (and `POEEM_RECBOLE_NAME`, default `ml-100k`), a
-//!   RecBole dataset directory loaded with its feature files, e.g.
+//!   RecBole dataset directory (relative to the workspace's root) loaded with its feature files,
+//!   e.g.
 //!   `POEEM_RECBOLE_DIR=../shared/data/ml-100k cargo bench -p poeem-benches --bench load`.
 
 use std::hint::black_box;
@@ -58,8 +59,11 @@ fn bench_load(c: &mut Criterion) {
 
     match std::env::var_os("POEEM_RECBOLE_DIR") {
         Some(dir) => {
+            // Cargo runs benches in the package's directory: a relative path is the
+            // workspace's.
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
             let name = std::env::var("POEEM_RECBOLE_NAME").unwrap_or_else(|_| "ml-100k".into());
-            let config = DataConfig::recbole(Path::new(&dir), &name);
+            let config = DataConfig::recbole(&dir, &name);
             group.bench_function("recbole", |b| {
                 b.iter(|| black_box(Dataset::load(&config).expect("the RecBole dataset loads")))
             });
