@@ -218,8 +218,8 @@ class Exact:
         return None, np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
-def evaluate(d, model, train_idx, test_idx, index_of, k=50):
-    """recall@50 at nprobe 1, 2, 4, 8 through `index_of(vectors)` (training items removed)."""
+def evaluate(d, model, train_idx, test_idx, index_of, k=50, nprobes=(1, 2, 4, 8)):
+    """recall@50 at each of `nprobes` through `index_of(vectors)` (training items removed)."""
     with torch.no_grad():
         vectors = model.items(torch.arange(d["n_items"])).numpy()
         queries = model.queries(torch.from_numpy(d["users"][test_idx])).numpy()
@@ -228,7 +228,7 @@ def evaluate(d, model, train_idx, test_idx, index_of, k=50):
         seen.setdefault(d["users"][r], set()).add(d["items"][r])
     index = index_of(vectors)
     out = {}
-    for nprobe in (1, 2, 4, 8):
+    for nprobe in nprobes:
         _, found = index.search(queries, k + 200, nprobe=nprobe)
         hits = 0
         for row, r in zip(found, test_idx):
@@ -251,10 +251,14 @@ def main():
     ap.add_argument("--rotation", default="none",
                     choices=["none", "opq", "givens-random", "givens-greedy", "givens-steepest"],
                     help="the layer's rotation (the post-hoc baseline always learns OPQ)")
+    ap.add_argument("--nprobe", default="1,2,4,8",
+                    help="comma-separated nprobes to evaluate (32 probes every list: the index's "
+                    "exhaustive ADC)")
     ap.add_argument("--catalogue", type=int, default=CATALOGUE,
                     help="uniform catalogue items the layer's coarse level learns from each "
                     "step")
     args = ap.parse_args()
+    nprobes = [int(p) for p in args.nprobe.split(",")]
     globals()["CATALOGUE"] = args.catalogue
     torch.set_num_threads(args.threads)
     rank, world = 0, 1
@@ -288,23 +292,25 @@ def main():
             path = os.path.join(tmp, "items.poeem")
             results["poeem"].append(evaluate(
                 d, joint, train_idx, test_idx,
-                lambda v: (joint.layer.export(v, np.arange(len(v)), path), poeem.Index.open(path))[1]))
+                lambda v: (joint.layer.export(v, np.arange(len(v)), path), poeem.Index.open(path))[1],
+                nprobes=nprobes))
         results["post-hoc OPQ"].append(evaluate(
             d, plain, train_idx, test_idx,
-            lambda v: poeem.build_index(v, n_lists=32, n_subspaces=8, opq=True, seed=seed)))
+            lambda v: poeem.build_index(v, n_lists=32, n_subspaces=8, opq=True, seed=seed),
+            nprobes=nprobes))
         results["brute force, poeem model (x, unquantized)"].append(
-            evaluate(d, joint, train_idx, test_idx, Exact))
+            evaluate(d, joint, train_idx, test_idx, Exact, nprobes=nprobes))
         results["brute force, plain model"].append(
-            evaluate(d, plain, train_idx, test_idx, Exact))
+            evaluate(d, plain, train_idx, test_idx, Exact, nprobes=nprobes))
         print(f"seed {seed}: " + "  ".join(f"{name} {runs[-1]}" for name, runs in results.items()),
               flush=True)
     if rank == 0:
         print("recall@50, mean ± std over seeds", args.seeds, "(DDP, 2 processes)" if args.ddp else "")
-        print("| method | nprobe 1 | nprobe 2 | nprobe 4 | nprobe 8 |")
-        print("|---|---|---|---|---|")
+        print("| method | " + " | ".join(f"nprobe {p}" for p in nprobes) + " |")
+        print("|---" * (len(nprobes) + 1) + "|")
         for name, runs in results.items():
             cells = [f"{np.mean([r[p] for r in runs]):.4f} ± {np.std([r[p] for r in runs]):.4f}"
-                     for p in (1, 2, 4, 8)]
+                     for p in nprobes]
             print(f"| {name} | " + " | ".join(cells) + " |")
     if args.ddp:
         torch.distributed.destroy_process_group()
