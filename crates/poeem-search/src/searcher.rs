@@ -44,9 +44,6 @@ const LANES: usize = 64;
 const BATCH_ROWS: usize = 64;
 /// Memory a batch's lookup tables may take, which caps its rows for wide tables.
 const BATCH_TABLE_BYTES: usize = 2 << 20;
-/// Most queries of one list a fast-scan batch scans at once (each block's codes loaded once).
-const TOGETHER: usize = 4;
-
 /// Most queries a fast-scan batch scans together, list by list.
 const GROUP_ROWS: usize = 1024;
 /// Memory the dot products and tables of a fast-scan batch's group may take.
@@ -920,29 +917,6 @@ impl<'a> SearchIndex<'a> {
         self.tables.kernel.scan4(scans.each_ref(), tops);
     }
 
-    /// [`SearchIndex::scan_fast_list`] for the `N` probes of `group` (`(list, row, dot)`, one
-    /// list, distinct rows): the states are `queries[row]`, the tables rows of `tables`.
-    fn scan_fast_group<const N: usize>(
-        &self,
-        queries: &mut [QueryScan],
-        group: &[(u32, u32, f32)],
-        tables: &[f32],
-        rerank: bool,
-    ) {
-        let len = self.table_len();
-        let rows: [usize; N] = std::array::from_fn(|q| group[q].1 as usize);
-        let Ok(states) = queries.get_disjoint_mut(rows) else {
-            unreachable!("a list's probes come from distinct rows")
-        };
-        self.scan_fast_list(
-            states,
-            group[0].0 as usize,
-            std::array::from_fn(|q| group[q].2),
-            rows.map(|row| &tables[row * len..(row + 1) * len]),
-            rerank,
-        );
-    }
-
     /// The bias of list `j`'s scores for a query whose coarse dot product with the list's
     /// centroid is `dot` (and, for L2, whose `‖q'‖²` is `query_norm`).
     fn list_bias(&self, query_norm: f32, j: usize, dot: f32) -> f32 {
@@ -1336,27 +1310,27 @@ impl<'s, 'a> Batch<'s, 'a> {
             {
                 index.fetch_list(next as usize, rerank, usize::MAX);
             }
-            // Up to TOGETHER queries of one list are scanned together.
-            let together = self.probes[i..]
-                .iter()
-                .take(TOGETHER)
-                .take_while(|&&(l, ..)| l as usize == j)
-                .count();
-            let group = &self.probes[i..i + together];
-            let (queries, tables) = (&mut self.queries[..], &self.tables[..]);
-            match together {
-                4 => index.scan_fast_group::<4>(queries, group, tables, rerank),
-                3 => index.scan_fast_group::<3>(queries, group, tables, rerank),
-                2 => index.scan_fast_group::<2>(queries, group, tables, rerank),
-                _ => index.scan_list(
-                    &mut queries[row],
-                    j,
-                    dot,
-                    &tables[row * table_len..][..table_len],
-                    rerank,
-                ),
+            let table = |row: usize| &self.tables[row * table_len..(row + 1) * table_len];
+            // Two queries of one list are scanned together; rows are distinct and ascending
+            // within a list.
+            match self.probes.get(i + 1) {
+                Some(&(j2, row2, dot2)) if j2 as usize == j => {
+                    let row2 = row2 as usize;
+                    let (head, tail) = self.queries.split_at_mut(row2);
+                    index.scan_fast_list(
+                        [&mut head[row], &mut tail[0]],
+                        j,
+                        [dot, dot2],
+                        [table(row), table(row2)],
+                        rerank,
+                    );
+                    i += 2;
+                }
+                _ => {
+                    index.scan_list(&mut self.queries[row], j, dot, table(row), rerank);
+                    i += 1;
+                }
             }
-            i += together;
         }
         for (row, ((((query, raw), _), _), (ids, scores))) in rows.enumerate() {
             index.finish_query(
