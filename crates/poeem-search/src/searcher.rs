@@ -839,21 +839,41 @@ impl<'a> SearchIndex<'a> {
     /// centroid is `dot` and whose lookup table is `table`, offering its items (or, to
     /// re-rank, their slots) to `state.top`.
     fn scan_list(&self, state: &mut QueryScan, j: usize, dot: f32, table: &[f32], rerank: bool) {
-        if self.tables.fast_scan {
-            self.scan_fast_list([state], j, [dot], [table], rerank);
-            return;
-        }
         let p = self.view.params();
         let list = self.view.list(j);
         if list.is_empty() {
             return;
         }
-        let bias = self.list_bias(state.query_norm, j, dot);
-        let slot_bias = if p.metric == Metric::L2 {
-            self.list_slot_terms(j)
+        let first_slot = self.view.list_offsets()[j];
+        let l2 = p.metric == Metric::L2;
+        let bias = if l2 {
+            state.query_norm + (self.tables.centroid_norms[j] - 2.0 * dot)
         } else {
-            &[][..]
+            -dot
         };
+        let QueryScan { top, quantized, .. } = state;
+        if self.tables.fast_scan {
+            if l2 {
+                let len = table.len();
+                let terms = &self.tables.list_terms[j * len..(j + 1) * len];
+                quantized.quantize_sum(table, Some(terms));
+            }
+            let scan = Scan4 {
+                table: quantized,
+                n_subspaces: p.n_subspaces,
+                bias,
+                codes: list.codes,
+                n_items: list.len(),
+                ids: if rerank {
+                    Offered::Slots(first_slot)
+                } else {
+                    Offered::Ids(list.ids)
+                },
+            };
+            self.tables.kernel.scan4(&scan, top);
+            return;
+        }
+        let slot_bias = if l2 { self.list_slot_terms(j) } else { &[][..] };
         let scan = Scan {
             table,
             n_subspaces: p.n_subspaces,
@@ -861,69 +881,12 @@ impl<'a> SearchIndex<'a> {
             slot_bias,
             codes: list.codes,
             ids: list.ids,
-            slots: rerank.then_some(self.view.list_offsets()[j]),
+            slots: rerank.then_some(first_slot),
         };
         if p.code_width() == 1 {
-            self.tables.kernel.scan(&scan, &mut state.top);
+            self.tables.kernel.scan(&scan, top);
         } else {
-            scalar::scan_wide(
-                &scan,
-                self.tables.stride,
-                (p.n_codewords() - 1) as u16,
-                &mut state.top,
-            );
-        }
-    }
-
-    /// Scans fast-scan list `j` for the `N` queries of `states` at once, reading its codes
-    /// once (see [`Kernel::scan4`]); query `q` has coarse dot product `dots[q]` and lookup
-    /// table `tables[q]`. The same offers as `N` calls of [`SearchIndex::scan_list`].
-    fn scan_fast_list<const N: usize>(
-        &self,
-        states: [&mut QueryScan; N],
-        j: usize,
-        dots: [f32; N],
-        tables: [&[f32]; N],
-        rerank: bool,
-    ) {
-        let p = self.view.params();
-        let list = self.view.list(j);
-        if list.is_empty() {
-            return;
-        }
-        let mut states = states;
-        if p.metric == Metric::L2 {
-            let len = self.table_len();
-            let terms = &self.tables.list_terms[j * len..(j + 1) * len];
-            for (state, table) in states.iter_mut().zip(tables) {
-                state.quantized.quantize_sum(table, Some(terms));
-            }
-        }
-        let ids = if rerank {
-            Offered::Slots(self.view.list_offsets()[j])
-        } else {
-            Offered::Ids(list.ids)
-        };
-        let split = states.map(|state| (&mut state.top, &state.quantized, state.query_norm));
-        let scans: [Scan4<'_>; N] = std::array::from_fn(|q| Scan4 {
-            table: split[q].1,
-            n_subspaces: p.n_subspaces,
-            bias: self.list_bias(split[q].2, j, dots[q]),
-            codes: list.codes,
-            n_items: list.len(),
-            ids,
-        });
-        let tops = split.map(|(top, ..)| top);
-        self.tables.kernel.scan4(scans.each_ref(), tops);
-    }
-
-    /// The bias of list `j`'s scores for a query whose coarse dot product with the list's
-    /// centroid is `dot` (and, for L2, whose `‖q'‖²` is `query_norm`).
-    fn list_bias(&self, query_norm: f32, j: usize, dot: f32) -> f32 {
-        if self.view.params().metric == Metric::L2 {
-            query_norm + (self.tables.centroid_norms[j] - 2.0 * dot)
-        } else {
-            -dot
+            scalar::scan_wide(&scan, self.tables.stride, (p.n_codewords() - 1) as u16, top);
         }
     }
 
@@ -1297,8 +1260,7 @@ impl<'s, 'a> Batch<'s, 'a> {
             index.begin_query(state, query, table, params, excluded);
         }
         self.probes.sort_unstable_by_key(|&(j, row, _)| (j, row));
-        let mut i = 0;
-        while let Some(&(j, row, dot)) = self.probes.get(i) {
+        for (i, &(j, row, dot)) in self.probes.iter().enumerate() {
             let (j, row) = (j as usize, row as usize);
             if i == 0 {
                 index.fetch_list(j, rerank, usize::MAX);
@@ -1310,27 +1272,8 @@ impl<'s, 'a> Batch<'s, 'a> {
             {
                 index.fetch_list(next as usize, rerank, usize::MAX);
             }
-            let table = |row: usize| &self.tables[row * table_len..(row + 1) * table_len];
-            // Two queries of one list are scanned together; rows are distinct and ascending
-            // within a list.
-            match self.probes.get(i + 1) {
-                Some(&(j2, row2, dot2)) if j2 as usize == j => {
-                    let row2 = row2 as usize;
-                    let (head, tail) = self.queries.split_at_mut(row2);
-                    index.scan_fast_list(
-                        [&mut head[row], &mut tail[0]],
-                        j,
-                        [dot, dot2],
-                        [table(row), table(row2)],
-                        rerank,
-                    );
-                    i += 2;
-                }
-                _ => {
-                    index.scan_list(&mut self.queries[row], j, dot, table(row), rerank);
-                    i += 1;
-                }
-            }
+            let table = &self.tables[row * table_len..(row + 1) * table_len];
+            index.scan_list(&mut self.queries[row], j, dot, table, rerank);
         }
         for (row, ((((query, raw), _), _), (ids, scores))) in rows.enumerate() {
             index.finish_query(

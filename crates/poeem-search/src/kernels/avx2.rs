@@ -152,25 +152,24 @@ pub(super) fn block_sums_4bit(entries: &[u8], n_subspaces: usize, block: &[u8]) 
     assert!(block.len() >= groups * BLOCK, "block too short");
     // SAFETY: AVX2 was detected just above; the lengths were checked.
     unsafe {
-        let [(even, odd)] = sums_4bit([&entries[..groups * BLOCK]], block);
+        let (even, odd) = sums_4bit(&entries[..groups * BLOCK], block);
         unpack_sums(even, odd)
     }
 }
 
-/// Scans one fast-scan list for `N` queries at once (see [`super::Kernel::scan4`]): `scans`
-/// share the list, each with its own table, bias and top-k.
+/// Scans one fast-scan list (see [`super::Scan4`]).
 ///
 /// # Panics
 /// When the CPU lacks AVX2 or the lengths are inconsistent.
-pub(super) fn scan4<const N: usize>(scans: [&super::Scan4<'_>; N], tops: [&mut TopK; N]) {
+pub(super) fn scan4(s: &super::Scan4<'_>, top: &mut TopK) {
     assert!(available(), "AVX2 is not available");
-    // SAFETY: AVX2 was detected just above; the caller checked the scans.
-    unsafe { scan4_impl(scans, tops) }
+    s.check();
+    // SAFETY: AVX2 was detected just above.
+    unsafe { scan4_impl(s, top) }
 }
 
-/// The sums of one block for each of `N` tables, as two vectors of sixteen u16 per table:
-/// `even` holds lanes 0, 2, …, 30 and `odd` lanes 1, 3, …, 31 (lane `2w` or `2w + 1` in word
-/// `w`). The block's codes are loaded and split into nibbles once for all the tables.
+/// The sums of one block as two vectors of sixteen u16: `even` holds lanes 0, 2, …, 30 and
+/// `odd` lanes 1, 3, …, 31 (lane `2w` or `2w + 1` in word `w`).
 ///
 /// Per group: the low nibbles of its 32 bytes index the shuffle for lanes 0..16 (subspace `2p`
 /// in the low 128 bits, `2p + 1` in the high 128 bits), the high nibbles for lanes 16..32; each
@@ -178,59 +177,45 @@ pub(super) fn scan4<const N: usize>(scans: [&super::Scan4<'_>; N], tops: [&mut T
 /// right by 8, as its odd bytes; at the end `Σ even = Σ words − 256 · Σ odd` (exact modulo
 /// 2^16, as the specification's wrapping sums), which saves masking every shuffle. Then the two
 /// 128-bit halves (the two subspaces of each pair) are added.
-/// `entries` are quantized tables of equal length, one 32-byte group per pair (their loads hit
-/// L1).
-///
-/// # Panics
-/// When the tables differ in length or `block` is shorter than them.
+/// `entries` is the quantized table, one 32-byte group per pair (its loads hit L1).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn sums_4bit<const N: usize>(entries: [&[u8]; N], block: &[u8]) -> [(__m256i, __m256i); N] {
-    let len = entries.first().map_or(0, |e| e.len());
-    assert!(
-        entries.iter().all(|e| e.len() == len),
-        "tables of one shape"
-    );
-    assert!(
-        block.len() >= len && len.is_multiple_of(BLOCK),
-        "block too short"
-    );
+fn sums_4bit(entries: &[u8], block: &[u8]) -> (__m256i, __m256i) {
+    assert!(block.len() >= entries.len(), "block too short");
     let nibble = _mm256_set1_epi8(0x0F);
-    // Per table: lanes 0..16 as words and odd bytes, then lanes 16..32 likewise.
-    let mut acc = [[_mm256_setzero_si256(); 4]; N];
-    for (g, codes) in block[..len].chunks_exact(BLOCK).enumerate() {
+    let (mut lo_words, mut lo_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let (mut hi_words, mut hi_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    for (lut, codes) in entries.chunks_exact(BLOCK).zip(block.chunks_exact(BLOCK)) {
         // SAFETY: each chunk holds 32 bytes, the width of an unaligned 256-bit load.
-        let v = unsafe { _mm256_loadu_si256(codes.as_ptr().cast()) };
+        let (lut, v) = unsafe {
+            (
+                _mm256_loadu_si256(lut.as_ptr().cast()),
+                _mm256_loadu_si256(codes.as_ptr().cast()),
+            )
+        };
         let lo = _mm256_and_si256(v, nibble);
         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
-        for (acc, entries) in acc.iter_mut().zip(entries) {
-            // SAFETY: every table is `len` bytes and `g · 32 + 32 ≤ len`, so the 256-bit load
-            // stays in bounds.
-            let lut = unsafe { _mm256_loadu_si256(entries.as_ptr().add(g * BLOCK).cast()) };
-            let r_lo = _mm256_shuffle_epi8(lut, lo);
-            let r_hi = _mm256_shuffle_epi8(lut, hi);
-            acc[0] = _mm256_add_epi16(acc[0], r_lo);
-            acc[1] = _mm256_add_epi16(acc[1], _mm256_srli_epi16::<8>(r_lo));
-            acc[2] = _mm256_add_epi16(acc[2], r_hi);
-            acc[3] = _mm256_add_epi16(acc[3], _mm256_srli_epi16::<8>(r_hi));
-        }
+        let r_lo = _mm256_shuffle_epi8(lut, lo);
+        let r_hi = _mm256_shuffle_epi8(lut, hi);
+        lo_words = _mm256_add_epi16(lo_words, r_lo);
+        lo_odd = _mm256_add_epi16(lo_odd, _mm256_srli_epi16::<8>(r_lo));
+        hi_words = _mm256_add_epi16(hi_words, r_hi);
+        hi_odd = _mm256_add_epi16(hi_odd, _mm256_srli_epi16::<8>(r_hi));
     }
-    acc.map(|[lo_words, lo_odd, hi_words, hi_odd]| {
-        let lo_even = _mm256_sub_epi16(lo_words, _mm256_slli_epi16::<8>(lo_odd));
-        let hi_even = _mm256_sub_epi16(hi_words, _mm256_slli_epi16::<8>(hi_odd));
-        // Low halves of lo_* are subspace 2p of lanes 0..16, high halves subspace 2p+1 of the
-        // same lanes; likewise hi_* for lanes 16..32. Add the halves: lanes 0..16 land in the
-        // low half of the result, lanes 16..32 in the high half.
-        let even = _mm256_add_epi16(
-            _mm256_permute2x128_si256::<0x20>(lo_even, hi_even),
-            _mm256_permute2x128_si256::<0x31>(lo_even, hi_even),
-        );
-        let odd = _mm256_add_epi16(
-            _mm256_permute2x128_si256::<0x20>(lo_odd, hi_odd),
-            _mm256_permute2x128_si256::<0x31>(lo_odd, hi_odd),
-        );
-        (even, odd)
-    })
+    let lo_even = _mm256_sub_epi16(lo_words, _mm256_slli_epi16::<8>(lo_odd));
+    let hi_even = _mm256_sub_epi16(hi_words, _mm256_slli_epi16::<8>(hi_odd));
+    // Low halves of lo_* are subspace 2p of lanes 0..16, high halves subspace 2p+1 of the same
+    // lanes; likewise hi_* for lanes 16..32. Add the halves: lanes 0..16 land in the low half of
+    // the result, lanes 16..32 in the high half.
+    let even = _mm256_add_epi16(
+        _mm256_permute2x128_si256::<0x20>(lo_even, hi_even),
+        _mm256_permute2x128_si256::<0x31>(lo_even, hi_even),
+    );
+    let odd = _mm256_add_epi16(
+        _mm256_permute2x128_si256::<0x20>(lo_odd, hi_odd),
+        _mm256_permute2x128_si256::<0x31>(lo_odd, hi_odd),
+    );
+    (even, odd)
 }
 
 /// The two vectors of [`sums_4bit`] as 32 sums in lane order.
@@ -265,50 +250,37 @@ fn passing(even: __m256i, odd: __m256i, t: __m256i) -> u32 {
 }
 
 #[target_feature(enable = "avx2")]
-fn scan4_impl<const N: usize>(scans: [&super::Scan4<'_>; N], tops: [&mut TopK; N]) {
+fn scan4_impl(s: &super::Scan4<'_>, top: &mut TopK) {
     use super::fastscan::{QuantizedTable, int_threshold};
-    let Some(first) = scans.first() else { return };
-    let block_bytes = first.block_bytes();
-    let entries = scans.map(|s| &s.table.entries[..block_bytes]);
-    let offset = scans.map(|s| s.bias + s.table.base);
-    let step = scans.map(|s| s.table.step);
-    let mut float_threshold: [f32; N] = std::array::from_fn(|q| tops[q].threshold());
-    let mut t: [i32; N] =
-        std::array::from_fn(|q| int_threshold(offset[q], step[q], float_threshold[q]));
-    for (b, block) in first.codes.chunks_exact(block_bytes).enumerate() {
-        if t.iter().all(|&t| t < 0) {
-            // Thresholds only fall: no later slot of this list can pass for any query.
+    let block_bytes = s.block_bytes();
+    let entries = &s.table.entries[..block_bytes];
+    let offset = s.bias + s.table.base;
+    let step = s.table.step;
+    let mut float_threshold = top.threshold();
+    let mut t = int_threshold(offset, step, float_threshold);
+    for (b, block) in s.codes.chunks_exact(block_bytes).enumerate() {
+        if t < 0 {
+            // The threshold only falls: no later slot of this list can pass either.
             return;
         }
-        let sums = sums_4bit(entries, block);
+        let (even, odd) = sums_4bit(entries, block);
+        let mut mask = passing(even, odd, _mm256_set1_epi16(t as u16 as i16));
         let base = b * BLOCK;
-        let valid = first.n_items - base;
-        for q in 0..N {
-            if t[q] < 0 {
-                continue;
-            }
-            let (even, odd) = sums[q];
-            let mut mask = passing(even, odd, _mm256_set1_epi16(t[q] as u16 as i16));
-            if valid < BLOCK {
-                mask &= (1u32 << valid) - 1;
-            }
-            if mask == 0 {
-                continue;
-            }
-            let lane_sums = unpack_sums(even, odd);
-            let top = &mut *tops[q];
+        let valid = s.n_items - base;
+        if valid < BLOCK {
+            mask &= (1u32 << valid) - 1;
+        }
+        if mask != 0 {
+            let sums = unpack_sums(even, odd);
             while mask != 0 {
                 let l = mask.trailing_zeros() as usize;
                 mask &= mask - 1;
-                top.push(
-                    QuantizedTable::key(offset[q], step[q], lane_sums[l]),
-                    scans[q].id(base + l),
-                );
+                top.push(QuantizedTable::key(offset, step, sums[l]), s.id(base + l));
             }
             let now = top.threshold();
-            if now != float_threshold[q] {
-                float_threshold[q] = now;
-                t[q] = int_threshold(offset[q], step[q], now);
+            if now != float_threshold {
+                float_threshold = now;
+                t = int_threshold(offset, step, now);
             }
         }
     }

@@ -246,32 +246,18 @@ impl Kernel {
         Ok(())
     }
 
-    /// Scans one fast-scan list for `N` queries, offering each item whose key does not exceed
-    /// a query's threshold to that query's top-k: the same offers, in the same order, as `N`
-    /// scans one after the other, while the list's codes are read once. `scans` share the
-    /// list (codes, items, offered ids) and differ in table and bias. A kernel this CPU does
-    /// not run falls back to the scalar one.
+    /// Scans one fast-scan list, offering every item whose key does not exceed the threshold
+    /// of `top` to it. A kernel this CPU does not run falls back to the scalar one.
     ///
     /// # Panics
-    /// When the table or the codes are shorter than [`Scan4`] requires, or the scans are not
-    /// of one list.
+    /// When the table or the codes are shorter than [`Scan4`] requires.
     #[track_caller]
-    pub(crate) fn scan4<const N: usize>(self, scans: [&Scan4<'_>; N], tops: [&mut TopK; N]) {
-        for s in scans {
-            s.check();
-            assert!(
-                std::ptr::eq(s.codes, scans[0].codes) && s.n_items == scans[0].n_items,
-                "the scans of one list"
-            );
-        }
+    pub(crate) fn scan4(self, s: &Scan4<'_>, top: &mut TopK) {
+        s.check();
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if avx2::available() => avx2::scan4(scans, tops),
-            _ => {
-                for (s, top) in scans.into_iter().zip(tops) {
-                    fastscan::scan(s, top);
-                }
-            }
+            Kernel::Avx2 if avx2::available() => avx2::scan4(s, top),
+            _ => fastscan::scan(s, top),
         }
     }
 
@@ -451,95 +437,5 @@ impl Scan<'_> {
     #[inline(always)]
     pub(crate) fn block_bias(&self, b: usize) -> Option<&[f32; BLOCK]> {
         self.slot_bias.get(b * BLOCK..)?.first_chunk::<BLOCK>()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-    use proptest::test_runner::{Config, RngSeed};
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    use super::*;
-
-    fn bits(top: &mut TopK) -> Vec<(u32, u64)> {
-        top.sorted()
-            .iter()
-            .map(|&(k, id)| (k.to_bits(), id))
-            .collect()
-    }
-
-    proptest! {
-        #![proptest_config(Config {
-            cases: 96,
-            rng_seed: RngSeed::Fixed(0x2A17),
-            failure_persistence: None,
-            ..Config::default()
-        })]
-
-        /// Two queries scanned together keep what each keeps scanned alone by the scalar
-        /// specification, for list sizes not multiples of 32, odd and even `M`, thresholds
-        /// already set by earlier lists, ids or slots offered.
-        #[test]
-        fn scanning_two_queries_together_equals_scanning_each(
-            n_subspaces in 1usize..34,
-            n_items in 0usize..200,
-            k in 1usize..40,
-            earlier in 0usize..120,
-            slots in any::<bool>(),
-            seed in any::<u64>(),
-        ) {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let mut table = || -> QuantizedTable {
-                let floats: Vec<f32> = (0..n_subspaces * fastscan::CODEWORDS)
-                    .map(|_| rng.random_range(-1.0f32..1.0))
-                    .collect();
-                let mut q = QuantizedTable::default();
-                q.quantize(&floats);
-                q
-            };
-            let tables = [table(), table()];
-            let codes: Vec<u8> = (0..crate::padded_len(n_items) * n_subspaces.div_ceil(2))
-                .map(|_| rng.random())
-                .collect();
-            let ids: Vec<u64> = (0..n_items as u64).map(|i| i * 13 + 5).collect();
-            let biases = [rng.random_range(-2.0f32..2.0), rng.random_range(-2.0f32..2.0)];
-            // Candidates from earlier lists, around this list's keys: they set the thresholds.
-            let earlier: Vec<(f32, f32)> = (0..earlier)
-                .map(|_| {
-                    let spread = n_subspaces as f32;
-                    (rng.random_range(-spread..spread), rng.random_range(-spread..spread))
-                })
-                .collect();
-            let scans: [Scan4<'_>; 2] = std::array::from_fn(|q| Scan4 {
-                table: &tables[q],
-                n_subspaces,
-                bias: biases[q],
-                codes: &codes,
-                n_items,
-                ids: if slots { Offered::Slots(1 << 33) } else { Offered::Ids(&ids) },
-            });
-            let fresh = || -> [TopK; 2] {
-                std::array::from_fn(|q| {
-                    let mut top = TopK::default();
-                    top.reset(k);
-                    for (i, keys) in earlier.iter().enumerate() {
-                        top.push(if q == 0 { keys.0 } else { keys.1 }, u64::MAX - i as u64);
-                    }
-                    top
-                })
-            };
-            let mut want = fresh();
-            for (s, top) in scans.iter().zip(&mut want) {
-                fastscan::scan(s, top);
-            }
-            let want = want.map(|mut top| bits(&mut top));
-            for kernel in Kernel::ALL {
-                let [mut a, mut b] = fresh();
-                kernel.scan4(scans.each_ref(), [&mut a, &mut b]);
-                prop_assert_eq!(&[bits(&mut a), bits(&mut b)], &want, "kernel {}", kernel);
-            }
-        }
     }
 }
