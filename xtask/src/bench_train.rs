@@ -6,12 +6,17 @@
 //! K = 256, D = 8, no rotation), its warm-up is cut to 8 steps and the run is first taken past the
 //! k-means init, untimed, so that every timed step is a joint step (quantize, regularizer and
 //! centroid updates included). The timed runs then continue the same training.
+//!
+//! With `--scale-items N` it trains `reproduce scale`'s two models instead, on that experiment's
+//! generated data at N items (J = 1024, D = 16, the coarse level learning from a catalogue
+//! sample), which is where the scale issue's training-rate target is set.
 
 use anyhow::{Result, bail};
-use poeem::train::synthetic::tutorial_dataset;
+use poeem::pipeline::{markdown_table as markdown, median};
+use poeem::train::synthetic::{ScaledTutorial, tutorial_dataset};
 use poeem::train::{Dataset, TowerConfig, TrainConfig, Trainer};
 
-use poeem::pipeline::{markdown_table as markdown, median};
+use crate::reproduce::scale_training_presets;
 
 /// Arguments of `bench-train`.
 #[derive(clap::Args)]
@@ -35,6 +40,12 @@ pub(crate) struct BenchTrainArgs {
     /// movielens preset's tower shape); none: the tutorial's 64-d id embeddings.
     #[arg(long, value_delimiter = ',')]
     hidden: Vec<usize>,
+    /// Train the scale experiment's models instead (`reproduce scale`: this many items and
+    /// queries, 25 interactions per item, Adagrad 0.5, and a layer with J = 1024, K = 256,
+    /// D = 16 whose coarse level learns from a 1,024-row catalogue sample per step); `--pairs`
+    /// and `--hidden` do not apply.
+    #[arg(long)]
+    scale_items: Option<u32>,
 }
 
 /// Median examples per second of `repeats` timed runs of `steps` steps each, after `warm_steps`
@@ -68,20 +79,13 @@ pub(crate) fn run(args: &BenchTrainArgs) -> Result<()> {
     if args.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    let dataset = tutorial_dataset(args.pairs, 0);
-    let mut model = TrainConfig::tutorial().model;
-    let towers = if args.hidden.is_empty() {
-        "64-d id embeddings".to_owned()
-    } else {
-        model.query = TowerConfig::all_fields(32, args.hidden.clone());
-        model.item = model.query.clone();
-        format!("32-d id embeddings → MLP {:?} → 64-d", args.hidden)
+    let setup = match args.scale_items {
+        Some(items) => Setup::scale(items)?,
+        None => Setup::tutorial(args),
     };
     println!(
-        "Training throughput on the synthetic tutorial ({} pairs, towers: {towers}, in-batch \
-         softmax, Adagrad); layer J=8, K=256, D=8, joint phase. Examples/s, median of {} runs \
-         of {} examples each.\n",
-        args.pairs, args.repeats, args.examples
+        "{}. Examples/s, median of {} runs of {} examples each.\n",
+        setup.title, args.repeats, args.examples
     );
     let mut rows = Vec::new();
     for &batch in &args.batch_sizes {
@@ -93,21 +97,21 @@ pub(crate) fn run(args: &BenchTrainArgs) -> Result<()> {
                 threads,
                 log_every_steps: 0,
                 checkpoint_every_steps: 0,
-                model: model.clone(),
-                ..TrainConfig::tutorial()
+                ..setup.plain.clone()
             };
-            let plain = throughput(base.clone(), &dataset, 8, steps, args.repeats)?;
+            let plain = throughput(base.clone(), &setup.dataset, 8, steps, args.repeats)?;
             let mut layered = TrainConfig {
-                index: TrainConfig::tutorial_poeem().index,
+                index: setup.layered.index.clone(),
+                model: setup.layered.model.clone(),
                 ..base
             };
             let layer = layered
                 .index
                 .as_mut()
-                .expect("the Poeem preset has a layer");
+                .expect("the layered setup has a layer");
             layer.warmup_steps = 8;
             let warm = 8 + layer.buffer_size.div_ceil(batch) as u64 + 8;
-            let with_layer = throughput(layered, &dataset, warm, steps, args.repeats)?;
+            let with_layer = throughput(layered, &setup.dataset, warm, steps, args.repeats)?;
             rows.push(vec![
                 batch.to_string(),
                 threads.to_string(),
@@ -132,4 +136,62 @@ pub(crate) fn run(args: &BenchTrainArgs) -> Result<()> {
         )
     );
     Ok(())
+}
+
+/// What one `bench-train` run trains: the data, and the plain and layered settings (batch size,
+/// threads, epochs and logging are the bench's own).
+struct Setup {
+    title: String,
+    dataset: Dataset,
+    plain: TrainConfig,
+    layered: TrainConfig,
+}
+
+impl Setup {
+    fn tutorial(args: &BenchTrainArgs) -> Self {
+        let mut model = TrainConfig::tutorial().model;
+        let towers = if args.hidden.is_empty() {
+            "64-d id embeddings".to_owned()
+        } else {
+            model.query = TowerConfig::all_fields(32, args.hidden.clone());
+            model.item = model.query.clone();
+            format!("32-d id embeddings → MLP {:?} → 64-d", args.hidden)
+        };
+        let plain = TrainConfig {
+            model,
+            ..TrainConfig::tutorial()
+        };
+        let layered = TrainConfig {
+            index: TrainConfig::tutorial_poeem().index,
+            ..plain.clone()
+        };
+        Self {
+            title: format!(
+                "Training throughput on the synthetic tutorial ({} pairs, towers: {towers}, \
+                 in-batch softmax, Adagrad); layer J=8, K=256, D=8, joint phase",
+                args.pairs
+            ),
+            dataset: tutorial_dataset(args.pairs, 0),
+            plain,
+            layered,
+        }
+    }
+
+    fn scale(items: u32) -> Result<Self> {
+        if items < 256 {
+            bail!("--scale-items needs at least 256 items");
+        }
+        let interactions = 25 * items as usize;
+        let (plain, layered) = scale_training_presets(false, interactions, 1, 0);
+        Ok(Self {
+            title: format!(
+                "Training throughput of `reproduce scale`'s models ({items} items and queries, \
+                 {interactions} interactions, 64-d id embeddings, Adagrad 0.5); layer J=1024, \
+                 K=256, D=16, coarse level from a 1,024-row catalogue sample, joint phase"
+            ),
+            dataset: ScaledTutorial::new(items).dataset(interactions, 0),
+            plain,
+            layered,
+        })
+    }
 }

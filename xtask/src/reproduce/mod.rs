@@ -19,6 +19,7 @@ mod movielens;
 pub(crate) mod plot;
 pub(crate) mod rotation;
 mod scale;
+pub(crate) use scale::training_presets as scale_training_presets;
 mod synthetic;
 
 use std::borrow::Cow;

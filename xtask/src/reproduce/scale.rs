@@ -52,45 +52,60 @@ struct ScaleConfig {
     probe: Probe,
 }
 
+/// The scale experiment's plain and Poeem training settings for `interactions` pairs.
+///
+/// The tutorial's model (64-d id embeddings, Adagrad, summed in-batch softmax) at batch 1024,
+/// with a learning rate of 0.5 instead of 0.1 and a temperature of 0.1 instead of 1/30: an item
+/// is seen 25 times an epoch here against 100 in the tutorial, and at 40,000 items the
+/// tutorial's settings reach a brute-force precision@100 of 0.26 in two epochs where these reach
+/// 0.85 in three. The layer (J = 1024, K = 256, D = 16; J = 64 with `quick`) warms up for the
+/// first epoch, so its k-means runs on embeddings that have taken their shape (a warm start
+/// after 200 of 2,900 steps left the Poeem model's brute force 0.02 below the plain model's;
+/// after one epoch, 0.004), and its coarse level learns list means from a catalogue sample.
+pub(crate) fn training_presets(
+    quick: bool,
+    interactions: usize,
+    epochs: usize,
+    threads: usize,
+) -> (TrainConfig, TrainConfig) {
+    let (n_lists, n_subspaces, n_bits) = if quick { (64, 16, 8) } else { (1024, 16, 8) };
+    let mut plain = TrainConfig::tutorial();
+    plain.batch_size = 1024;
+    plain.optimizer = OptimizerConfig::adagrad(0.5);
+    plain.model.temperature = 0.1;
+    plain.epochs = epochs;
+    plain.threads = threads;
+    plain.log_every_steps = 200;
+    let steps_per_epoch = interactions.div_ceil(plain.batch_size) as u64;
+    let mut poeem = plain.clone();
+    poeem.model.layer_update_items = LayerUpdateItems::Catalogue { rows: 1024 };
+    poeem.index = Some(IndexingLayerConfig {
+        n_lists,
+        n_subspaces,
+        n_bits,
+        warmup_steps: steps_per_epoch,
+        buffer_size: 64 * n_lists,
+        coarse_objective: CoarseObjective::ListMeans,
+        optimizer: OptimizerConfig::adagrad(0.1),
+        ..IndexingLayerConfig::tutorial()
+    });
+    (plain, poeem)
+}
+
 impl ScaleConfig {
-    /// `items` items and `interactions` interactions; with `quick`, a smaller index shape.
-    ///
-    /// The tutorial's model (64-d id embeddings, Adagrad, summed in-batch softmax) at batch
-    /// 1024, with a learning rate of 0.5 instead of 0.1 and a temperature of 0.1 instead of
-    /// 1/30: an item is seen 25 times an epoch here against 100 in the tutorial, and at 40,000
-    /// items the tutorial's settings reach a brute-force precision@100 of 0.26 in two epochs
-    /// where these reach 0.85 in three. Full training is 6 epochs (3 with `--quick`): learning
-    /// comes late and suddenly, later the larger the catalogue (125,000 items: 0.61 after 3
-    /// epochs, 0.986 after 5, 0.999 after 7), and an undertrained model hides the index behind
-    /// the model (post-hoc lists then score above brute force). The layer warms up for the
-    /// first epoch, so its k-means runs on embeddings that have taken their shape (a warm start
-    /// after 200 of 2,900 steps left the Poeem model's brute force 0.02 below the plain
-    /// model's; after one epoch, 0.004).
+    /// `items` items and `interactions` interactions, trained as [`training_presets`] says;
+    /// with `quick`, a smaller index shape. Full training is 6 epochs (3 with `quick`):
+    /// learning comes late and suddenly, later the larger the catalogue (125,000 items: 0.61
+    /// after 3 epochs, 0.986 after 5, 0.999 after 7), and an undertrained model hides the
+    /// index behind the model (post-hoc lists then score above brute force).
     fn new(args: &Args, items: u32, interactions: usize) -> Self {
         let quick = args.quick;
-        let (n_lists, n_subspaces, n_bits) = if quick { (64, 16, 8) } else { (1024, 16, 8) };
-        let mut plain = TrainConfig::tutorial();
-        plain.batch_size = 1024;
-        plain.optimizer = OptimizerConfig::adagrad(0.5);
-        plain.model.temperature = 0.1;
-        plain.epochs = args
+        let epochs = args
             .epochs
             .map_or(if quick { 3 } else { 6 }, |e| e as usize);
-        plain.threads = args.train_threads();
-        plain.log_every_steps = 200;
-        let steps_per_epoch = interactions.div_ceil(plain.batch_size) as u64;
-        let mut poeem = plain.clone();
-        poeem.model.layer_update_items = LayerUpdateItems::Catalogue { rows: 1024 };
-        poeem.index = Some(IndexingLayerConfig {
-            n_lists,
-            n_subspaces,
-            n_bits,
-            warmup_steps: steps_per_epoch,
-            buffer_size: 64 * n_lists,
-            coarse_objective: CoarseObjective::ListMeans,
-            optimizer: OptimizerConfig::adagrad(0.1),
-            ..IndexingLayerConfig::tutorial()
-        });
+        let (plain, poeem) = training_presets(quick, interactions, epochs, args.train_threads());
+        let layer = poeem.index.as_ref().expect("the Poeem preset has a layer");
+        let (n_lists, n_subspaces, n_bits) = (layer.n_lists, layer.n_subspaces, layer.n_bits);
         Self {
             rule: ScaledTutorial::new(items),
             interactions,

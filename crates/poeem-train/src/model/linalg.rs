@@ -86,6 +86,19 @@ pub(crate) fn for_row_blocks<T: Send>(
     }
 }
 
+/// Runs `a` and `b`, side by side under a parallel `par` (each result is the same either way:
+/// callers give them disjoint data).
+pub(crate) fn join<A: Send, B: Send>(
+    par: Par,
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    match par {
+        Par::Seq => (a(), b()),
+        Par::Rayon(_) => rayon::join(a, b),
+    }
+}
+
 /// Resizes `buf` to `len` values (keeping its allocation when it shrinks), for scratch buffers
 /// whose contents are overwritten before use.
 pub(crate) fn resize(buf: &mut Vec<f32>, len: usize) {

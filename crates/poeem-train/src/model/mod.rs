@@ -792,34 +792,42 @@ impl Model {
             par,
         );
 
-        // Backward: queries through their normalisation and tower.
-        normalize_rows_backward(&s.q_hat, &s.q_norms, &s.grad_q_hat, dim, &mut s.grad_q);
-        self.query_tower.backward(
-            &self.query_features,
-            queries,
-            &mut s.query_cache,
-            &s.grad_q,
-            &mut s.query_grads,
-            par,
-        );
-        // Items: the cosine's normalisation, straight through the layer (∂L/∂x = ∂L/∂y), the
-        // optional normalisation before it, the tower.
-        normalize_rows_backward(&s.y_hat, &s.y_norms, &s.grad_y_hat, dim, &mut s.grad_y);
-        let grad_v = if normalize_before {
-            linalg::resize(&mut s.grad_v, c * dim);
-            normalize_rows_backward(&s.v_hat, &s.v_norms, &s.grad_y, dim, &mut s.grad_v);
-            &s.grad_v
-        } else {
-            &s.grad_y
+        // Backward: the two sides touch disjoint tables and buffers, so they run side by side.
+        // Queries through their normalisation and tower; items through the cosine's
+        // normalisation, straight through the layer (∂L/∂x = ∂L/∂y), the optional
+        // normalisation before it, the tower.
+        let (query_tower, item_tower) = (&self.query_tower, &self.item_tower);
+        let (query_features, item_features) = (&self.query_features, &self.item_features);
+        let query_side = || {
+            normalize_rows_backward(&s.q_hat, &s.q_norms, &s.grad_q_hat, dim, &mut s.grad_q);
+            query_tower.backward(
+                query_features,
+                queries,
+                &mut s.query_cache,
+                &s.grad_q,
+                &mut s.query_grads,
+                par,
+            );
         };
-        self.item_tower.backward(
-            &self.item_features,
-            items,
-            &mut s.item_cache,
-            grad_v,
-            &mut s.item_grads,
-            par,
-        );
+        let item_side = || {
+            normalize_rows_backward(&s.y_hat, &s.y_norms, &s.grad_y_hat, dim, &mut s.grad_y);
+            let grad_v = if normalize_before {
+                linalg::resize(&mut s.grad_v, c * dim);
+                normalize_rows_backward(&s.v_hat, &s.v_norms, &s.grad_y, dim, &mut s.grad_v);
+                &s.grad_v
+            } else {
+                &s.grad_y
+            };
+            item_tower.backward(
+                item_features,
+                items,
+                &mut s.item_cache,
+                grad_v,
+                &mut s.item_grads,
+                par,
+            );
+        };
+        linalg::join(par, query_side, item_side);
         Ok(StepStats {
             loss,
             batch_size: b,
@@ -828,7 +836,7 @@ impl Model {
     }
 
     /// Applies the gradients of the last [`compute_gradients`](Self::compute_gradients) with
-    /// `optimizer` and the learning-rate scale `lr_scale`, then lets the indexing layer update
+    /// `optimizer` and the learning-rate scale `lr_scale`, and lets the indexing layer update
     /// its centroids and codebooks ([`IndexingLayer::update`]).
     ///
     /// # Errors
@@ -844,15 +852,30 @@ impl Model {
         lr_scale: f32,
         par: Par,
     ) -> Result<(), TrainError> {
-        optimizer
-            .query
-            .step(&mut self.query_tower, &scratch.query_grads, lr_scale);
-        optimizer
-            .item
-            .step(&mut self.item_tower, &scratch.item_grads, lr_scale);
-        if let Some(layer) = &mut self.layer {
-            layer.update(lr_scale, par)?;
-        }
+        // The towers' tables and the layer's parameters are disjoint: their steps run side by
+        // side.
+        let (query_tower, item_tower) = (&mut self.query_tower, &mut self.item_tower);
+        let towers = || {
+            linalg::join(
+                par,
+                || {
+                    optimizer
+                        .query
+                        .step(query_tower, &scratch.query_grads, lr_scale)
+                },
+                || {
+                    optimizer
+                        .item
+                        .step(item_tower, &scratch.item_grads, lr_scale)
+                },
+            );
+        };
+        let layer = || match &mut self.layer {
+            Some(layer) => layer.update(lr_scale, par),
+            None => Ok(()),
+        };
+        let ((), updated) = linalg::join(par, towers, layer);
+        updated?;
         Ok(())
     }
 }
