@@ -452,7 +452,7 @@ impl Progress {
     }
 
     /// A bar over a training run's steps, updated by the returned callback.
-    pub(crate) fn training(&self, name: &str) -> TrainingBar {
+    pub(crate) fn training(&self, name: &str, batch_size: usize) -> TrainingBar {
         let bar = self.multi.add(ProgressBar::new(0).with_style(style(
             "{prefix:>10} [{bar:30}] {pos}/{len} steps ({eta}) {msg}",
         )));
@@ -460,6 +460,8 @@ impl Progress {
         TrainingBar {
             bar,
             logged_tenths: self.multi.is_hidden().then_some(0),
+            batch_size,
+            first_report: None,
         }
     }
 
@@ -699,7 +701,7 @@ pub(crate) fn train_with_bar(
     dataset: &Dataset,
     on_report: &mut dyn FnMut(&TrainProgress),
 ) -> Result<(Model, TrainReport)> {
-    let mut bar = progress.training(name);
+    let mut bar = progress.training(name, config.batch_size);
     Ok(train_model(config, dataset, &mut |p| {
         bar.update(p);
         on_report(p);
@@ -707,11 +709,16 @@ pub(crate) fn train_with_bar(
 }
 
 /// The bar of one training run; cleared when dropped. Where the bars are hidden (stderr is
-/// not a terminal), each tenth of the run is logged as a line instead.
+/// not a terminal), each tenth of the run is logged as a line instead, with the rate since the
+/// first report (a report's own rate covers only its last few steps, and the report that
+/// crosses a tenth often holds an epoch's reshuffle).
 pub(crate) struct TrainingBar {
     bar: ProgressBar,
     /// Tenths of the run logged so far, when logging lines.
     logged_tenths: Option<u64>,
+    batch_size: usize,
+    /// When the first report came, and its step.
+    first_report: Option<(Instant, u64)>,
 }
 
 impl TrainingBar {
@@ -720,17 +727,23 @@ impl TrainingBar {
         self.bar.set_length(p.total_steps);
         self.bar.set_position(p.step);
         self.bar.set_message(format!("loss {:.3}", p.loss));
+        let (since, first_step) = *self.first_report.get_or_insert((Instant::now(), p.step));
         if let Some(logged) = &mut self.logged_tenths {
             let tenths = p.step * 10 / p.total_steps.max(1);
             if tenths > *logged {
                 *logged = tenths;
+                let rate = if p.step > first_step {
+                    let examples = (p.step - first_step) as f64 * self.batch_size as f64;
+                    examples / since.elapsed().as_secs_f64().max(1e-9)
+                } else {
+                    p.examples_per_second
+                };
                 eprintln!(
-                    "[{}] {}/{} steps, loss {:.3}, {:.0} examples/s",
+                    "[{}] {}/{} steps, loss {:.3}, {rate:.0} examples/s",
                     self.bar.prefix(),
                     p.step,
                     p.total_steps,
                     p.loss,
-                    p.examples_per_second
                 );
             }
         }
