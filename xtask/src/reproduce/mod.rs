@@ -19,7 +19,6 @@ mod movielens;
 pub(crate) mod plot;
 pub(crate) mod rotation;
 mod scale;
-pub(crate) use scale::training_presets as scale_training_presets;
 mod synthetic;
 
 use std::borrow::Cow;
@@ -38,6 +37,7 @@ use serde_json::{Value, json};
 
 pub(crate) use check::check_quick_run;
 use plot::{LineChart, Series};
+pub(crate) use scale::training_presets as scale_training_presets;
 
 /// Arguments of `cargo xtask reproduce`.
 #[derive(clap::Args, Debug, Clone)]
