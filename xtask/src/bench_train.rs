@@ -16,7 +16,7 @@ use poeem::pipeline::{markdown_table as markdown, median};
 use poeem::train::synthetic::{ScaledTutorial, tutorial_dataset};
 use poeem::train::{Dataset, TowerConfig, TrainConfig, Trainer};
 
-use crate::reproduce::scale_training_presets;
+use crate::reproduce::{SCALE_MIN_ITEMS, scale_interactions, scale_training_presets};
 
 /// Arguments of `bench-train`.
 #[derive(clap::Args)]
@@ -178,10 +178,10 @@ impl Setup {
     }
 
     fn scale(items: u32) -> Result<Self> {
-        if items < 256 {
-            bail!("--scale-items needs at least 256 items");
+        if items < SCALE_MIN_ITEMS {
+            bail!("--scale-items needs at least {SCALE_MIN_ITEMS} items");
         }
-        let interactions = 25 * items as usize;
+        let interactions = scale_interactions(items);
         let (plain, layered) = scale_training_presets(false, interactions, 1, 0);
         Ok(Self {
             title: format!(

@@ -37,7 +37,10 @@ use serde_json::{Value, json};
 
 pub(crate) use check::check_quick_run;
 use plot::{LineChart, Series};
-pub(crate) use scale::training_presets as scale_training_presets;
+pub(crate) use scale::{
+    MIN_ITEMS as SCALE_MIN_ITEMS, default_interactions as scale_interactions,
+    training_presets as scale_training_presets,
+};
 
 /// Arguments of `cargo xtask reproduce`.
 #[derive(clap::Args, Debug, Clone)]

@@ -325,30 +325,39 @@ impl Evaluation<'_> {
     }
 }
 
+/// The smallest catalogue the experiment runs.
+pub(crate) const MIN_ITEMS: u32 = 256;
+
+/// Interactions for `items` items at the default's rate (50,000,000 over 2,000,000: 25 per item).
+pub(crate) fn default_interactions(items: u32) -> usize {
+    (DEFAULT_INTERACTIONS as f64 / f64::from(DEFAULT_ITEMS) * f64::from(items)).round() as usize
+}
+
 /// The sizes to run: `--sweep`, else `--items` (default 2,000,000; 20,000 with `--quick`).
 fn sizes(args: &Args) -> Vec<(u32, usize)> {
     let default_items = if args.quick { 20_000 } else { DEFAULT_ITEMS };
     let items = args.items.unwrap_or(default_items);
-    // Interactions per item, as the default 50,000,000 over 2,000,000 (25).
-    let per_item = args.interactions.map_or(
-        DEFAULT_INTERACTIONS as f64 / f64::from(DEFAULT_ITEMS),
-        |m| m as f64 / f64::from(items),
-    );
     let list = if args.sweep.is_empty() {
         vec![items]
     } else {
         args.sweep.clone()
     };
     list.into_iter()
-        .map(|n| (n, (per_item * f64::from(n)).round() as usize))
+        .map(|n| {
+            let interactions = args.interactions.map_or_else(
+                || default_interactions(n),
+                |m| (m as f64 / f64::from(items) * f64::from(n)).round() as usize,
+            );
+            (n, interactions)
+        })
         .collect()
 }
 
 pub(super) fn run(args: &Args, progress: &Progress) -> Result<Outcome> {
     let seeds = args.seed_list(Experiment::Scale);
     let sizes = sizes(args);
-    if sizes.iter().any(|&(n, m)| n < 256 || m == 0) {
-        bail!("every size needs at least 256 items and one interaction");
+    if sizes.iter().any(|&(n, m)| n < MIN_ITEMS || m == 0) {
+        bail!("every size needs at least {MIN_ITEMS} items and one interaction");
     }
     let python = faiss_python(args, progress);
     progress.jobs(sizes.len() * seeds.len() * (5 + usize::from(python.is_some())));
