@@ -32,7 +32,7 @@ use poeem::build::BuildConfig;
 use poeem::pipeline::{CoarseDiagnostics, TimedIndex, build_post_hoc, markdown_table, train_model};
 use poeem::pq::{OpqConfig, Par};
 use poeem::search::IndexParts;
-use poeem::train::{Dataset, Model, TrainConfig, TrainProgress, TrainReport};
+use poeem::train::{Dataset, Model, TrainConfig, TrainProgress, TrainReport, Trainer};
 use serde_json::{Value, json};
 
 pub(crate) use check::check_quick_run;
@@ -97,6 +97,12 @@ pub(crate) struct Args {
     /// proportion, and plot each stage's time and memory against the size.
     #[arg(long, value_delimiter = ',')]
     pub(crate) sweep: Vec<u32>,
+    /// `scale` only: continue from the checkpoints a stopped run with the same settings left
+    /// in `<out>/scale/checkpoints/` (one per model, size and seed, written after every epoch;
+    /// removed when the experiment finishes). Results are as if the run had never stopped;
+    /// training times and rates then cover only this run's steps.
+    #[arg(long)]
+    pub(crate) resume: bool,
 }
 
 /// The default of `--givens-lr`.
@@ -711,6 +717,69 @@ pub(crate) fn train_with_bar(
     })?)
 }
 
+/// A model trained by [`train_checkpointed`].
+pub(crate) struct Checkpointed {
+    pub(crate) model: Model,
+    /// This process's part of the run (time and rate cover only its steps).
+    pub(crate) report: TrainReport,
+    /// The step the run resumed at (0: trained from the start).
+    pub(crate) resumed_from_step: u64,
+}
+
+/// Trains `config` on `dataset` with a progress bar named `name`, checkpointing into `dir`
+/// every `config.checkpoint_every_steps` steps and at the end. With `resume` and a checkpoint
+/// in `dir`, the run continues from it (bit for bit as if never stopped); the checkpoint must
+/// be of the same settings and data. Otherwise a checkpoint left there is replaced.
+pub(crate) fn train_checkpointed(
+    progress: &Progress,
+    name: &str,
+    config: &TrainConfig,
+    dataset: &Dataset,
+    dir: &Path,
+    resume: bool,
+) -> Result<Checkpointed> {
+    let resuming = resume && poeem::train::checkpoint::checkpoint_path(dir).exists();
+    let mut trainer = if resuming {
+        let mut trainer = Trainer::resume(dir, dataset)
+            .with_context(|| format!("resuming the {name} model from {}", dir.display()))?;
+        // Threads and reporting may change between runs; nothing else may.
+        let found = TrainConfig {
+            threads: config.threads,
+            log_every_steps: config.log_every_steps,
+            checkpoint_every_steps: config.checkpoint_every_steps,
+            ..trainer.config().clone()
+        };
+        if found != *config {
+            bail!(
+                "the {name} model's checkpoint in {} was trained with other settings than this \
+                 run's; rerun without --resume to start over, or with the settings it was \
+                 started with",
+                dir.display()
+            );
+        }
+        trainer.set_threads(config.threads)?;
+        progress.println(&format!(
+            "[{name}] resuming at step {} of {} from {}",
+            trainer.step(),
+            trainer.total_steps(),
+            dir.display()
+        ));
+        trainer
+    } else {
+        let mut trainer = Trainer::new(config.clone(), dataset)?;
+        trainer.set_checkpoint_dir(dir)?;
+        trainer
+    };
+    let resumed_from_step = trainer.step();
+    let mut bar = progress.training(name, config.batch_size);
+    let report = trainer.train(&mut |p| bar.update(p))?;
+    Ok(Checkpointed {
+        model: trainer.into_model(),
+        report,
+        resumed_from_step,
+    })
+}
+
 /// The bar of one training run; cleared when dropped. Where the bars are hidden (stderr is
 /// not a terminal), each tenth of the run is logged as a line instead, with the rate since the
 /// first report (a report's own rate covers only its last few steps, and the report that
@@ -867,6 +936,7 @@ mod tests {
             items: None,
             interactions: None,
             sweep: Vec::new(),
+            resume: false,
         };
         assert_eq!(args.seed_list(Experiment::Synthetic), [1, 2, 3]);
         assert_eq!(args.seed_list(Experiment::Ablation), [1]);
@@ -893,5 +963,60 @@ mod tests {
             args.command(Experiment::Scale),
             "cargo xtask reproduce scale --epochs 1 --items 250000 --sweep 250000,500000 --faiss"
         );
+    }
+
+    #[test]
+    fn a_stopped_training_run_resumes_bit_for_bit() {
+        let rule = poeem::train::synthetic::ScaledTutorial::new(256);
+        let dataset = rule.dataset(3_000, 5);
+        let (mut config, _) = scale::training_presets(true, 3_000, 2, 1);
+        config.batch_size = 128;
+        config.checkpoint_every_steps = 5;
+        let progress = Progress::new(&[Experiment::Scale]);
+        let root = tempfile::tempdir().unwrap();
+        let train = |dir: &str, config: &TrainConfig, resume: bool| {
+            train_checkpointed(
+                &progress,
+                "t",
+                config,
+                &dataset,
+                &root.path().join(dir),
+                resume,
+            )
+        };
+        let items = |model: &Model| {
+            let all: Vec<u32> = (0..model.n_items() as u32).collect();
+            model.embed_items(&all, Par::Seq).unwrap()
+        };
+        let whole = train("whole", &config, false).unwrap();
+        assert_eq!(whole.resumed_from_step, 0);
+        assert_eq!(whole.report.step, 48);
+
+        // A run stopped after 17 steps, then resumed.
+        let mut stopped = Trainer::new(config.clone(), &dataset).unwrap();
+        stopped
+            .set_checkpoint_dir(root.path().join("stopped"))
+            .unwrap();
+        stopped.train_steps(17, &mut |_| {}).unwrap();
+        drop(stopped);
+        let resumed = train("stopped", &config, true).unwrap();
+        assert_eq!(resumed.resumed_from_step, 17);
+        assert_eq!(resumed.report.steps_run, 31);
+        assert_eq!(items(&resumed.model), items(&whole.model));
+
+        // Other settings are refused; without --resume the run starts over.
+        let mut other = config.clone();
+        other.seed += 1;
+        let err = train("stopped", &other, true).err().unwrap();
+        assert!(format!("{err:#}").contains("other settings"), "{err:#}");
+        let mut threads = config.clone();
+        threads.threads = 2;
+        assert_eq!(
+            train("stopped", &threads, true).unwrap().resumed_from_step,
+            48
+        );
+        let fresh = train("stopped", &config, false).unwrap();
+        assert_eq!(fresh.resumed_from_step, 0);
+        assert_eq!(items(&fresh.model), items(&whole.model));
     }
 }

@@ -4,11 +4,13 @@
 //! IVF-PQ and OPQ+IVF-PQ (ours, and faiss's with `--faiss`) are built on the plain model's items;
 //! precision@100 on sampled queries at several nprobes; the time and peak memory of every stage.
 //! `--sweep N1,N2,…` runs several catalogue sizes (interactions in proportion) and plots the cost
-//! of each stage against the size.
+//! of each stage against the size. Training checkpoints after every epoch; `--resume`
+//! continues a stopped run from them.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use poeem::build::BuildConfig;
 use poeem::pipeline::{
     CoarseDiagnostics, EvalSet, IdMap, ItemIds, TimedIndex, build_post_hoc, export_timed,
@@ -28,8 +30,8 @@ use super::meta::DataHash;
 use super::plot::{LineChart, Series};
 use super::synthetic::faiss_python;
 use super::{
-    Args, DataInfo, Experiment, IndexRun, Outcome, Progress, WithIndexes, across_runs,
-    coarse_table, mean_pm, over_seeds, seed_series, train_with_bar,
+    Args, Checkpointed, DataInfo, Experiment, IndexRun, Outcome, Progress, WithIndexes,
+    across_runs, coarse_table, mean_pm, over_seeds, seed_series, train_checkpointed,
 };
 
 /// Default catalogue size (items and queries).
@@ -103,7 +105,13 @@ impl ScaleConfig {
         let epochs = args
             .epochs
             .map_or(if quick { 3 } else { 6 }, |e| e as usize);
-        let (plain, poeem) = training_presets(quick, interactions, epochs, args.train_threads());
+        let (mut plain, mut poeem) =
+            training_presets(quick, interactions, epochs, args.train_threads());
+        // A checkpoint per epoch: at 2,000,000 items one takes seconds against minutes of
+        // training, and a stopped run loses at most an epoch with `--resume`.
+        for train in [&mut plain, &mut poeem] {
+            train.checkpoint_every_steps = interactions.div_ceil(train.batch_size) as u64;
+        }
         let layer = poeem.index.as_ref().expect("the Poeem preset has a layer");
         let (n_lists, n_subspaces, n_bits) = (layer.n_lists, layer.n_subspaces, layer.n_bits);
         Self {
@@ -214,17 +222,31 @@ fn gib(bytes: Option<u64>) -> String {
 /// A model of a run.
 struct ModelRun {
     name: &'static str,
+    /// This process's training time and rate (from `resumed_from_step` on).
     training_seconds: f64,
     examples_per_second: f64,
+    /// The step training resumed at with `--resume` (0: trained from the start).
+    resumed_from_step: u64,
     brute_force_precision: f64,
 }
 
 impl ModelRun {
+    fn new(name: &'static str, trained: &Checkpointed, brute_force_precision: f64) -> Self {
+        Self {
+            name,
+            training_seconds: trained.report.elapsed.as_secs_f64(),
+            examples_per_second: trained.report.examples_per_second,
+            resumed_from_step: trained.resumed_from_step,
+            brute_force_precision,
+        }
+    }
+
     fn json(&self) -> Value {
         json!({
             "name": self.name,
             "training_seconds": self.training_seconds,
             "examples_per_second": self.examples_per_second,
+            "resumed_from_step": self.resumed_from_step,
             "brute_force_precision": self.brute_force_precision,
         })
     }
@@ -376,7 +398,20 @@ pub(super) fn run(args: &Args, progress: &Progress) -> Result<Outcome> {
             )?);
         }
     }
+    // Every size and seed is done: the checkpoints (4 GiB per seed at 2,000,000 items) go.
+    let checkpoints = checkpoint_root(args);
+    if checkpoints.exists() {
+        std::fs::remove_dir_all(&checkpoints)
+            .with_context(|| format!("removing {}", checkpoints.display()))?;
+    }
     Ok(outcome(args, &seeds, &sizes, runs, hash))
+}
+
+/// Where the runs' training checkpoints go, for `--resume`.
+fn checkpoint_root(args: &Args) -> PathBuf {
+    args.out_root()
+        .join(Experiment::Scale.name())
+        .join("checkpoints")
 }
 
 fn run_size(
@@ -410,23 +445,26 @@ fn run_size(
     progress.job_done();
 
     progress.job(format!("{n} items, seed {seed}: training the plain model"));
-    let (plain_model, plain_report) = stages.run("train the plain model", || {
-        train_with_bar(progress, "plain", &config.plain, &dataset, &mut |_| {})
+    let checkpoints = checkpoint_root(args).join(format!("{n}-items-seed-{seed}"));
+    let plain_trained = stages.run("train the plain model", || {
+        train_checkpointed(
+            progress,
+            "plain",
+            &config.plain,
+            &dataset,
+            &checkpoints.join("plain"),
+            args.resume,
+        )
     })?;
-    let (queries, items) =
-        stages.run("embed (plain model)", || embed(&plain_model, &evaluation))?;
+    let plain_model = &plain_trained.model;
+    let (queries, items) = stages.run("embed (plain model)", || embed(plain_model, &evaluation))?;
     let dim = plain_model.dim();
     let (plain_brute, plain_exact) = stages.run("brute force (plain model)", || {
         evaluation.brute_force(&queries, &items, dim)
     })?;
-    let plain = ModelRun {
-        name: "plain",
-        training_seconds: plain_report.elapsed.as_secs_f64(),
-        examples_per_second: plain_report.examples_per_second,
-        brute_force_precision: plain_brute,
-    };
+    let plain = ModelRun::new("plain", &plain_trained, plain_brute);
     let ids = IdMap::new(ItemIds::Dense, plain_model.items());
-    drop(plain_model);
+    drop(plain_trained);
     progress.job_done();
 
     let mut indexes = Vec::new();
@@ -473,17 +511,24 @@ fn run_size(
     drop((queries, items));
 
     progress.job(format!("{n} items, seed {seed}: training the Poeem model"));
-    let (poeem_model, poeem_report) = stages.run("train the Poeem model", || {
-        train_with_bar(progress, "Poeem", &config.poeem, &dataset, &mut |_| {})
+    let poeem_trained = stages.run("train the Poeem model", || {
+        train_checkpointed(
+            progress,
+            "Poeem",
+            &config.poeem,
+            &dataset,
+            &checkpoints.join("poeem"),
+            args.resume,
+        )
     })?;
+    let poeem_model = &poeem_trained.model;
     drop(dataset);
     progress.job_done();
     progress.job(format!("{n} items, seed {seed}: exporting the Poeem index"));
     let (exported, poeem_ids, _) = stages.run("export the Poeem index", || {
-        Ok(export_timed(&poeem_model, 1, par)?)
+        Ok(export_timed(poeem_model, 1, par)?)
     })?;
-    let (queries, items) =
-        stages.run("embed (Poeem model)", || embed(&poeem_model, &evaluation))?;
+    let (queries, items) = stages.run("embed (Poeem model)", || embed(poeem_model, &evaluation))?;
     let dim = poeem_model.dim();
     let (poeem_brute, poeem_exact) = stages.run("brute force (Poeem model)", || {
         evaluation.brute_force(&queries, &items, dim)
@@ -518,12 +563,7 @@ fn run_size(
         seed,
         config,
         plain,
-        poeem: ModelRun {
-            name: "Poeem",
-            training_seconds: poeem_report.elapsed.as_secs_f64(),
-            examples_per_second: poeem_report.examples_per_second,
-            brute_force_precision: poeem_brute,
-        },
+        poeem: ModelRun::new("Poeem", &poeem_trained, poeem_brute),
         indexes,
         stages,
         faiss_version,
@@ -666,6 +706,17 @@ fn outcome(
         &["model", "training time (s)", "examples/s"].map(str::to_owned),
         &rows,
     );
+    for run in &runs {
+        for model in [&run.plain, &run.poeem] {
+            if model.resumed_from_step > 0 {
+                report += &format!(
+                    "\nThe {} model ({} items, seed {}) resumed from its checkpoint at step {}: \
+                     its time, rate and stage figures cover the steps after it.\n",
+                    model.name, run.config.rule.items, run.seed, model.resumed_from_step
+                );
+            }
+        }
+    }
 
     // Stages of the largest size (first seed).
     let stages = &main[0].stages;
