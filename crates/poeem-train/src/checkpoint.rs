@@ -17,9 +17,11 @@
 //! | … | | the payloads, in table order |
 //!
 //! Sections: `MODL` (the [`Model`]) and `TRNR` (the trainer's state), each a CBOR encoding
-//! (RFC 8949) of the serde data model. Float arrays of the model's parameters are CBOR byte
-//! strings of little-endian `f32` (compact and exact); every other float (the optimiser and
-//! layer states) is a CBOR float, which encodes `f32` exactly too. Loading checks the magic,
+//! (RFC 8949) of the serde data model. Float arrays of the model's parameters and of the
+//! optimiser states are CBOR byte strings of little-endian `f32` (compact and exact); every
+//! other float (the layer's states) is a CBOR float, which encodes `f32` exactly too, and a
+//! float array written as CBOR floats (as checkpoints before 2026-12-03 did for the optimiser
+//! states) reads the same. Loading checks the magic,
 //! the version, both CRCs and the section bounds before decoding, then the model's internal
 //! consistency.
 
@@ -50,14 +52,17 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join(CHECKPOINT_FILE)
 }
 
-/// Encodes `value` as CBOR.
-pub(crate) fn encode<T: Serialize>(value: &T, path: &Path) -> Result<Vec<u8>, TrainError> {
-    let mut out = Vec::new();
-    ciborium::into_writer(value, &mut out).map_err(|e| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        reason: format!("cannot encode: {e}"),
-    })?;
-    Ok(out)
+/// Serialises a section's value as CBOR into the checkpoint file being written.
+pub(crate) type EncodeSection<'a> = &'a dyn Fn(&mut dyn Write) -> std::io::Result<()>;
+
+/// Encodes `value` as CBOR into `out`.
+pub(crate) fn encode_into<T: Serialize>(value: &T, out: &mut dyn Write) -> std::io::Result<()> {
+    ciborium::into_writer(value, out).map_err(|e| match e {
+        ciborium::ser::Error::Io(e) => e,
+        ciborium::ser::Error::Value(reason) => {
+            std::io::Error::other(format!("cannot encode: {reason}"))
+        }
+    })
 }
 
 /// Decodes a CBOR section.
@@ -73,37 +78,63 @@ fn tag_name(tag: [u8; 4]) -> String {
 }
 
 /// Writes the sections into `dir`'s checkpoint file atomically (temporary file, fsync, rename,
-/// directory fsync).
+/// directory fsync). Each section is encoded straight into the file, its length and checksum
+/// counted on the way, and the header (a placeholder until then) is written last: nothing the
+/// size of the model is held in memory.
 pub(crate) fn write_sections(
     dir: &Path,
-    sections: &[([u8; 4], &[u8])],
+    sections: &[([u8; 4], EncodeSection<'_>)],
 ) -> Result<PathBuf, TrainError> {
     let path = checkpoint_path(dir);
     let table_end = HEADER_LEN + ENTRY_LEN * sections.len() + 4;
-    let mut header = Vec::with_capacity(table_end);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header.extend_from_slice(&(sections.len() as u32).to_le_bytes());
-    let mut offset = table_end as u64;
-    for (tag, payload) in sections {
-        header.extend_from_slice(tag);
-        header.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        header.extend_from_slice(&offset.to_le_bytes());
-        header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        offset += payload.len() as u64;
-    }
-    let crc = crc32fast::hash(&header);
-    header.extend_from_slice(&crc.to_le_bytes());
-
     poeem_fs::write_atomically(&path, |file| {
-        file.write_all(&header)?;
-        for (_, payload) in sections {
-            file.write_all(payload)?;
+        file.write_all(&vec![0; table_end])?;
+        let mut header = Vec::with_capacity(table_end);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&(sections.len() as u32).to_le_bytes());
+        let mut offset = table_end as u64;
+        for (tag, encode) in sections {
+            let mut counted = Counted {
+                out: &mut *file,
+                len: 0,
+                crc: crc32fast::Hasher::new(),
+            };
+            encode(&mut counted)?;
+            let (len, crc) = (counted.len, counted.crc.finalize());
+            header.extend_from_slice(tag);
+            header.extend_from_slice(&crc.to_le_bytes());
+            header.extend_from_slice(&offset.to_le_bytes());
+            header.extend_from_slice(&len.to_le_bytes());
+            offset += len;
         }
-        Ok(())
+        let crc = crc32fast::hash(&header);
+        header.extend_from_slice(&crc.to_le_bytes());
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&header)
     })
     .map_err(|e| TrainError::io(e.path, e.source))?;
     Ok(path)
+}
+
+/// A writer that counts the bytes passing through it and their CRC-32.
+struct Counted<'a, W: Write> {
+    out: &'a mut W,
+    len: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.len += n as u64;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// A checked section table.

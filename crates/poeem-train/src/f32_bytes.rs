@@ -1,6 +1,7 @@
-//! Serde adapter writing a `Vec<f32>` as a byte string of little-endian `f32` (compact and
-//! exact in binary formats); reads that or a sequence of numbers. Used by the model's
-//! parameters, which the checkpoint serialises.
+//! Serde adapter writing a `Vec<f32>` as a byte string of little-endian `f32` in binary formats
+//! (compact and exact) and as a sequence of numbers in human-readable ones (JSON); reads
+//! either. Used by the model's parameters and the optimiser states, which the checkpoint
+//! serialises.
 
 use std::fmt;
 
@@ -8,12 +9,22 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserializer, Serializer};
 
 pub(crate) fn serialize<S: Serializer>(values: &[f32], s: S) -> Result<S::Ok, S::Error> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    s.serialize_bytes(&bytes)
+    if s.is_human_readable() {
+        s.collect_seq(values)
+    } else if cfg!(target_endian = "little") {
+        s.serialize_bytes(bytemuck::cast_slice(values))
+    } else {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        s.serialize_bytes(&bytes)
+    }
 }
 
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
-    d.deserialize_byte_buf(F32Visitor)
+    if d.is_human_readable() {
+        d.deserialize_seq(F32Visitor)
+    } else {
+        d.deserialize_byte_buf(F32Visitor)
+    }
 }
 
 struct F32Visitor;

@@ -121,8 +121,10 @@ impl OptimizerConfig {
 pub struct OptimizerState {
     config: OptimizerConfig,
     /// Adagrad: accumulators. Adam: first moments.
+    #[serde(with = "crate::f32_bytes")]
     first: Vec<f32>,
     /// Adam: second moments (empty for Adagrad).
+    #[serde(with = "crate::f32_bytes")]
     second: Vec<f32>,
     /// Steps taken on this tensor.
     steps: u64,
@@ -332,6 +334,41 @@ impl WithSimd for Step<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_encode_as_f32_bytes_and_read_the_older_float_arrays() {
+        let mut state = OptimizerState::new(OptimizerConfig::adam(0.01), 3).unwrap();
+        state.step_dense(&mut [1.0, 2.0, 3.0], &[0.5, -0.25, 1e-7], 1.0);
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&state, &mut bytes).unwrap();
+        // Each array is a byte string (0x4c: 12 bytes) of little-endian f32.
+        for values in [&state.first, &state.second] {
+            let mut string = vec![0x4c];
+            string.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            assert!(bytes.windows(13).any(|w| w == string), "{bytes:x?}");
+        }
+        let back: OptimizerState = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(back, state);
+
+        // Checkpoints written before the states were byte strings hold arrays of floats.
+        #[derive(Serialize)]
+        struct Older<'a> {
+            config: OptimizerConfig,
+            first: &'a [f32],
+            second: &'a [f32],
+            steps: u64,
+        }
+        let older = Older {
+            config: state.config,
+            first: &state.first,
+            second: &state.second,
+            steps: state.steps,
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&older, &mut bytes).unwrap();
+        let back: OptimizerState = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(back, state);
+    }
 
     #[test]
     fn adagrad_follows_tf1_semantics() {

@@ -484,10 +484,15 @@ impl Trainer {
                 value: "none".into(),
                 reason: "set a checkpoint directory before saving",
             })?;
-        let path = checkpoint::checkpoint_path(dir);
-        let model = checkpoint::encode(&self.model, &path)?;
-        let state = checkpoint::encode(&self.state, &path)?;
-        checkpoint::write_sections(dir, &[(MODEL_TAG, &model), (TRAINER_TAG, &state)])
+        checkpoint::write_sections(
+            dir,
+            &[
+                (MODEL_TAG, &|out| checkpoint::encode_into(&self.model, out)),
+                (TRAINER_TAG, &|out| {
+                    checkpoint::encode_into(&self.state, out)
+                }),
+            ],
+        )
     }
 
     fn par(&self) -> Par {
