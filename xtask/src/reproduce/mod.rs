@@ -583,6 +583,10 @@ pub(crate) fn coarse_table<M>(names: &[String], runs: &[&[IndexRun<M>]]) -> Opti
             "{:.2}",
             mean(&|d| d.concentration.probed_size_ratio())
         ));
+        row.push(format!(
+            "{:.3}",
+            mean(&|d| d.concentration.short_first_lists(d.k))
+        ));
         let (_, queries, size) = first.concentration.most_probed();
         row.push(format!("{queries} / {size}"));
         row.push(format!(
@@ -607,10 +611,13 @@ pub(crate) fn coarse_table<M>(names: &[String], runs: &[&[IndexRun<M>]]) -> Opti
             .iter()
             .map(|p| format!("top-{k} inside, nprobe {p}")),
     );
+    header.extend([
+        "best item in 1st list".to_owned(),
+        "probed / mean list size".to_owned(),
+        format!("1st list under {k} items"),
+    ]);
     header.extend(
         [
-            "best item in 1st list",
-            "probed / mean list size",
             "most-probed list: queries / items (first seed)",
             "centroid norm median [min, max]",
             "centroid offset / item-to-centroid (RMS)",

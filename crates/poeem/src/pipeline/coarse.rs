@@ -86,6 +86,20 @@ impl ProbeConcentration {
         probed as f64 / queries as f64 / mean_size
     }
 
+    /// The share of queries whose first probe is a list of fewer than `k` items: at nprobe 1
+    /// they cannot get `k` results, whatever the lists hold.
+    pub fn short_first_lists(&self, k: usize) -> f64 {
+        let queries: usize = self.first_probes.iter().sum();
+        let short: usize = self
+            .first_probes
+            .iter()
+            .zip(&self.list_sizes)
+            .filter(|(_, s)| **s < k)
+            .map(|(q, _)| q)
+            .sum();
+        short as f64 / queries.max(1) as f64
+    }
+
     /// Lists holding no item.
     pub fn empty_lists(&self) -> usize {
         self.list_sizes.iter().filter(|&&s| s == 0).count()
@@ -284,10 +298,13 @@ impl CoarseDiagnostics {
         let largest = c.list_sizes.iter().copied().max().unwrap_or(0);
         lines.push(format!(
             "first probes: list {list} takes {queries} of {} queries and holds {size} items \
-             (largest list {largest}, empty lists {}); probed list size / mean list size {:.2}",
+             (largest list {largest}, empty lists {}); probed list size / mean list size {:.2}; \
+             first list under {} items for {:.4} of the queries",
             c.first_probes.iter().sum::<usize>(),
             c.empty_lists(),
-            c.probed_size_ratio()
+            c.probed_size_ratio(),
+            self.k,
+            c.short_first_lists(self.k)
         ));
         let [low, median, high] = self.centroid_norms;
         lines.push(format!(
@@ -345,4 +362,28 @@ fn list_of_items(
         }
     }
     Ok((list_of, list_sizes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProbeConcentration;
+
+    #[test]
+    fn short_first_lists_count_the_queries_sent_first_to_lists_under_k() {
+        let c = ProbeConcentration {
+            list_sizes: vec![50, 100, 150, 0],
+            first_probes: vec![3, 1, 4, 2],
+        };
+        // Lists 0 (50 items) and 3 (empty) take 5 of the 10 first probes.
+        assert_eq!(c.short_first_lists(100), 0.5);
+        assert_eq!(c.short_first_lists(101), 0.6);
+        assert_eq!(c.short_first_lists(1), 0.2);
+        // (3·50 + 1·100 + 4·150 + 0) / 10 over a mean of 75.
+        assert!((c.probed_size_ratio() - 85.0 / 75.0).abs() < 1e-12);
+        let none = ProbeConcentration {
+            list_sizes: vec![10],
+            first_probes: vec![0],
+        };
+        assert_eq!(none.short_first_lists(100), 0.0);
+    }
 }
