@@ -88,10 +88,6 @@ pub(crate) fn training_presets(
         warmup_steps: steps_per_epoch,
         buffer_size: 64 * n_lists,
         coarse_objective: CoarseObjective::ListMeans,
-        list_balance: std::env::var("POEEM_LIST_BALANCE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
         optimizer: OptimizerConfig::adagrad(0.1),
         ..IndexingLayerConfig::tutorial()
     });

@@ -117,15 +117,6 @@ pub struct IndexingLayerConfig {
     /// the reference's.
     #[serde(default = "CoarseObjective::legacy")]
     pub coarse_objective: CoarseObjective,
-    /// Step of the per-list prices that even out the lists the coarse centroids learn from
-    /// (0: off, plain list means; needs [`CoarseObjective::ListMeans`]). A row is assigned to
-    /// the list minimising `‖x' − v_j‖² + π_j`, and after each update
-    /// `π_j += list_balance · d̄² · (n_j · J / n − 1)` (`n_j` of the `n` rows took list `j`,
-    /// `d̄²` their mean squared distance): crowded lists shed rows, sparse ones take them, and
-    /// the centroids move so that the exported lists (each item in its nearest list) come out
-    /// more even. Settings saved before this existed read as 0.
-    #[serde(default)]
-    pub list_balance: f32,
     /// The optimiser of the centroids and codebooks: the model's own (Adagrad TF1 in the
     /// tutorial).
     pub optimizer: OptimizerConfig,
@@ -174,7 +165,6 @@ impl IndexingLayerConfig {
             kmeans: KMeansSettings::default(),
             regularizer_weight: 1.0,
             coarse_objective: CoarseObjective::Reconstruction,
-            list_balance: 0.0,
             optimizer: OptimizerConfig::adagrad(0.1),
             rotation: RotationMode::None,
             opq: OpqConfig::default(),
@@ -222,20 +212,6 @@ impl IndexingLayerConfig {
                 "regularizer_weight",
                 self.regularizer_weight.to_string(),
                 "must be a finite non-negative number",
-            );
-        }
-        if !(self.list_balance.is_finite() && self.list_balance >= 0.0) {
-            return bad(
-                "list_balance",
-                self.list_balance.to_string(),
-                "must be a finite non-negative number",
-            );
-        }
-        if self.list_balance > 0.0 && self.coarse_objective != CoarseObjective::ListMeans {
-            return bad(
-                "list_balance",
-                self.list_balance.to_string(),
-                "balances the list means of the coarse level: needs coarse_objective list_means",
             );
         }
         if let KMeansInit::Centroids(_) = self.kmeans.init {

@@ -19,7 +19,6 @@
 //! A training run goes through the warm-start phases of [`Phase`]; see
 //! [`IndexingLayer::forward_train`].
 
-mod balance;
 mod config;
 mod diagnostics;
 mod quantizers;
@@ -124,9 +123,6 @@ pub(crate) struct Params {
     rotation: Option<LearnedRotation>,
     /// Givens steps taken (fixes the pair stream of the next one).
     givens_steps: u64,
-    /// The lists' prices with [`IndexingLayerConfig::list_balance`] (empty: all zero).
-    #[serde(default)]
-    list_prices: Vec<f32>,
 }
 
 impl Params {
@@ -175,9 +171,6 @@ pub(crate) struct Work {
     grads: Vec<f32>,
     /// One row `v_j − x'` of the coarse level's error.
     row: Vec<f32>,
-    /// The priced lists of the coarse rows and their squared distances (list balance).
-    priced: Vec<u32>,
-    priced_distances: Vec<f32>,
 }
 
 /// Sums of error rows per row of a parameter table, for the rows a batch used: `rows` in the
@@ -519,17 +512,14 @@ impl IndexingLayer {
         let w = &mut self.work;
         let p = padded_dim(s.dim, s.config.n_subspaces);
         let sub = p / s.config.n_subspaces;
-        let coarse = coarse_rows(&s.pending, &s.coarse_pending);
-        let lists = coarse_lists(coarse, &s.config, params, p, w, par);
-        accumulate_gradient(&s.pending, coarse, &lists, &s.config, p, &params.coarse, w);
-        if s.config.list_balance > 0.0 {
-            balance::update_prices(
-                &mut params.list_prices,
-                &lists,
-                &w.priced_distances,
-                s.config.list_balance,
-            );
-        }
+        accumulate_gradient(
+            &s.pending,
+            coarse_rows(&s.pending, &s.coarse_pending),
+            &s.config,
+            p,
+            &params.coarse,
+            w,
+        );
         let weight = 2.0 * s.config.regularizer_weight;
         if s.config.n_lists > 0 {
             w.coarse.scale(weight);
@@ -588,12 +578,9 @@ impl IndexingLayer {
         }
         let mut work = Work::default();
         let p = self.padded_dim();
-        let coarse = coarse_rows(&s.pending, &s.coarse_pending);
-        let lists = coarse_lists(coarse, &s.config, params, p, &mut work, Par::Seq);
         accumulate_gradient(
             &s.pending,
-            coarse,
-            &lists,
+            coarse_rows(&s.pending, &s.coarse_pending),
             &s.config,
             p,
             &params.coarse,
@@ -740,9 +727,6 @@ impl IndexingLayer {
                 params.codebooks.len(),
                 params.codebook_optimizer.len(),
             )?;
-            if !params.list_prices.is_empty() {
-                mismatch("saved list prices", c.n_lists, params.list_prices.len())?;
-            }
             let rotation_dim = params.rotation.as_ref().map_or(0, |r| r.rotation().dim());
             let expected = if c.rotation.has_rotation() { p } else { 0 };
             mismatch("saved rotation dimension", expected, rotation_dim)?;
@@ -793,39 +777,6 @@ fn coarse_rows<'a>(pending: &'a Batch, coarse_pending: &'a Batch) -> &'a Batch {
     }
 }
 
-/// The lists the coarse rows learn from: their nearest lists, or with list balance their
-/// priced lists (their squared distances left in `work.priced_distances`).
-fn coarse_lists(
-    coarse_rows: &Batch,
-    config: &IndexingLayerConfig,
-    params: &Params,
-    p: usize,
-    work: &mut Work,
-    par: Par,
-) -> Vec<u32> {
-    if config.list_balance > 0.0 && config.n_lists > 0 {
-        let zeros;
-        let prices = if params.list_prices.is_empty() {
-            zeros = vec![0.0f32; config.n_lists];
-            &zeros
-        } else {
-            &params.list_prices
-        };
-        balance::priced_lists(
-            &coarse_rows.rotated,
-            p,
-            &params.coarse,
-            prices,
-            &mut work.priced,
-            &mut work.priced_distances,
-            par,
-        );
-        std::mem::take(&mut work.priced)
-    } else {
-        coarse_rows.lists.clone()
-    }
-}
-
 /// Sums the errors of `batch` per codeword used and of `coarse_rows` per coarse centroid used
 /// (in row order, so the result does not depend on threads) into `work.codewords` and
 /// `work.coarse`: `e_b = z_b − x'_b` for the codewords, and for the coarse centroids
@@ -834,7 +785,6 @@ fn coarse_lists(
 fn accumulate_gradient(
     batch: &Batch,
     coarse_rows: &Batch,
-    coarse_lists: &[u32],
     config: &IndexingLayerConfig,
     p: usize,
     centroids: &[f32],
@@ -847,13 +797,13 @@ fn accumulate_gradient(
     coarse.reset(config.n_lists);
     if config.n_lists > 0 {
         let list_means = config.coarse_objective == CoarseObjective::ListMeans;
-        for &list in coarse_lists {
+        for &list in &coarse_rows.lists {
             coarse.touch(list as usize);
         }
         coarse.start_sums(p);
         if list_means {
             // The rows' x' and lists only: a catalogue sample has no codes or errors.
-            for (x, &list) in coarse_rows.rotated.chunks_exact(p).zip(coarse_lists) {
+            for (x, &list) in coarse_rows.rotated.chunks_exact(p).zip(&coarse_rows.lists) {
                 let list = list as usize;
                 let v = &centroids[list * p..(list + 1) * p];
                 row.clear();
@@ -861,7 +811,7 @@ fn accumulate_gradient(
                 coarse.add(list, row);
             }
         } else {
-            for (e, &list) in coarse_rows.error.chunks_exact(p).zip(coarse_lists) {
+            for (e, &list) in coarse_rows.error.chunks_exact(p).zip(&coarse_rows.lists) {
                 coarse.add(list as usize, e);
             }
         }

@@ -28,11 +28,6 @@ fn params(
         codebooks,
         rotation,
         givens_steps: 0,
-        list_prices: if config.list_balance > 0.0 {
-            vec![0.0; config.n_lists]
-        } else {
-            Vec::new()
-        },
     })
 }
 
