@@ -513,6 +513,210 @@ fn list_means_move_each_centroid_to_the_mean_of_its_rows() {
     assert!(last < 0.05 && last < 0.1 * first, "offset {first} → {last}");
 }
 
+/// A layer with the probe term (J = 4, list means, random init, no warm-up) after one joint
+/// forward on `x` and the queries `queries` with the given positives.
+fn probed_layer(dim: usize, x: &[f32], queries: &[f32], positives: &[u32]) -> IndexingLayer {
+    let config = IndexingLayerConfig {
+        n_lists: 4,
+        warmup_steps: 0,
+        centroid_init: CentroidInit::Random,
+        coarse_objective: CoarseObjective::ListMeans,
+        regularizer_weight: 1.3,
+        probe_weight: 0.7,
+        probe_temperature: 0.9,
+        ..small_config()
+    };
+    let mut layer = IndexingLayer::new(dim, config).unwrap();
+    let mut out = vec![0.0; x.len()];
+    layer.forward_train(x, &mut out, Par::Seq).unwrap();
+    layer
+        .learn_probes_from(queries, positives, Par::Seq)
+        .unwrap();
+    layer
+}
+
+#[test]
+fn the_probe_term_is_the_gradient_of_the_probe_cross_entropy() {
+    // No padding (8 is a multiple of D = 4): the centroids are `dim` wide.
+    let dim = 8;
+    let x = gaussian(40, dim, 21);
+    let queries = gaussian(12, dim, 22);
+    let positives: Vec<u32> = (0..12).map(|i| (i * 7 % 40) as u32).collect();
+    let layer = probed_layer(dim, &x, &queries, &positives);
+    let (lists, _) = layer.pending_codes().unwrap();
+    let lists = lists.to_vec();
+    let coarse = layer
+        .codec()
+        .unwrap()
+        .coarse()
+        .unwrap()
+        .centroids()
+        .as_slice()
+        .to_vec();
+    let (w, lambda, t) = (1.3f64, 0.7f64, 0.9f64);
+    // w Σ_b ‖x_b − v_{j_b}‖² + w λ Σ_q −log softmax_j(−‖q − v_j‖² / T)_{list of q's positive}.
+    let objective = |v: &[f64]| {
+        let mut f = 0.0;
+        for (row, &j) in x.chunks_exact(dim).zip(&lists) {
+            let c = &v[j as usize * dim..(j as usize + 1) * dim];
+            f += w * row
+                .iter()
+                .zip(c)
+                .map(|(&a, &b)| (f64::from(a) - b).powi(2))
+                .sum::<f64>();
+        }
+        for (q, &positive) in queries.chunks_exact(dim).zip(&positives) {
+            let scores: Vec<f64> = v
+                .chunks_exact(dim)
+                .map(|c| {
+                    -q.iter()
+                        .zip(c)
+                        .map(|(&a, &b)| (f64::from(a) - b).powi(2))
+                        .sum::<f64>()
+                        / t
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let log_total = scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln() + max;
+            f += w * lambda * (log_total - scores[lists[positive as usize] as usize]);
+        }
+        f
+    };
+    let v: Vec<f64> = coarse.iter().map(|&a| f64::from(a)).collect();
+    let gradient = layer.regularizer_gradient().unwrap().coarse;
+    let h = 1e-5;
+    for i in 0..v.len() {
+        let (mut up, mut down) = (v.clone(), v.clone());
+        up[i] += h;
+        down[i] -= h;
+        let numeric = (objective(&up) - objective(&down)) / (2.0 * h);
+        assert!(
+            (numeric - f64::from(gradient[i])).abs() < 1e-3 * (1.0 + numeric.abs()),
+            "coordinate {i}: numeric {numeric}, layer {}",
+            gradient[i]
+        );
+    }
+}
+
+#[test]
+fn the_probe_term_sends_queries_to_their_positives_lists() {
+    // Rows in four clusters; each query sits at a cluster's centre but its positives are in
+    // the next cluster's list: the term must move the lists so that the queries probe them.
+    let dim = 4;
+    let centres = [
+        3.0f32, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, -3.0, 0.0, 0.0, 0.0, 0.0, -3.0, 0.0, 0.0,
+    ];
+    let x = around(&centres, dim, 64, 0.3, 5);
+    let config = IndexingLayerConfig {
+        n_lists: 4,
+        warmup_steps: 0,
+        buffer_size: 64,
+        coarse_objective: CoarseObjective::ListMeans,
+        probe_weight: 8.0,
+        probe_temperature: 1.0,
+        optimizer: OptimizerConfig::adagrad(0.3),
+        kmeans: KMeansSettings {
+            init: KMeansInit::KMeansPlusPlus,
+            max_iter: 20,
+            ..KMeansSettings::default()
+        },
+        ..small_config()
+    };
+    let mut layer = IndexingLayer::new(dim, config).unwrap();
+    let mut out = vec![0.0; x.len()];
+    // Buffering: the k-means warm start finds the four clusters at the next call.
+    layer.forward_train(&x, &mut out, Par::Seq).unwrap();
+    let probed_lists = |layer: &IndexingLayer, queries: &[f32]| -> Vec<u32> {
+        let coarse = layer.codec().unwrap();
+        let coarse = coarse.coarse().unwrap();
+        let mut lists = vec![0u32; queries.len() / dim];
+        coarse.assign_lists(queries, &mut lists, Par::Seq).unwrap();
+        lists
+    };
+    let mut hits = Vec::new();
+    for step in 0..400 {
+        layer.forward_train(&x, &mut out, Par::Seq).unwrap();
+        let (lists, _) = layer.pending_codes().unwrap();
+        let lists = lists.to_vec();
+        // Query c between clusters c and c + 1 (nearer c), its positive a row of c + 1 (row
+        // i of `x` is in cluster i mod 4).
+        let mut queries = Vec::new();
+        let mut positives = Vec::new();
+        for c in 0..4 {
+            let next = (c + 1) % 4;
+            for d in 0..dim {
+                queries.push(0.55 * centres[c * dim + d] + 0.45 * centres[next * dim + d]);
+            }
+            positives.push((next + 4 * (step % 16)) as u32);
+        }
+        let targets: Vec<u32> = positives.iter().map(|&r| lists[r as usize]).collect();
+        if step == 0 || step == 399 {
+            let probed = probed_lists(&layer, &queries);
+            hits.push(probed.iter().zip(&targets).filter(|(a, b)| a == b).count());
+        }
+        layer
+            .learn_probes_from(&queries, &positives, Par::Seq)
+            .unwrap();
+        layer.update(1.0, Par::Seq).unwrap();
+    }
+    assert_eq!(
+        hits[0], 0,
+        "at the start each query probes its own cluster's list"
+    );
+    assert_eq!(
+        hits[1], 4,
+        "after training each query probes its positives' list"
+    );
+}
+
+#[test]
+fn probe_queries_are_checked_kept_for_resume_and_ignored_when_off() {
+    let dim = 6;
+    let x = gaussian(20, dim, 31);
+    let queries = gaussian(5, dim, 32);
+    let mut layer = probed_layer(dim, &x, &queries, &[0, 1, 2, 3, 19]);
+    // Bad positives: wrong count, a row past the batch; nothing changes.
+    let before = serde_json::to_string(&layer).unwrap();
+    let err = layer
+        .learn_probes_from(&queries, &[0, 1], Par::Seq)
+        .unwrap_err();
+    assert!(matches!(err, TrainError::DimensionMismatch { .. }), "{err}");
+    let err = layer
+        .learn_probes_from(&queries, &[0, 1, 2, 3, 20], Par::Seq)
+        .unwrap_err();
+    assert!(matches!(err, TrainError::DimensionMismatch { .. }), "{err}");
+    let err = layer
+        .learn_probes_from(&[f32::NAN; 6], &[0], Par::Seq)
+        .unwrap_err();
+    assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
+    assert_eq!(serde_json::to_string(&layer).unwrap(), before);
+    // The pending queries survive serde: the resumed update is bit for bit the same.
+    let mut resumed: IndexingLayer = serde_json::from_str(&before).unwrap();
+    layer.update(1.0, Par::Seq).unwrap();
+    resumed.update(1.0, Par::Seq).unwrap();
+    assert_eq!(bits(&parameters(&layer)), bits(&parameters(&resumed)));
+    // They changed the update: without them the centroids move differently.
+    let mut without = probed_layer(dim, &x, &queries, &[0, 1, 2, 3, 19]);
+    let mut out = vec![0.0; x.len()];
+    without.forward_train(&x, &mut out, Par::Seq).unwrap();
+    let mut plain = probed_layer(dim, &x, &queries, &[0, 1, 2, 3, 19]);
+    plain.forward_train(&x, &mut out, Par::Seq).unwrap();
+    plain
+        .learn_probes_from(&queries, &[0, 1, 2, 3, 19], Par::Seq)
+        .unwrap();
+    without.update(1.0, Par::Seq).unwrap();
+    plain.update(1.0, Par::Seq).unwrap();
+    assert_ne!(bits(&parameters(&without)), bits(&parameters(&plain)));
+    // Off: no checks, nothing kept.
+    let config = IndexingLayerConfig {
+        probe_weight: 0.0,
+        ..layer.config().clone()
+    };
+    let mut off = IndexingLayer::new(dim, config).unwrap();
+    off.forward_train(&x, &mut out, Par::Seq).unwrap();
+    off.learn_probes_from(&queries, &[99], Par::Seq).unwrap();
+}
+
 /// The coarse centroids and codebooks of `layer`'s codec, concatenated.
 fn parameters(layer: &IndexingLayer) -> Vec<f32> {
     let codec = layer.codec().unwrap();
