@@ -88,14 +88,6 @@ pub(crate) fn training_presets(
         warmup_steps: steps_per_epoch,
         buffer_size: 64 * n_lists,
         coarse_objective: CoarseObjective::ListMeans,
-        probe_weight: std::env::var("POEEM_PROBE_W")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
-        probe_temperature: std::env::var("POEEM_PROBE_T")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.1),
         optimizer: OptimizerConfig::adagrad(0.1),
         ..IndexingLayerConfig::tutorial()
     });

@@ -117,16 +117,6 @@ pub struct IndexingLayerConfig {
     /// the reference's.
     #[serde(default = "CoarseObjective::legacy")]
     pub coarse_objective: CoarseObjective,
-    /// Weight λ of the probe term (0: off): the coarse centroids also descend
-    /// `w λ Σ_queries −log softmax_j(−‖q − v_j‖² / probe_temperature)_t`, with `t` the list of
-    /// the query's positive item, so that a query probes first the list its positive is in
-    /// (the caller passes the queries with [`IndexingLayer::learn_probes_from`](super::IndexingLayer::learn_probes_from)).
-    /// Settings saved before this existed read as 0.
-    #[serde(default)]
-    pub probe_weight: f32,
-    /// Temperature `T` of the probe term's scores (on the scale of squared distances).
-    #[serde(default = "default_probe_temperature")]
-    pub probe_temperature: f32,
     /// The optimiser of the centroids and codebooks: the model's own (Adagrad TF1 in the
     /// tutorial).
     pub optimizer: OptimizerConfig,
@@ -175,8 +165,6 @@ impl IndexingLayerConfig {
             kmeans: KMeansSettings::default(),
             regularizer_weight: 1.0,
             coarse_objective: CoarseObjective::Reconstruction,
-            probe_weight: 0.0,
-            probe_temperature: default_probe_temperature(),
             optimizer: OptimizerConfig::adagrad(0.1),
             rotation: RotationMode::None,
             opq: OpqConfig::default(),
@@ -224,20 +212,6 @@ impl IndexingLayerConfig {
                 "regularizer_weight",
                 self.regularizer_weight.to_string(),
                 "must be a finite non-negative number",
-            );
-        }
-        if !(self.probe_weight.is_finite() && self.probe_weight >= 0.0) {
-            return bad(
-                "probe_weight",
-                self.probe_weight.to_string(),
-                "must be a finite non-negative number",
-            );
-        }
-        if !(self.probe_temperature.is_finite() && self.probe_temperature > 0.0) {
-            return bad(
-                "probe_temperature",
-                self.probe_temperature.to_string(),
-                "must be a positive number",
             );
         }
         if let KMeansInit::Centroids(_) = self.kmeans.init {
@@ -289,11 +263,6 @@ impl IndexingLayerConfig {
             other => other,
         })
     }
-}
-
-/// The probe term's default temperature.
-fn default_probe_temperature() -> f32 {
-    0.1
 }
 
 /// The name of an optimiser setting of the layer, told apart from the towers' setting.

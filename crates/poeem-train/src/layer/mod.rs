@@ -21,7 +21,6 @@
 
 mod config;
 mod diagnostics;
-mod probe;
 mod quantizers;
 mod rotation;
 mod serde_foreign;
@@ -109,10 +108,6 @@ struct State {
     /// ([`IndexingLayer::learn_coarse_from`]); empty otherwise.
     #[serde(default)]
     coarse_pending: Batch,
-    /// Queries the probe term learns from at the next `update`
-    /// ([`IndexingLayer::learn_probes_from`]); empty otherwise.
-    #[serde(default)]
-    probes: probe::Probes,
 }
 
 /// The learned parameters with their optimiser states.
@@ -176,8 +171,6 @@ pub(crate) struct Work {
     grads: Vec<f32>,
     /// One row `v_j − x'` of the coarse level's error.
     row: Vec<f32>,
-    /// The probe term's steps for the pending queries.
-    probe_terms: Vec<probe::ProbeTerm>,
 }
 
 /// Sums of error rows per row of a parameter table, for the rows a batch used: `rows` in the
@@ -272,7 +265,6 @@ impl IndexingLayer {
                 tally,
                 pending: Batch::default(),
                 coarse_pending: Batch::default(),
-                probes: probe::Probes::default(),
             },
             quantizers: None,
             work: Work::default(),
@@ -371,7 +363,6 @@ impl IndexingLayer {
                 out.copy_from_slice(x);
                 self.state.pending.clear();
                 self.state.coarse_pending.clear();
-                self.state.probes.clear();
                 self.state.steps += 1;
                 Ok(identity)
             }
@@ -382,7 +373,6 @@ impl IndexingLayer {
                 out.copy_from_slice(x);
                 s.pending.clear();
                 s.coarse_pending.clear();
-                s.probes.clear();
                 s.steps += 1;
                 Ok(identity)
             }
@@ -433,7 +423,6 @@ impl IndexingLayer {
         let rotation = s.params.as_ref().and_then(Params::rotation);
         quantizers.encode_decode(rotation, x, &mut s.pending, &mut self.work, out, par)?;
         s.coarse_pending.clear();
-        s.probes.clear();
         let n = s.pending.rows();
         let p = padded_dim(s.dim, s.config.n_subspaces);
         // With the identity and no padding, x − τ(x) = −e, and both sums are the same.
@@ -523,11 +512,9 @@ impl IndexingLayer {
         let w = &mut self.work;
         let p = padded_dim(s.dim, s.config.n_subspaces);
         let sub = p / s.config.n_subspaces;
-        probe_terms(&s.probes, &s.config, p, &params.coarse, w, par);
         accumulate_gradient(
             &s.pending,
             coarse_rows(&s.pending, &s.coarse_pending),
-            &s.probes,
             &s.config,
             p,
             &params.coarse,
@@ -577,7 +564,6 @@ impl IndexingLayer {
         }
         s.pending.clear();
         s.coarse_pending.clear();
-        s.probes.clear();
         quantizers.refresh(params, &w.coarse.rows, &w.codewords.rows)
     }
 
@@ -592,11 +578,9 @@ impl IndexingLayer {
         }
         let mut work = Work::default();
         let p = self.padded_dim();
-        probe_terms(&s.probes, &s.config, p, &params.coarse, &mut work, Par::Seq);
         accumulate_gradient(
             &s.pending,
             coarse_rows(&s.pending, &s.coarse_pending),
-            &s.probes,
             &s.config,
             p,
             &params.coarse,
@@ -654,60 +638,6 @@ impl IndexingLayer {
             )?;
         }
         self.state.coarse_pending = rows;
-        Ok(())
-    }
-
-    /// After a joint [`IndexingLayer::forward_train`], gives the probe term
-    /// ([`IndexingLayerConfig::probe_weight`]) the batch's queries `queries` (`n × dim`, as the
-    /// search will probe with them) and for each the index of its positive item's row in the
-    /// batch the layer quantized (`positives`, `n` long): the next [`IndexingLayer::update`]
-    /// steps the coarse centroids so that each query probes its positive's list first. A no-op
-    /// when the probe term is off (no checks either), before the joint phase, or when the
-    /// batch was already consumed.
-    ///
-    /// # Errors
-    /// As the input checks of [`IndexingLayer::forward_train`] for `queries`;
-    /// [`TrainError::DimensionMismatch`] when `positives` is not one per query or names a row
-    /// the pending batch does not have. A failed call changes nothing.
-    pub fn learn_probes_from(
-        &mut self,
-        queries: &[f32],
-        positives: &[u32],
-        par: Par,
-    ) -> Result<(), TrainError> {
-        let config = &self.state.config;
-        if config.probe_weight == 0.0 || config.n_lists == 0 {
-            return Ok(());
-        }
-        let n = self.check_batch(queries, queries.len())?;
-        if positives.len() != n {
-            return Err(TrainError::DimensionMismatch {
-                what: "positives (one per query)",
-                expected: n,
-                got: positives.len(),
-            });
-        }
-        let rows = self.state.pending.rows();
-        let (Some(quantizers), Some(params)) = (&self.quantizers, &self.state.params) else {
-            return Ok(());
-        };
-        if rows == 0 {
-            return Ok(());
-        }
-        if let Some(&bad) = positives.iter().find(|&&r| r as usize >= rows) {
-            return Err(TrainError::DimensionMismatch {
-                what: "positive row (below the batch's rows)",
-                expected: rows,
-                got: bad as usize,
-            });
-        }
-        let mut batch = Batch::default();
-        quantizers.rotate(params.rotation(), queries, &mut batch, &mut self.work, par);
-        let lists = &self.state.pending.lists;
-        self.state.probes = probe::Probes {
-            rotated: batch.rotated,
-            targets: positives.iter().map(|&r| lists[r as usize]).collect(),
-        };
         Ok(())
     }
 
@@ -827,24 +757,6 @@ impl IndexingLayer {
                 });
             }
         }
-        let probes = &state.probes;
-        mismatch(
-            "saved probe queries",
-            probes.rows() * p,
-            probes.rotated.len(),
-        )?;
-        if probes
-            .targets
-            .iter()
-            .any(|&l| l as usize >= c.n_lists.max(1))
-            || (probes.rows() > 0 && state.pending.rows() == 0)
-        {
-            return Err(TrainError::InvalidConfig {
-                name: "saved probe queries",
-                value: "out of range".into(),
-                reason: "every target must be below n_lists, with a pending batch",
-            });
-        }
         let fresh = Tally::new(c.n_lists, c.n_subspaces, k);
         state.tally.check_shape(&fresh)?;
         Ok(Self {
@@ -865,31 +777,6 @@ fn coarse_rows<'a>(pending: &'a Batch, coarse_pending: &'a Batch) -> &'a Batch {
     }
 }
 
-/// The probe term's steps for `probes` into `work.probe_terms` (none when it is off), each
-/// coefficient scaled by `λ / T` so that it joins the coarse sums, which are the gradient
-/// over `2w`.
-fn probe_terms(
-    probes: &probe::Probes,
-    config: &IndexingLayerConfig,
-    p: usize,
-    centroids: &[f32],
-    work: &mut Work,
-    par: Par,
-) {
-    work.probe_terms.clear();
-    if config.probe_weight > 0.0 && config.n_lists > 0 {
-        probe::probe_terms(
-            probes,
-            p,
-            centroids,
-            config.probe_temperature,
-            config.probe_weight / config.probe_temperature,
-            &mut work.probe_terms,
-            par,
-        );
-    }
-}
-
 /// Sums the errors of `batch` per codeword used and of `coarse_rows` per coarse centroid used
 /// (in row order, so the result does not depend on threads) into `work.codewords` and
 /// `work.coarse`: `e_b = z_b − x'_b` for the codewords, and for the coarse centroids
@@ -898,7 +785,6 @@ fn probe_terms(
 fn accumulate_gradient(
     batch: &Batch,
     coarse_rows: &Batch,
-    probes: &probe::Probes,
     config: &IndexingLayerConfig,
     p: usize,
     centroids: &[f32],
@@ -908,15 +794,11 @@ fn accumulate_gradient(
     let k = config.n_codewords();
     let sub = p / m;
     let (coarse, codewords, row) = (&mut work.coarse, &mut work.codewords, &mut work.row);
-    let probe_terms = &work.probe_terms;
     coarse.reset(config.n_lists);
     if config.n_lists > 0 {
         let list_means = config.coarse_objective == CoarseObjective::ListMeans;
         for &list in &coarse_rows.lists {
             coarse.touch(list as usize);
-        }
-        for term in probe_terms {
-            coarse.touch(term.list as usize);
         }
         coarse.start_sums(p);
         if list_means {
@@ -932,15 +814,6 @@ fn accumulate_gradient(
             for (e, &list) in coarse_rows.error.chunks_exact(p).zip(&coarse_rows.lists) {
                 coarse.add(list as usize, e);
             }
-        }
-        // The probe term: coef · (q − v_j), in query order.
-        for term in probe_terms {
-            let (list, query) = (term.list as usize, term.query as usize);
-            let v = &centroids[list * p..(list + 1) * p];
-            let q = &probes.rotated[query * p..(query + 1) * p];
-            row.clear();
-            row.extend(q.iter().zip(v).map(|(&q, &v)| term.coef * (q - v)));
-            coarse.add(list, row);
         }
     }
     codewords.reset(m * k);

@@ -119,21 +119,6 @@ impl Quantizers {
         Ok(())
     }
 
-    /// `x' = [x | 0] R` of the rows `x` into `batch.rotated`.
-    pub(crate) fn rotate(
-        &self,
-        rotation: Option<&Rotation>,
-        x: &[f32],
-        batch: &mut Batch,
-        work: &mut Work,
-        par: Par,
-    ) {
-        let rotation = rotation.filter(|_| !self.identity);
-        let codec = IvfPqRef::new(self.dim, rotation, self.coarse.as_ref(), &self.pq)
-            .expect("the layer's quantizers and rotation have the padded dimension");
-        codec.rotate_into(x, &mut batch.rotated, &mut work.padded, par);
-    }
-
     /// `x'` and its lists into `batch`, nothing else (no codes or errors): what the coarse
     /// level's list means need of a catalogue sample.
     ///
@@ -147,7 +132,10 @@ impl Quantizers {
         work: &mut Work,
         par: Par,
     ) -> Result<(), TrainError> {
-        self.rotate(rotation, x, batch, work, par);
+        let rotation = rotation.filter(|_| !self.identity);
+        let codec = IvfPqRef::new(self.dim, rotation, self.coarse.as_ref(), &self.pq)
+            .expect("the layer's quantizers and rotation have the padded dimension");
+        codec.rotate_into(x, &mut batch.rotated, &mut work.padded, par);
         batch.lists.clear();
         batch.lists.resize(x.len() / self.dim, 0);
         batch.error.clear();

@@ -753,16 +753,9 @@ impl Model {
                     linalg::resize(&mut d.y, d.x.len());
                     let step = layer.forward_train(&d.x, &mut d.y, par)?;
                     d.scatter(dim, &mut s.y);
-                    // Query b's positive is batch row b, the layer's row `row_slot[b]`.
-                    layer.learn_probes_from(&s.q_hat, &d.row_slot[..b], par)?;
                     Some(step)
                 } else {
-                    let step = layer.forward_train(x, &mut s.y, par)?;
-                    if layer.config().probe_weight > 0.0 {
-                        let rows: Vec<u32> = (0..b as u32).collect();
-                        layer.learn_probes_from(&s.q_hat, &rows, par)?;
-                    }
-                    Some(step)
+                    Some(layer.forward_train(x, &mut s.y, par)?)
                 }
             }
             None => None,
