@@ -51,11 +51,15 @@ pub(crate) struct Args {
     /// Shorter runs (fewer epochs, less data): every experiment together in under 3 minutes.
     #[arg(long)]
     pub(crate) quick: bool,
-    /// Seeds 1..=N: every randomised experiment runs once per seed and reports the mean and
-    /// spread (the rotation experiment uses the first) [default: 3; with --quick, 3 for
-    /// synthetic and 1 for the others].
+    /// Seeds S..S+N−1 (S: --first-seed): every randomised experiment runs once per seed and
+    /// reports the mean and spread (the rotation experiment uses the first) [default: 3; with
+    /// --quick, 3 for synthetic and 1 for the others; 1 for scale].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub(crate) seeds: Option<u64>,
+    /// The first seed S: `--first-seed 2 --seeds 1` runs seed 2 alone (a long scale run's
+    /// seeds, one session each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) first_seed: u64,
     /// Directory of RecBole-layout MovieLens files (`<name>.inter`, and `<name>.user`,
     /// `<name>.item` when present), such as ml-100k. Without it, `movielens` runs on a
     /// generated stand-in in the same layout and says so.
@@ -151,7 +155,7 @@ impl Experiment {
 }
 
 impl Args {
-    /// The seeds 1..=N of `experiment`.
+    /// The seeds S..S+N−1 of `experiment`.
     pub(crate) fn seed_list(&self, experiment: Experiment) -> Vec<u64> {
         // A scale run takes an hour: one seed unless asked.
         let default = if (self.quick && experiment != Experiment::Synthetic)
@@ -161,7 +165,8 @@ impl Args {
         } else {
             3
         };
-        (1..=self.seeds.unwrap_or(default)).collect()
+        let n = self.seeds.unwrap_or(default);
+        (self.first_seed..self.first_seed + n).collect()
     }
 
     /// The worker threads' parallelism.
@@ -192,6 +197,9 @@ impl Args {
         }
         if let Some(seeds) = self.seeds {
             cmd += &format!(" --seeds {seeds}");
+        }
+        if self.first_seed != 1 {
+            cmd += &format!(" --first-seed {}", self.first_seed);
         }
         let rotation = experiment == Experiment::Rotation;
         if let Some(data) = &self.data
@@ -932,6 +940,7 @@ mod tests {
             experiment: Experiment::All,
             quick: true,
             seeds: None,
+            first_seed: 1,
             data: None,
             out: None,
             faiss: false,
@@ -963,6 +972,14 @@ mod tests {
         );
         args.seeds = None;
         assert_eq!(args.seed_list(Experiment::Scale), [1]);
+        args.first_seed = 2;
+        assert_eq!(args.seed_list(Experiment::Scale), [2]);
+        assert_eq!(args.seed_list(Experiment::Synthetic), [2, 3, 4]);
+        assert_eq!(
+            args.command(Experiment::Ablation),
+            "cargo xtask reproduce ablation --first-seed 2"
+        );
+        args.first_seed = 1;
         args.items = Some(250_000);
         args.sweep = vec![250_000, 500_000];
         args.epochs = Some(1);
