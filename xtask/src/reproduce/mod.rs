@@ -58,7 +58,7 @@ pub(crate) struct Args {
     pub(crate) seeds: Option<u64>,
     /// The first seed S: `--first-seed 2 --seeds 1` runs seed 2 alone (a long scale run's
     /// seeds, one session each).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) first_seed: u64,
     /// Directory of RecBole-layout MovieLens files (`<name>.inter`, and `<name>.user`,
     /// `<name>.item` when present), such as ml-100k. Without it, `movielens` runs on a
