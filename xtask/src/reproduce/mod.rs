@@ -623,15 +623,10 @@ pub(crate) fn coarse_table<M>(names: &[String], runs: &[&[IndexRun<M>]]) -> Opti
         "best item in 1st list".to_owned(),
         "probed / mean list size".to_owned(),
         format!("1st list under {k} items"),
+        "most-probed list: queries / items (first seed)".to_owned(),
+        "centroid norm median [min, max]".to_owned(),
+        "centroid offset / item-to-centroid (RMS)".to_owned(),
     ]);
-    header.extend(
-        [
-            "most-probed list: queries / items (first seed)",
-            "centroid norm median [min, max]",
-            "centroid offset / item-to-centroid (RMS)",
-        ]
-        .map(str::to_owned),
-    );
     Some(markdown_table(&header, &rows))
 }
 
