@@ -111,6 +111,10 @@ pub(crate) struct SearchArgs {
     /// Python interpreter with faiss (default: $POEEM_PYTHON, /tmp/faiss-venv/bin/python, python3).
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Also build poeem's 8-bit index (same lists and M, no refinement) and time it in the
+    /// same rounds: the baseline that 4-bit re-ranked search is judged against.
+    #[arg(long)]
+    against_8bit: bool,
 }
 
 /// poeem's OPQ initial rotations.
@@ -337,15 +341,37 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
     let index_bytes = std::fs::metadata(&index_path)?.len();
     let index = Index::open(&index_path)?;
     let search_index = SearchIndex::new(index.view());
+    let baseline = if args.against_8bit {
+        let config = BuildConfig {
+            n_bits: 8,
+            refine: None,
+            ..config.clone()
+        };
+        let (parts, _) = build_index(
+            &base,
+            padded_dim,
+            None,
+            &config,
+            Par::rayon(args.build_threads.max(1)),
+            &mut |_| {},
+        )?;
+        let path = dir.join("search-8bit.poeem");
+        write_index(&path, &parts)?;
+        Some(Index::open(&path)?)
+    } else {
+        None
+    };
+    let baseline_index = baseline
+        .as_ref()
+        .map(|index| SearchIndex::new(index.view()));
 
     let mut rows = Vec::new();
     for (mode, label) in MODES {
         for &nprobe in &args.nprobe {
             let params = SearchParams::new(k, nprobe).with_rerank_factor(args.rerank_factor);
-            let mut ids = vec![-1i64; nq * k];
-            let mut scores = vec![0.0f32; nq * k];
-            let mut searcher = Searcher::new(&search_index);
-            let (mut faiss_times, mut times) = (Vec::new(), Vec::new());
+            let (mut ids, mut scores) = (vec![-1i64; nq * k], vec![0.0f32; nq * k]);
+            let (mut base_ids, mut base_scores) = (ids.clone(), scores.clone());
+            let (mut faiss_times, mut times, mut base_times) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..repeats {
                 let answer = peer.request(&format!("{mode} {nprobe}"))?;
                 faiss_times.push(
@@ -353,39 +379,29 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
                         .as_f64()
                         .context("the faiss script answered without seconds")?,
                 );
-                ids.fill(-1);
-                let start = Instant::now();
-                match mode {
-                    "one" => {
-                        for ((q, i), s) in queries
-                            .chunks_exact(padded_dim)
-                            .zip(ids.chunks_exact_mut(k))
-                            .zip(scores.chunks_exact_mut(k))
-                        {
-                            searcher.search_one(q, &params, i, s)?;
-                        }
-                    }
-                    "batch1" => search_index.search_batch(
+                times.push(time_search(
+                    &search_index,
+                    mode,
+                    &queries,
+                    &params,
+                    &mut ids,
+                    &mut scores,
+                )?);
+                if let Some(baseline) = &baseline_index {
+                    base_times.push(time_search(
+                        baseline,
+                        mode,
                         &queries,
-                        &params,
-                        &mut ids,
-                        &mut scores,
-                        Par::Seq,
-                    )?,
-                    _ => search_index.search_batch(
-                        &queries,
-                        &params,
-                        &mut ids,
-                        &mut scores,
-                        Par::rayon(2),
-                    )?,
+                        &SearchParams::new(k, nprobe),
+                        &mut base_ids,
+                        &mut base_scores,
+                    )?);
                 }
-                times.push(start.elapsed().as_secs_f64());
             }
             let faiss_ids = read_ids(&dir.join(format!("faiss_ids_{mode}_{nprobe}.npy")), nq, k)?;
             let (faiss_qps, poeem_qps) =
                 (nq as f64 / median(&faiss_times), nq as f64 / median(&times));
-            rows.push(vec![
+            let mut row = vec![
                 label.to_owned(),
                 nprobe.to_string(),
                 format!("{:.4}", recall(&faiss_ids, &truth, k)),
@@ -393,7 +409,16 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
                 format!("{faiss_qps:.0}"),
                 format!("{poeem_qps:.0}"),
                 format!("{:.2}×", poeem_qps / faiss_qps),
-            ]);
+            ];
+            if baseline_index.is_some() {
+                let base_qps = nq as f64 / median(&base_times);
+                row.extend([
+                    format!("{:.4}", recall(&base_ids, &truth, k)),
+                    format!("{base_qps:.0}"),
+                    format!("{:.2}×", poeem_qps / base_qps),
+                ]);
+            }
+            rows.push(row);
         }
     }
     peer.finish()?;
@@ -421,21 +446,21 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
         faiss["call_overhead_seconds"].as_f64().unwrap_or(f64::NAN) * 1e6
     );
     println!();
-    print!(
-        "{}",
-        markdown(
-            &[
-                "mode",
-                "nprobe",
-                &format!("faiss recall@{k}"),
-                &format!("poeem recall@{k}"),
-                "faiss QPS",
-                "poeem QPS",
-                "poeem/faiss"
-            ],
-            &rows
-        )
-    );
+    let (faiss_recall, poeem_recall) = (format!("faiss recall@{k}"), format!("poeem recall@{k}"));
+    let base_recall = format!("poeem 8-bit recall@{k}");
+    let mut header = vec![
+        "mode",
+        "nprobe",
+        &faiss_recall,
+        &poeem_recall,
+        "faiss QPS",
+        "poeem QPS",
+        "poeem/faiss",
+    ];
+    if baseline_index.is_some() {
+        header.extend([base_recall.as_str(), "poeem 8-bit QPS", "poeem/8-bit"]);
+    }
+    print!("{}", markdown(&header, &rows));
     println!();
     let seconds = |key: &str| faiss[key].as_f64().unwrap_or(f64::NAN);
     let (faiss_train, faiss_add) = (seconds("train_seconds"), seconds("add_seconds"));
@@ -486,6 +511,36 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Seconds of one timed search of `queries` on `index` in `mode` (a key of [`MODES`]).
+fn time_search(
+    index: &SearchIndex<'_>,
+    mode: &str,
+    queries: &[f32],
+    params: &SearchParams,
+    ids: &mut [i64],
+    scores: &mut [f32],
+) -> Result<f64> {
+    let k = params.k;
+    let dim = queries.len() / (ids.len() / k);
+    ids.fill(-1);
+    let start = Instant::now();
+    match mode {
+        "one" => {
+            let mut searcher = Searcher::new(index);
+            for ((q, i), s) in queries
+                .chunks_exact(dim)
+                .zip(ids.chunks_exact_mut(k))
+                .zip(scores.chunks_exact_mut(k))
+            {
+                searcher.search_one(q, params, i, s)?;
+            }
+        }
+        "batch1" => index.search_batch(queries, params, ids, scores, Par::Seq)?,
+        _ => index.search_batch(queries, params, ids, scores, Par::rayon(2))?,
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
 /// Clusters of `--generate`'s vectors.
 const GENERATED_CLUSTERS: usize = 100;
 
@@ -517,6 +572,10 @@ fn check_args(args: &SearchArgs) -> Result<()> {
         "--build-threads must be at least 1"
     );
     ensure!(!args.nprobe.is_empty(), "--nprobe needs at least one value");
+    ensure!(
+        !args.against_8bit || args.n_bits == 4,
+        "--against-8bit compares a 4-bit index with the 8-bit one: give --n-bits 4"
+    );
     ensure!(
         args.kmeans_iterations != Some(0),
         "--kmeans-iterations must be at least 1"
