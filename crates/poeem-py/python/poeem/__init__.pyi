@@ -44,7 +44,7 @@ class Index:
         *,
         nprobe: int = 8,
         threads: Optional[int] = None,
-        rerank_factor: int = 4,
+        rerank_factor: int = 8,
     ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
     def reconstruct(self, ids: Union[int, _Ids]) -> npt.NDArray[np.float32]: ...
 
