@@ -31,9 +31,7 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::kernels::fastscan::CODEWORDS as FS_CODEWORDS;
-use crate::kernels::{
-    Kernel, Offered, QuantizedTable, Scan, Scan4, TABLE_STRIDE, prefetch, scalar,
-};
+use crate::kernels::{Kernel, QuantizedTable, Scan, Scan4, TABLE_STRIDE, prefetch, scalar};
 use crate::refine::RefineKind;
 use crate::topk::TopK;
 use crate::{CodeLayout, Index, IndexView, Metric, SearchError};
@@ -226,6 +224,9 @@ struct Tables {
     /// Fast-scan L2 only: `P_j[m][k] = ‖c^(m)_k‖² + 2⟨v_j^(m), c^(m)_k⟩`, `n_lists × M × 16`,
     /// added to the query's table for each probed list (the item terms of a 16-entry table).
     list_terms: Vec<f32>,
+    /// `(id, slot)` of every slot, sorted: built by the first search that excludes ids, which
+    /// the scan, offering slots, excludes by slot.
+    slots_by_id: OnceLock<Box<[(u64, u64)]>>,
 }
 
 impl Tables {
@@ -273,6 +274,7 @@ impl Tables {
             slot_terms,
             fast_scan,
             list_terms,
+            slots_by_id: OnceLock::new(),
         }
     }
 }
@@ -422,6 +424,31 @@ impl<'a> SearchIndex<'a> {
                     .map(|terms| terms.len())
                     .sum::<usize>()
                 + self.tables.list_terms.len())
+            + self
+                .tables
+                .slots_by_id
+                .get()
+                .map_or(0, |pairs| size_of_val(&**pairs))
+    }
+
+    /// Appends to `slots` the slots holding the items `ids` (ids the index lacks add nothing).
+    fn slots_of(&self, ids: &[u64], slots: &mut Vec<u64>) {
+        let pairs = self.tables.slots_by_id.get_or_init(|| {
+            let slot_ids = self.view.slot_ids();
+            let mut pairs: Vec<(u64, u64)> =
+                (0u64..).zip(slot_ids).map(|(s, &id)| (id, s)).collect();
+            pairs.par_sort_unstable();
+            pairs.into_boxed_slice()
+        });
+        for &id in ids {
+            let from = pairs.partition_point(|&(i, _)| i < id);
+            slots.extend(
+                pairs[from..]
+                    .iter()
+                    .take_while(|&&(i, _)| i == id)
+                    .map(|&(_, s)| s),
+            );
+        }
     }
 
     /// Computes now, on the rayon pool, the per-item terms an L2 index otherwise computes list
@@ -774,18 +801,17 @@ impl<'a> SearchIndex<'a> {
         } = scratch;
         self.select_lists(dots, params.nprobe, params.probe, probes, list_keys);
         self.begin_query(state, query, table, params, excluded);
-        let rerank = self.reranks(params);
         let probed = probes.sorted();
         if let Some(&(_, first)) = probed.first() {
-            self.fetch_list(first as usize, rerank, PREFETCH_BYTES);
+            self.fetch_list(first as usize, PREFETCH_BYTES);
         }
         for (i, &(_, j)) in probed.iter().enumerate() {
             // Each list is fetched while the list before it is scanned.
             if let Some(&(_, next)) = probed.get(i + 1) {
-                self.fetch_list(next as usize, rerank, PREFETCH_BYTES);
+                self.fetch_list(next as usize, PREFETCH_BYTES);
             }
             let j = j as usize;
-            self.scan_list(state, j, dots[j], table, rerank);
+            self.scan_list(state, j, dots[j], table);
         }
         self.finish_query(state, finish, raw, query, params, out)
     }
@@ -813,7 +839,9 @@ impl<'a> SearchIndex<'a> {
         };
         state.top.reset(candidates);
         if !excluded.is_empty() {
-            state.top.exclude(excluded);
+            state.excluded_slots.clear();
+            self.slots_of(excluded, &mut state.excluded_slots);
+            state.top.exclude(&state.excluded_slots);
         }
         let l2 = self.view.params().metric == Metric::L2;
         state.query_norm = if l2 { squared_norm(query) } else { 0.0 };
@@ -822,13 +850,10 @@ impl<'a> SearchIndex<'a> {
         }
     }
 
-    /// Asks the CPU for the first `bytes` of list `j`'s ids (unless the scan offers slots) and
-    /// codes, and for its (fast-scan L2) table terms, ahead of its scan.
-    fn fetch_list(&self, j: usize, rerank: bool, bytes: usize) {
+    /// Asks the CPU for the first `bytes` of list `j`'s codes, and for its (fast-scan L2)
+    /// table terms, ahead of its scan.
+    fn fetch_list(&self, j: usize, bytes: usize) {
         let list = self.view.list(j);
-        if !rerank {
-            prefetch(bytemuck::cast_slice(list.ids), bytes);
-        }
         prefetch(list.codes, bytes);
         if !self.tables.list_terms.is_empty() {
             let len = self.table_len();
@@ -838,9 +863,9 @@ impl<'a> SearchIndex<'a> {
     }
 
     /// Scans list `j` for the query of `state`, whose coarse dot product with the list's
-    /// centroid is `dot` and whose lookup table is `table`, offering its items (or, to
-    /// re-rank, their slots) to `state.top`.
-    fn scan_list(&self, state: &mut QueryScan, j: usize, dot: f32, table: &[f32], rerank: bool) {
+    /// centroid is `dot` and whose lookup table is `table`, offering its items' slots to
+    /// `state.top`.
+    fn scan_list(&self, state: &mut QueryScan, j: usize, dot: f32, table: &[f32]) {
         let p = self.view.params();
         let list = self.view.list(j);
         if list.is_empty() {
@@ -866,11 +891,7 @@ impl<'a> SearchIndex<'a> {
                 bias,
                 codes: list.codes,
                 n_items: list.len(),
-                ids: if rerank {
-                    Offered::Slots(first_slot)
-                } else {
-                    Offered::Ids(list.ids)
-                },
+                first_slot,
             };
             self.tables.kernel.scan4(&scan, top);
             return;
@@ -882,8 +903,8 @@ impl<'a> SearchIndex<'a> {
             bias,
             slot_bias,
             codes: list.codes,
-            ids: list.ids,
-            slots: rerank.then_some(first_slot),
+            n_items: list.len(),
+            first_slot,
         };
         if p.code_width() == 1 {
             self.tables.kernel.scan(&scan, top);
@@ -892,8 +913,9 @@ impl<'a> SearchIndex<'a> {
         }
     }
 
-    /// Writes the results of the query of `state` once its lists are scanned, re-ranking its
-    /// candidates first when `params` asks to; returns the number found.
+    /// Writes the results of the query of `state` once its lists are scanned: its candidates'
+    /// ids, re-scored first with the refinement data when `params` asks to re-rank; returns
+    /// the number found.
     fn finish_query(
         &self,
         state: &mut QueryScan,
@@ -905,36 +927,39 @@ impl<'a> SearchIndex<'a> {
     ) -> usize {
         let Output { ids, scores } = out;
         let FinishScratch {
-            reranked,
+            ranked,
             scaled_raw,
             refined,
             reconstructed,
         } = scratch;
-        let best = if self.reranks(params) {
-            reranked.reset(params.k);
-            let candidates = state.top.sorted();
-            // The candidates' rows are scattered over the refine data: ask for all of them
-            // before reading the first, so that their cache misses overlap.
+        let rerank = self.reranks(params);
+        let candidates = state.top.sorted();
+        // The candidates are slots scattered over the ids (and the refinement data): ask for
+        // all of them before reading the first, so that their cache misses overlap.
+        let slot_ids = self.view.slot_ids();
+        for &(_, slot) in candidates {
+            prefetch(bytemuck::bytes_of(&slot_ids[slot as usize]), 8);
+        }
+        if rerank {
             if let Some(refine) = self.view.refine() {
                 for &(_, slot) in candidates {
                     prefetch(refine.slot_bytes(slot as usize), usize::MAX);
                 }
             }
-            let slot_ids = self.view.slot_ids();
-            for &(_, slot) in candidates {
-                prefetch(bytemuck::bytes_of(&slot_ids[slot as usize]), 8);
-            }
             scaled_raw.clear();
             scaled_raw.extend(raw.iter().map(|&v| scale * v));
-            for &(_, slot) in candidates {
-                let slot = slot as usize;
-                let key = self.refined_key(slot, scaled_raw, query, refined, reconstructed);
-                reranked.push(key, slot_ids[slot]);
-            }
-            reranked.sorted()
-        } else {
-            state.top.sorted()
-        };
+        }
+        ranked.reset(params.k);
+        for &(key, slot) in candidates {
+            let slot = slot as usize;
+            let key = if rerank {
+                self.refined_key(slot, scaled_raw, query, refined, reconstructed)
+            } else {
+                key
+            };
+            ranked.push(key, slot_ids[slot]);
+        }
+        let best = ranked.sorted();
         let found = best.len();
         let higher = self.view.params().metric.higher_is_better();
         ids.fill(-1);
@@ -1044,13 +1069,15 @@ struct QueryScan {
     quantized: QuantizedTable,
     /// L2: `‖q'‖²`.
     query_norm: f32,
+    /// The slots of the query's excluded ids.
+    excluded_slots: Vec<u64>,
 }
 
 /// Scratch for writing a query's results.
 #[derive(Debug, Default)]
 struct FinishScratch {
-    /// Re-ranking: the best `k` by refined score.
-    reranked: TopK,
+    /// The best `k` by id: the candidates' keys, or their refined keys when re-ranking.
+    ranked: TopK,
     /// Re-ranking: `scale · raw`, the query the float refinement data are scored against.
     scaled_raw: Vec<f32>,
     /// Re-ranking: a candidate's refinement vector.
@@ -1100,7 +1127,8 @@ impl<'s, 'a> Searcher<'s, 'a> {
     /// The `params.k` best items for `query` (`dim` values) among the `params.nprobe` lists
     /// chosen by `params.probe`. Writes ids and scores best first: similarities (higher is
     /// better, descending) for inner product and cosine, squared distances (ascending) for L2.
-    /// Equal scores go to the smaller id. Returns the number found; the remaining slots get
+    /// Equal scores are ordered by id; when more items tie at the k-th score than fit, the scan
+    /// keeps those stored first in the index. Returns the number found; the remaining slots get
     /// id −1 and the worst score (−∞ for similarities, +∞ for distances). Items whose score is
     /// NaN (possible only when the index holds non-finite floats) are never returned.
     ///
@@ -1237,8 +1265,7 @@ impl<'s, 'a> Batch<'s, 'a> {
         }
         // Fast-scan: every query chooses its lists, then each probed list is scanned for all
         // the queries that probe it while its codes are in cache. Results do not depend on the
-        // order lists are scanned in (the top-k keeps the best by key, then id).
-        let rerank = index.reranks(params);
+        // order lists are scanned in (the top-k keeps the best by key, then slot).
         self.queries.resize_with(b, QueryScan::default);
         self.probes.clear();
         let ScanScratch {
@@ -1265,17 +1292,17 @@ impl<'s, 'a> Batch<'s, 'a> {
         for (i, &(j, row, dot)) in self.probes.iter().enumerate() {
             let (j, row) = (j as usize, row as usize);
             if i == 0 {
-                index.fetch_list(j, rerank, usize::MAX);
+                index.fetch_list(j, usize::MAX);
             }
             // When a list's first query starts, the next list is fetched.
             let starts_list = i == 0 || self.probes[i - 1].0 as usize != j;
             if starts_list
                 && let Some(&(next, ..)) = self.probes[i..].iter().find(|&&(l, ..)| l as usize != j)
             {
-                index.fetch_list(next as usize, rerank, usize::MAX);
+                index.fetch_list(next as usize, usize::MAX);
             }
             let table = &self.tables[row * table_len..(row + 1) * table_len];
-            index.scan_list(&mut self.queries[row], j, dot, table, rerank);
+            index.scan_list(&mut self.queries[row], j, dot, table);
         }
         for (row, ((((query, raw), _), _), (ids, scores))) in rows.enumerate() {
             index.finish_query(

@@ -383,3 +383,76 @@ fn sum_blocks_4bit_rejects_bad_lengths() {
             .is_err()
     );
 }
+
+/// Re-ranked searches leave out excluded ids before choosing their `k · R` candidates: with
+/// room for every candidate, the results are the unexcluded search's with the excluded ids
+/// removed (the scan offers slots, so the ids are excluded by their slots), in one batch and
+/// across tasks.
+#[test]
+fn reranked_searches_leave_out_excluded_ids() {
+    use faer::Par;
+    for (case, metric) in [Metric::InnerProduct, Metric::L2, Metric::Cosine]
+        .into_iter()
+        .enumerate()
+    {
+        let (dim, n_items, n_lists) = (10, 200, 3);
+        let (mut parts, vectors) = random_fast_index(
+            dim,
+            5,
+            n_lists,
+            n_items,
+            metric,
+            case == 1,
+            40 + case as u64,
+        );
+        parts.refine = Some(encode_float_refine(
+            RefineKind::F32,
+            dim,
+            &by_slot(&parts, &vectors, n_items),
+        ));
+        let index = SearchIndex::new(parts.view().unwrap());
+        let mut rng = ChaCha8Rng::seed_from_u64(case as u64);
+        let n = 70;
+        let queries: Vec<f32> = (0..n).flat_map(|_| uniform(&mut rng, dim)).collect();
+        let (k, nprobe) = (8, 2);
+        let all = SearchParams::new(n_items, nprobe).with_rerank_factor(n_items);
+        let mut every = (vec![0i64; n * n_items], vec![0.0f32; n * n_items]);
+        index
+            .search_batch(&queries, &all, &mut every.0, &mut every.1, Par::Seq)
+            .unwrap();
+        // Query r excludes its own best r mod 12 items, one unknown id and one repeat.
+        let excluded: Vec<Vec<u64>> = (0..n)
+            .map(|r| {
+                let mut x: Vec<u64> = every.0[r * n_items..r * n_items + r % 12]
+                    .iter()
+                    .map(|&id| id as u64)
+                    .collect();
+                x.push(u64::MAX - 1);
+                x.extend(x.first().copied());
+                x
+            })
+            .collect();
+        let slices: Vec<&[u64]> = excluded.iter().map(Vec::as_slice).collect();
+        let params = SearchParams::new(k, nprobe).with_rerank_factor(n_items);
+        for par in [Par::Seq, Par::rayon(2)] {
+            let mut got = (vec![0i64; n * k], vec![0.0f32; n * k]);
+            index
+                .search_batch_excluding(&queries, &slices, &params, &mut got.0, &mut got.1, par)
+                .unwrap();
+            for (row, excluded) in excluded.iter().enumerate() {
+                let mut expected: Vec<i64> = every.0[row * n_items..(row + 1) * n_items]
+                    .iter()
+                    .copied()
+                    .filter(|&id| id >= 0 && !excluded.contains(&(id as u64)))
+                    .take(k)
+                    .collect();
+                expected.resize(k, -1);
+                assert_eq!(
+                    &got.0[row * k..(row + 1) * k],
+                    &expected[..],
+                    "{metric:?}, row {row}"
+                );
+            }
+        }
+    }
+}

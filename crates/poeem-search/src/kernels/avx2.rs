@@ -125,7 +125,7 @@ fn scan_impl(s: &Scan<'_>, top: &mut TopK) {
             mask |= (_mm256_movemask_ps(le) as u32) << (GROUP * i);
         }
         let base = b * BLOCK;
-        let valid = s.ids.len() - base;
+        let valid = s.n_items - base;
         if valid < BLOCK {
             mask &= (1u32 << valid) - 1;
         }
@@ -134,7 +134,7 @@ fn scan_impl(s: &Scan<'_>, top: &mut TopK) {
             while mask != 0 {
                 let l = mask.trailing_zeros() as usize;
                 mask &= mask - 1;
-                top.push(lanes[l], s.offered(base + l));
+                top.push(lanes[l], s.slot(base + l));
             }
             threshold = _mm256_set1_ps(top.threshold());
         }
@@ -275,7 +275,7 @@ fn scan4_impl(s: &super::Scan4<'_>, top: &mut TopK) {
             while mask != 0 {
                 let l = mask.trailing_zeros() as usize;
                 mask &= mask - 1;
-                top.push(QuantizedTable::key(offset, step, sums[l]), s.id(base + l));
+                top.push(QuantizedTable::key(offset, step, sums[l]), s.slot(base + l));
             }
             let now = top.threshold();
             if now != float_threshold {

@@ -268,7 +268,7 @@ pub(crate) fn scan(s: &Scan4<'_>, top: &mut TopK) {
         for (l, &sum) in sums[..valid].iter().enumerate() {
             let key = QuantizedTable::key(offset, step, sum);
             if key <= top.threshold() {
-                top.push(key, s.id(base + l));
+                top.push(key, s.slot(base + l));
             }
         }
     }

@@ -300,8 +300,7 @@ impl FromStr for Kernel {
 }
 
 /// Hints the CPU to fetch the first `max_bytes` of `bytes` into its caches (a no-op where no
-/// prefetch instruction is wired up). A scan offers candidates by id, and a list's ids sit away
-/// from its codes: fetched ahead, the lookups of the ids the scan offers stop missing the cache.
+/// prefetch instruction is wired up).
 #[inline]
 pub(crate) fn prefetch(bytes: &[u8], max_bytes: usize) {
     let bytes = &bytes[..bytes.len().min(max_bytes)];
@@ -324,28 +323,9 @@ pub(crate) struct Scan4<'a> {
     pub codes: &'a [u8],
     /// Items in the list.
     pub n_items: usize,
-    /// How the offered ids are made.
-    pub ids: Offered<'a>,
-}
-
-/// What a scan offers to the top-k with each key.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Offered<'a> {
-    /// The items' ids: slot `s` is offered as `ids[s]`.
-    Ids(&'a [u64]),
-    /// Global slot numbers: slot `s` of the list is offered as `first + s` (re-ranking looks
-    /// the candidates up by slot).
-    Slots(u64),
-}
-
-impl Offered<'_> {
-    #[inline(always)]
-    pub(crate) fn get(&self, pos: usize) -> u64 {
-        match *self {
-            Offered::Ids(ids) => ids[pos],
-            Offered::Slots(first) => first + pos as u64,
-        }
-    }
+    /// The index-wide slot of the list's first item: item `pos` is offered as
+    /// `first_slot + pos` (ids are looked up for the few kept, not for every candidate).
+    pub first_slot: u64,
 }
 
 impl Scan4<'_> {
@@ -355,10 +335,10 @@ impl Scan4<'_> {
         self.n_subspaces.div_ceil(2) * BLOCK
     }
 
-    /// The id offered for slot `pos`.
+    /// The slot offered for item `pos` of the list.
     #[inline(always)]
-    pub(crate) fn id(&self, pos: usize) -> u64 {
-        self.ids.get(pos)
+    pub(crate) fn slot(&self, pos: usize) -> u64 {
+        self.first_slot + pos as u64
     }
 
     /// Checks the lengths the kernels rely on.
@@ -375,9 +355,6 @@ impl Scan4<'_> {
             crate::padded_len(self.n_items) * self.n_subspaces.div_ceil(2),
             "codes must cover the list's blocks"
         );
-        if let Offered::Ids(ids) = self.ids {
-            assert_eq!(ids.len(), self.n_items, "one id per item");
-        }
     }
 }
 
@@ -392,13 +369,13 @@ pub(crate) struct Scan<'a> {
     pub bias: f32,
     /// Added to the score of each slot: one value per slot, padding included, or empty for none.
     pub slot_bias: &'a [f32],
-    /// The list's block-transposed codes, `padded_len(ids.len()) · M · code_width` bytes.
+    /// The list's block-transposed codes, `padded_len(n_items) · M · code_width` bytes.
     pub codes: &'a [u8],
-    /// The list's item ids (padding excluded): slot `s` is offered with id `ids[s]`, or its
-    /// global slot number when `slots` is set.
-    pub ids: &'a [u64],
-    /// `Some(first)`: offer slot `s` as `first + s` (re-ranking) instead of its id.
-    pub slots: Option<u64>,
+    /// Items in the list (padding excluded).
+    pub n_items: usize,
+    /// The index-wide slot of the list's first item: item `pos` is offered as
+    /// `first_slot + pos`.
+    pub first_slot: u64,
 }
 
 impl Scan<'_> {
@@ -412,7 +389,7 @@ impl Scan<'_> {
                 "table too short"
             );
         }
-        let slots = crate::padded_len(self.ids.len());
+        let slots = crate::padded_len(self.n_items);
         assert_eq!(
             self.codes.len(),
             slots * self.n_subspaces * width,
@@ -424,13 +401,10 @@ impl Scan<'_> {
         );
     }
 
-    /// The value offered for slot `pos`: its id, or its global slot number.
+    /// The slot offered for item `pos` of the list.
     #[inline(always)]
-    pub(crate) fn offered(&self, pos: usize) -> u64 {
-        match self.slots {
-            None => self.ids[pos],
-            Some(first) => first + pos as u64,
-        }
+    pub(crate) fn slot(&self, pos: usize) -> u64 {
+        self.first_slot + pos as u64
     }
 
     /// The slot biases of block `b`, if any.

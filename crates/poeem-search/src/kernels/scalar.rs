@@ -52,15 +52,15 @@ pub(crate) fn score_block(
 }
 
 /// Offers the items of a block whose score does not exceed `top`'s threshold to `top`:
-/// `lanes` holds the block's scores, `base` its first slot, `ids` the list's ids (padding
-/// slots, past `ids`, are skipped).
+/// `lanes` holds the block's scores, `base` the list position of its first item (padding
+/// past the list's items is skipped).
 #[inline(always)]
 pub(crate) fn offer(top: &mut TopK, s: &Scan<'_>, base: usize, lanes: &[f32; BLOCK]) {
-    let valid = (s.ids.len() - base).min(BLOCK);
+    let valid = (s.n_items - base).min(BLOCK);
     let mut threshold = top.threshold();
     for (l, &score) in lanes[..valid].iter().enumerate() {
         if score <= threshold {
-            top.push(score, s.offered(base + l));
+            top.push(score, s.slot(base + l));
             threshold = top.threshold();
         }
     }
