@@ -14,7 +14,7 @@
 use anyhow::{Result, bail};
 use poeem::pipeline::{markdown_table as markdown, median};
 use poeem::train::synthetic::{ScaledTutorial, tutorial_dataset};
-use poeem::train::{Dataset, TowerConfig, TrainConfig, Trainer};
+use poeem::train::{Dataset, LayerUpdateItems, TowerConfig, TrainConfig, Trainer};
 
 use crate::reproduce::{SCALE_MIN_ITEMS, scale_interactions, scale_training_presets};
 
@@ -46,6 +46,11 @@ pub(crate) struct BenchTrainArgs {
     /// and `--hidden` do not apply.
     #[arg(long)]
     scale_items: Option<u32>,
+    /// With `--scale-items`: catalogue rows the coarse level learns from per step instead of
+    /// the preset's 1,024; 0 makes it learn from each batch's own items (on that generator
+    /// the items of a batch are a uniform draw from the catalogue too).
+    #[arg(long, requires = "scale_items")]
+    catalogue_rows: Option<usize>,
 }
 
 /// Median examples per second of `repeats` timed runs of `steps` steps each, after `warm_steps`
@@ -80,7 +85,7 @@ pub(crate) fn run(args: &BenchTrainArgs) -> Result<()> {
         bail!("--repeats must be at least 1");
     }
     let setup = match args.scale_items {
-        Some(items) => Setup::scale(items)?,
+        Some(items) => Setup::scale(items, args.catalogue_rows)?,
         None => Setup::tutorial(args),
     };
     println!(
@@ -177,17 +182,28 @@ impl Setup {
         }
     }
 
-    fn scale(items: u32) -> Result<Self> {
+    fn scale(items: u32, catalogue_rows: Option<usize>) -> Result<Self> {
         if items < SCALE_MIN_ITEMS {
             bail!("--scale-items needs at least {SCALE_MIN_ITEMS} items");
         }
         let interactions = scale_interactions(items);
-        let (plain, layered) = scale_training_presets(false, interactions, 1, 0);
+        let (plain, mut layered) = scale_training_presets(false, interactions, 1, 0);
+        let learns_from = match catalogue_rows {
+            None => "a 1,024-row catalogue sample".to_owned(),
+            Some(0) => {
+                layered.model.layer_update_items = LayerUpdateItems::Batches;
+                "each batch's items".to_owned()
+            }
+            Some(rows) => {
+                layered.model.layer_update_items = LayerUpdateItems::Catalogue { rows };
+                format!("a {rows}-row catalogue sample")
+            }
+        };
         Ok(Self {
             title: format!(
                 "Training throughput of `reproduce scale`'s models ({items} items and queries, \
                  {interactions} interactions, 64-d id embeddings, Adagrad 0.5); layer J=1024, \
-                 K=256, D=16, coarse level from a 1,024-row catalogue sample, joint phase"
+                 K=256, D=16, coarse level from {learns_from}, joint phase"
             ),
             dataset: ScaledTutorial::new(items).dataset(interactions, 0),
             plain,

@@ -107,6 +107,11 @@ pub(crate) struct Args {
     /// training times and rates then cover only this run's steps.
     #[arg(long)]
     pub(crate) resume: bool,
+    /// `scale` only: catalogue rows the Poeem model's coarse level learns from per step
+    /// [default: 1,024]; 0: each batch's own items, which this generator draws uniformly from
+    /// the catalogue, so that they are such a sample already (no second encode per step).
+    #[arg(long)]
+    pub(crate) catalogue_rows: Option<usize>,
 }
 
 /// The default of `--givens-lr`.
@@ -222,6 +227,9 @@ impl Args {
             if !self.sweep.is_empty() {
                 let sizes: Vec<String> = self.sweep.iter().map(u32::to_string).collect();
                 cmd += &format!(" --sweep {}", sizes.join(","));
+            }
+            if let Some(rows) = self.catalogue_rows {
+                cmd += &format!(" --catalogue-rows {rows}");
             }
         }
         if self.faiss
@@ -948,6 +956,7 @@ mod tests {
             interactions: None,
             sweep: Vec::new(),
             resume: false,
+            catalogue_rows: None,
         };
         assert_eq!(args.seed_list(Experiment::Synthetic), [1, 2, 3]);
         assert_eq!(args.seed_list(Experiment::Ablation), [1]);
@@ -978,9 +987,11 @@ mod tests {
         args.items = Some(250_000);
         args.sweep = vec![250_000, 500_000];
         args.epochs = Some(1);
+        args.catalogue_rows = Some(0);
         assert_eq!(
             args.command(Experiment::Scale),
-            "cargo xtask reproduce scale --epochs 1 --items 250000 --sweep 250000,500000 --faiss"
+            "cargo xtask reproduce scale --epochs 1 --items 250000 --sweep 250000,500000 \
+             --catalogue-rows 0 --faiss"
         );
     }
 

@@ -107,6 +107,11 @@ impl ScaleConfig {
             .map_or(if quick { 3 } else { 6 }, |e| e as usize);
         let (mut plain, mut poeem) =
             training_presets(quick, interactions, epochs, args.train_threads());
+        match args.catalogue_rows {
+            None => {}
+            Some(0) => poeem.model.layer_update_items = LayerUpdateItems::Batches,
+            Some(rows) => poeem.model.layer_update_items = LayerUpdateItems::Catalogue { rows },
+        }
         // A checkpoint per epoch: at 2,000,000 items one takes seconds against minutes of
         // training, and a stopped run loses at most an epoch with `--resume`.
         for train in [&mut plain, &mut poeem] {
