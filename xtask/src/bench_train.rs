@@ -8,8 +8,8 @@
 //! centroid updates included). The timed runs then continue the same training.
 //!
 //! With `--scale-items N` it trains `reproduce scale`'s two models instead, on that experiment's
-//! generated data at N items (J = 1024, D = 16, the coarse level learning from a catalogue
-//! sample), which is where the scale issue's training-rate target is set.
+//! generated data at N items (J = 1024, D = 16, the coarse level learning list means from each
+//! batch's items), which is where the scale issue's training-rate target is set.
 
 use anyhow::{Result, bail};
 use poeem::pipeline::{markdown_table as markdown, median};
@@ -42,13 +42,12 @@ pub(crate) struct BenchTrainArgs {
     hidden: Vec<usize>,
     /// Train the scale experiment's models instead (`reproduce scale`: this many items and
     /// queries, 25 interactions per item, Adagrad 0.5, and a layer with J = 1024, K = 256,
-    /// D = 16 whose coarse level learns from a 1,024-row catalogue sample per step); `--pairs`
-    /// and `--hidden` do not apply.
+    /// D = 16 whose coarse level learns list means from each batch's items); `--pairs` and
+    /// `--hidden` do not apply.
     #[arg(long)]
     scale_items: Option<u32>,
-    /// With `--scale-items`: catalogue rows the coarse level learns from per step instead of
-    /// the preset's 1,024; 0 makes it learn from each batch's own items (on that generator
-    /// the items of a batch are a uniform draw from the catalogue too).
+    /// With `--scale-items`: the coarse level learns from a separate sample of this many
+    /// catalogue rows per step instead of each batch's own items (the preset, 0).
     #[arg(long, requires = "scale_items")]
     catalogue_rows: Option<usize>,
 }
@@ -189,8 +188,7 @@ impl Setup {
         let interactions = scale_interactions(items);
         let (plain, mut layered) = scale_training_presets(false, interactions, 1, 0);
         let learns_from = match catalogue_rows {
-            None => "a 1,024-row catalogue sample".to_owned(),
-            Some(0) => {
+            None | Some(0) => {
                 layered.model.layer_update_items = LayerUpdateItems::Batches;
                 "each batch's items".to_owned()
             }

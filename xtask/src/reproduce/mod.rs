@@ -107,9 +107,9 @@ pub(crate) struct Args {
     /// training times and rates then cover only this run's steps.
     #[arg(long)]
     pub(crate) resume: bool,
-    /// `scale` only: catalogue rows the Poeem model's coarse level learns from per step
-    /// [default: 1,024]; 0: each batch's own items, which this generator draws uniformly from
-    /// the catalogue, so that they are such a sample already (no second encode per step).
+    /// `scale` only: the Poeem model's coarse level learns from a separate uniform sample of
+    /// this many catalogue rows per step instead of each batch's own items (the default, 0:
+    /// this generator draws items uniformly, so a batch's items are such a sample already).
     #[arg(long)]
     pub(crate) catalogue_rows: Option<usize>,
 }
