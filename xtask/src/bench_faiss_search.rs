@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use faer::{Accum, MatMut, MatRef};
-use poeem::build::{BuildConfig, build_index};
+use poeem::build::{BuildConfig, BuildReport, build_index};
 use poeem::pq::{OpqConfig, OpqInit, OpqObjective, Par};
 use poeem::search::{Index, Metric, RefineKind, SearchIndex, SearchParams, Searcher, write_index};
 use rand::SeedableRng;
@@ -325,21 +325,18 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
         config.kmeans.max_iter = iterations;
         config.kmeans.tolerance = 0.0;
     }
-    let start = Instant::now();
-    let (parts, report) = build_index(
-        &base,
-        padded_dim,
-        None,
-        &config,
-        Par::rayon(args.build_threads.max(1)),
-        &mut |_| {},
-    )?;
-    let build_seconds = start.elapsed().as_secs_f64();
-    let index_path = dir.join("search.poeem");
-    write_index(&index_path, &parts)?;
-    drop(parts);
-    let index_bytes = std::fs::metadata(&index_path)?.len();
-    let index = Index::open(&index_path)?;
+    let build_and_open =
+        |config: &BuildConfig, name: &str| -> Result<(Index, BuildReport, f64, u64)> {
+            let start = Instant::now();
+            let par = Par::rayon(args.build_threads.max(1));
+            let (parts, report) = build_index(&base, padded_dim, None, config, par, &mut |_| {})?;
+            let seconds = start.elapsed().as_secs_f64();
+            let path = dir.join(name);
+            write_index(&path, &parts)?;
+            let bytes = std::fs::metadata(&path)?.len();
+            Ok((Index::open(&path)?, report, seconds, bytes))
+        };
+    let (index, report, build_seconds, index_bytes) = build_and_open(&config, "search.poeem")?;
     let search_index = SearchIndex::new(index.view());
     let baseline = if args.against_8bit {
         let config = BuildConfig {
@@ -347,17 +344,7 @@ pub(crate) fn search(args: &SearchArgs) -> Result<()> {
             refine: None,
             ..config.clone()
         };
-        let (parts, _) = build_index(
-            &base,
-            padded_dim,
-            None,
-            &config,
-            Par::rayon(args.build_threads.max(1)),
-            &mut |_| {},
-        )?;
-        let path = dir.join("search-8bit.poeem");
-        write_index(&path, &parts)?;
-        Some(Index::open(&path)?)
+        Some(build_and_open(&config, "search-8bit.poeem")?.0)
     } else {
         None
     };

@@ -2,6 +2,8 @@
 //! of the layout, searches equal across kernels, quantized scores within the documented bound
 //! of float ADC, and re-ranked results equal to exact search over the candidates.
 
+mod common;
+
 use poeem_rotation::Rotation;
 use poeem_search::refine::{encode_float_refine, encode_pq8_refine};
 use poeem_search::{
@@ -432,27 +434,8 @@ fn reranked_searches_leave_out_excluded_ids() {
                 x
             })
             .collect();
-        let slices: Vec<&[u64]> = excluded.iter().map(Vec::as_slice).collect();
         let params = SearchParams::new(k, nprobe).with_rerank_factor(n_items);
-        for par in [Par::Seq, Par::rayon(2)] {
-            let mut got = (vec![0i64; n * k], vec![0.0f32; n * k]);
-            index
-                .search_batch_excluding(&queries, &slices, &params, &mut got.0, &mut got.1, par)
-                .unwrap();
-            for (row, excluded) in excluded.iter().enumerate() {
-                let mut expected: Vec<i64> = every.0[row * n_items..(row + 1) * n_items]
-                    .iter()
-                    .copied()
-                    .filter(|&id| id >= 0 && !excluded.contains(&(id as u64)))
-                    .take(k)
-                    .collect();
-                expected.resize(k, -1);
-                assert_eq!(
-                    &got.0[row * k..(row + 1) * k],
-                    &expected[..],
-                    "{metric:?}, row {row}"
-                );
-            }
-        }
+        let label = format!("{metric:?}");
+        common::assert_excluding_matches(&index, &queries, &excluded, &params, &every.0, &label);
     }
 }

@@ -1,6 +1,8 @@
 //! Search behaviour: ADC scores against decoded vectors, full probes against brute force, SIMD
 //! kernels against the scalar one, batches against single queries, and bad input.
 
+mod common;
+
 use std::collections::HashMap;
 
 use faer::Par;
@@ -884,23 +886,11 @@ fn excluded_ids_are_filtered_inside_the_top_k() {
             index
                 .search_batch(&queries, &wide, &mut every.0, &mut every.1, Par::Seq)
                 .unwrap();
-            for par in [Par::Seq, Par::rayon(3)] {
-                let params = SearchParams::new(k, nprobe);
-                let mut got = (vec![0i64; n * k], vec![0.0f32; n * k]);
-                index
-                    .search_batch_excluding(&queries, &slices, &params, &mut got.0, &mut got.1, par)
-                    .unwrap();
-                for (row, excluded) in excluded.iter().enumerate() {
-                    let mut expected: Vec<i64> = every.0[row * n_all..(row + 1) * n_all]
-                        .iter()
-                        .copied()
-                        .filter(|&id| id >= 0 && !excluded.contains(&(id as u64)))
-                        .take(k)
-                        .collect();
-                    expected.resize(k, -1);
-                    assert_eq!(&got.0[row * k..(row + 1) * k], &expected[..], "row {row}");
-                }
-            }
+            let params = SearchParams::new(k, nprobe);
+            let label = format!("{metric:?}, nprobe {nprobe}");
+            common::assert_excluding_matches(
+                &index, &queries, &excluded, &params, &every.0, &label,
+            );
         }
         // One list of exclusions per query, or none.
         let mut out = (vec![0i64; n * k], vec![0.0f32; n * k]);
