@@ -16,7 +16,9 @@ use poeem::pipeline::{markdown_table as markdown, median};
 use poeem::train::synthetic::{ScaledTutorial, tutorial_dataset};
 use poeem::train::{Dataset, LayerUpdateItems, TowerConfig, TrainConfig, Trainer};
 
-use crate::reproduce::{SCALE_MIN_ITEMS, scale_interactions, scale_training_presets};
+use crate::reproduce::{
+    SCALE_MIN_ITEMS, scale_interactions, scale_layer_update_items, scale_training_presets,
+};
 
 /// Arguments of `bench-train`.
 #[derive(clap::Args)]
@@ -187,15 +189,10 @@ impl Setup {
         }
         let interactions = scale_interactions(items);
         let (plain, mut layered) = scale_training_presets(false, interactions, 1, 0);
-        let learns_from = match catalogue_rows {
-            None | Some(0) => {
-                layered.model.layer_update_items = LayerUpdateItems::Batches;
-                "each batch's items".to_owned()
-            }
-            Some(rows) => {
-                layered.model.layer_update_items = LayerUpdateItems::Catalogue { rows };
-                format!("a {rows}-row catalogue sample")
-            }
+        layered.model.layer_update_items = scale_layer_update_items(catalogue_rows);
+        let learns_from = match layered.model.layer_update_items {
+            LayerUpdateItems::Catalogue { rows } => format!("a {rows}-row catalogue sample"),
+            LayerUpdateItems::Batches => "each batch's items".to_owned(),
         };
         Ok(Self {
             title: format!(

@@ -39,7 +39,7 @@ pub(crate) use check::check_quick_run;
 use plot::{LineChart, Series};
 pub(crate) use scale::{
     MIN_ITEMS as SCALE_MIN_ITEMS, default_interactions as scale_interactions,
-    training_presets as scale_training_presets,
+    layer_update_items as scale_layer_update_items, training_presets as scale_training_presets,
 };
 
 /// Arguments of `cargo xtask reproduce`.

@@ -54,6 +54,15 @@ struct ScaleConfig {
     probe: Probe,
 }
 
+/// What the Poeem model's coarse level learns from for `--catalogue-rows`: each batch's items
+/// (the preset; `None` or 0), or a separate sample of that many catalogue rows per step.
+pub(crate) fn layer_update_items(catalogue_rows: Option<usize>) -> LayerUpdateItems {
+    match catalogue_rows {
+        None | Some(0) => LayerUpdateItems::Batches,
+        Some(rows) => LayerUpdateItems::Catalogue { rows },
+    }
+}
+
 /// The scale experiment's plain and Poeem training settings for `interactions` pairs.
 ///
 /// The tutorial's model (64-d id embeddings, Adagrad, summed in-batch softmax) at batch 1024,
@@ -83,7 +92,7 @@ pub(crate) fn training_presets(
     plain.log_every_steps = 200;
     let steps_per_epoch = interactions.div_ceil(plain.batch_size) as u64;
     let mut poeem = plain.clone();
-    poeem.model.layer_update_items = LayerUpdateItems::Batches;
+    poeem.model.layer_update_items = layer_update_items(None);
     poeem.index = Some(IndexingLayerConfig {
         n_lists,
         n_subspaces,
@@ -110,11 +119,7 @@ impl ScaleConfig {
             .map_or(if quick { 3 } else { 6 }, |e| e as usize);
         let (mut plain, mut poeem) =
             training_presets(quick, interactions, epochs, args.train_threads());
-        match args.catalogue_rows {
-            None => {}
-            Some(0) => poeem.model.layer_update_items = LayerUpdateItems::Batches,
-            Some(rows) => poeem.model.layer_update_items = LayerUpdateItems::Catalogue { rows },
-        }
+        poeem.model.layer_update_items = layer_update_items(args.catalogue_rows);
         // A checkpoint per epoch: at 2,000,000 items one takes seconds against minutes of
         // training, and a stopped run loses at most an epoch with `--resume`.
         for train in [&mut plain, &mut poeem] {
