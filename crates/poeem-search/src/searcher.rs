@@ -1185,7 +1185,7 @@ struct Batch<'s, 'a> {
     scaled: Vec<f32>,
     /// `q'`, `rows × padded_dim`.
     rotated: Vec<f32>,
-    /// `⟨q', v_j⟩`, `rows × n_lists`.
+    /// `⟨q', v_j⟩` of the chunk last prepared, `chunk × n_lists`.
     dots: Vec<f32>,
     /// Lookup tables, `rows × M × stride`.
     tables: Vec<f32>,
@@ -1203,7 +1203,7 @@ impl<'s, 'a> Batch<'s, 'a> {
             index,
             scaled: vec![0.0; rows * p.dim],
             rotated: vec![0.0; rows * p.padded_dim],
-            dots: vec![0.0; rows * p.n_lists],
+            dots: Vec::with_capacity(rows.min(BATCH_ROWS) * p.n_lists),
             tables: vec![0.0; rows * index.table_len()],
             scan: ScanScratch::default(),
             queries: Vec::new(),
@@ -1213,7 +1213,8 @@ impl<'s, 'a> Batch<'s, 'a> {
 
     /// Searches `scales.len()` checked queries (at most the group's rows): their tables by
     /// matrix products over chunks of `chunk` rows, then their scans, query by query or, for a
-    /// fast-scan index, list by list.
+    /// fast-scan index, list by list. Each chunk's queries choose their lists while its coarse
+    /// dot products are in cache (one chunk's worth, not the group's, is kept).
     #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
@@ -1229,65 +1230,69 @@ impl<'s, 'a> Batch<'s, 'a> {
         let p = index.view.params();
         let (b, dim, d, n_lists) = (scales.len(), p.dim, p.padded_dim, p.n_lists);
         let table_len = index.table_len();
-        for (c, (q, s)) in queries
+        let k_out = params.k;
+        let fast_scan = index.tables.fast_scan;
+        if fast_scan {
+            self.queries.resize_with(b, QueryScan::default);
+            self.probes.clear();
+        }
+        for (c, ((q, s), (ids, scores))) in queries
             .chunks(chunk * dim)
             .zip(scales.chunks(chunk))
+            .zip(
+                ids.chunks_mut(chunk * k_out)
+                    .zip(scores.chunks_mut(chunk * k_out)),
+            )
             .enumerate()
         {
-            let rows = c * chunk..c * chunk + s.len();
-            self.prepare(q, s, rows);
-        }
-        let k_out = params.k;
-        let rows = self.rotated[..b * d]
-            .chunks_exact(d)
-            .zip(queries.chunks_exact(dim).zip(scales))
-            .zip(self.dots.chunks_exact(n_lists))
-            .zip(self.tables.chunks_exact(table_len))
-            .zip(
-                ids.chunks_exact_mut(k_out)
-                    .zip(scores.chunks_exact_mut(k_out)),
-            );
-        if !index.tables.fast_scan {
-            for (row, ((((query, raw), dots), table), (ids, scores))) in rows.enumerate() {
+            let first = c * chunk;
+            self.prepare(q, s, first..first + s.len());
+            for (i, (dots, (raw, &scale))) in self
+                .dots
+                .chunks_exact(n_lists)
+                .zip(q.chunks_exact(dim).zip(s))
+                .enumerate()
+            {
+                let row = first + i;
+                let query = &self.rotated[row * d..(row + 1) * d];
+                let table = &self.tables[row * table_len..(row + 1) * table_len];
                 let excluded = excluded.get(row).copied().unwrap_or(&[]);
-                index.scan_one(
-                    &mut self.scan,
-                    (raw.0, *raw.1),
-                    query,
-                    dots,
-                    table,
-                    params,
-                    excluded,
-                    Output { ids, scores },
+                if !fast_scan {
+                    index.scan_one(
+                        &mut self.scan,
+                        (raw, scale),
+                        query,
+                        dots,
+                        table,
+                        params,
+                        excluded,
+                        Output {
+                            ids: &mut ids[i * k_out..(i + 1) * k_out],
+                            scores: &mut scores[i * k_out..(i + 1) * k_out],
+                        },
+                    );
+                    continue;
+                }
+                // Fast-scan: the query chooses its lists now; they are scanned below.
+                let ScanScratch {
+                    list_keys, probes, ..
+                } = &mut self.scan;
+                index.select_lists(dots, params.nprobe, params.probe, probes, list_keys);
+                self.probes.extend(
+                    probes
+                        .sorted()
+                        .iter()
+                        .map(|&(_, j)| (j as u32, row as u32, dots[j as usize])),
                 );
+                index.begin_query(&mut self.queries[row], query, table, params, excluded);
             }
+        }
+        if !fast_scan {
             return;
         }
-        // Fast-scan: every query chooses its lists, then each probed list is scanned for all
-        // the queries that probe it while its codes are in cache. Results do not depend on the
-        // order lists are scanned in (the top-k keeps the best by key, then slot).
-        self.queries.resize_with(b, QueryScan::default);
-        self.probes.clear();
-        let ScanScratch {
-            list_keys,
-            probes,
-            finish,
-            ..
-        } = &mut self.scan;
-        for (row, state) in self.queries.iter_mut().enumerate() {
-            let dots = &self.dots[row * n_lists..(row + 1) * n_lists];
-            index.select_lists(dots, params.nprobe, params.probe, probes, list_keys);
-            self.probes.extend(
-                probes
-                    .sorted()
-                    .iter()
-                    .map(|&(_, j)| (j as u32, row as u32, dots[j as usize])),
-            );
-            let query = &self.rotated[row * d..(row + 1) * d];
-            let table = &self.tables[row * table_len..(row + 1) * table_len];
-            let excluded = excluded.get(row).copied().unwrap_or(&[]);
-            index.begin_query(state, query, table, params, excluded);
-        }
+        // Each probed list is scanned for all the queries that probe it while its codes are
+        // in cache. Results do not depend on the order lists are scanned in (the top-k keeps
+        // the best by key, then slot).
         self.probes.sort_unstable_by_key(|&(j, row, _)| (j, row));
         for (i, &(j, row, dot)) in self.probes.iter().enumerate() {
             let (j, row) = (j as usize, row as usize);
@@ -1304,11 +1309,19 @@ impl<'s, 'a> Batch<'s, 'a> {
             let table = &self.tables[row * table_len..(row + 1) * table_len];
             index.scan_list(&mut self.queries[row], j, dot, table);
         }
-        for (row, ((((query, raw), _), _), (ids, scores))) in rows.enumerate() {
+        for (row, ((query, (raw, &scale)), (ids, scores))) in self.rotated[..b * d]
+            .chunks_exact(d)
+            .zip(queries.chunks_exact(dim).zip(scales))
+            .zip(
+                ids.chunks_exact_mut(k_out)
+                    .zip(scores.chunks_exact_mut(k_out)),
+            )
+            .enumerate()
+        {
             index.finish_query(
                 &mut self.queries[row],
-                finish,
-                (raw.0, *raw.1),
+                &mut self.scan.finish,
+                (raw, scale),
                 query,
                 params,
                 Output { ids, scores },
@@ -1316,8 +1329,9 @@ impl<'s, 'a> Batch<'s, 'a> {
         }
     }
 
-    /// Rotates, scores against the coarse centroids and tabulates the chunk of queries
-    /// `queries` (scaled by `scales`) into rows `rows` of the group's buffers.
+    /// Rotates and tabulates the chunk of queries `queries` (scaled by `scales`) into rows
+    /// `rows` of the group's buffers, and scores it against the coarse centroids into the
+    /// chunk's dot products.
     fn prepare(&mut self, queries: &[f32], scales: &[f32], rows: std::ops::Range<usize>) {
         let index = self.index;
         let p = index.view.params();
@@ -1359,7 +1373,8 @@ impl<'s, 'a> Batch<'s, 'a> {
             }
         }
         let rotated = &self.rotated[rows.start * d..rows.end * d];
-        let dots = &mut self.dots[rows.start * n_lists..rows.end * n_lists];
+        self.dots.resize(b * n_lists, 0.0);
+        let dots = &mut self.dots[..];
         faer::linalg::matmul::matmul(
             MatMut::from_row_major_slice_mut(dots, b, n_lists),
             Accum::Replace,
