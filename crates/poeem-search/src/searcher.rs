@@ -51,6 +51,8 @@ const GROUP_LIST_BYTES: usize = 2 * PREFETCH_BYTES;
 /// Bytes of a probed list's ids and of its codes fetched ahead of its scan: whole lists of a
 /// few hundred items; the start of larger ones, whose sequential codes the CPU fetches itself.
 const PREFETCH_BYTES: usize = 4096;
+/// Queries of a fast-scan batch whose candidates are being fetched while one is finished.
+const STAGE_AHEAD: usize = 2;
 /// Partial sums of a re-ranking score.
 const REFINE_LANES: usize = 8;
 
@@ -813,6 +815,7 @@ impl<'a> SearchIndex<'a> {
             let j = j as usize;
             self.scan_list(state, j, dots[j], table);
         }
+        self.stage_query(state, params);
         self.finish_query(state, finish, raw, query, params, out)
     }
 
@@ -913,9 +916,33 @@ impl<'a> SearchIndex<'a> {
         }
     }
 
-    /// Writes the results of the query of `state` once its lists are scanned: its candidates'
-    /// ids, re-scored first with the refinement data when `params` asks to re-rank; returns
-    /// the number found.
+    /// Ends the scan of the query of `state`: fixes its candidates and asks the CPU for what
+    /// [`SearchIndex::finish_query`] will read of them, slots scattered over the ids (and the
+    /// refinement data), all at once so that their cache misses overlap. A batch stages a
+    /// query a few queries ahead of finishing it, so that the misses overlap other work too.
+    fn stage_query(&self, state: &mut QueryScan, params: &SearchParams) {
+        let rerank = self.reranks(params);
+        // Re-ranked candidates are re-scored in any order: no need to sort them.
+        state.top.finish(!rerank);
+        let candidates = state.top.kept();
+        match self.view.refine() {
+            Some(refine) if rerank => {
+                for &(_, slot) in candidates {
+                    prefetch(refine.slot_bytes(slot as usize), usize::MAX);
+                }
+            }
+            _ => {
+                let slot_ids = self.view.slot_ids();
+                for &(_, slot) in candidates {
+                    prefetch(bytemuck::bytes_of(&slot_ids[slot as usize]), 8);
+                }
+            }
+        }
+    }
+
+    /// Writes the results of the query of `state`, [staged](SearchIndex::stage_query) once its
+    /// lists are scanned: its candidates' ids, re-scored first with the refinement data when
+    /// `params` asks to re-rank; returns the number found.
     fn finish_query(
         &self,
         state: &mut QueryScan,
@@ -928,36 +955,49 @@ impl<'a> SearchIndex<'a> {
         let Output { ids, scores } = out;
         let FinishScratch {
             ranked,
+            rescored,
             scaled_raw,
             refined,
             reconstructed,
         } = scratch;
-        let rerank = self.reranks(params);
-        let candidates = state.top.sorted();
-        // The candidates are slots scattered over the ids (and the refinement data): ask for
-        // all of them before reading the first, so that their cache misses overlap.
+        let candidates = state.top.kept();
         let slot_ids = self.view.slot_ids();
-        for &(_, slot) in candidates {
-            prefetch(bytemuck::bytes_of(&slot_ids[slot as usize]), 8);
-        }
-        if rerank {
-            if let Some(refine) = self.view.refine() {
-                for &(_, slot) in candidates {
-                    prefetch(refine.slot_bytes(slot as usize), usize::MAX);
-                }
-            }
+        ranked.reset(params.k);
+        if self.reranks(params) {
             scaled_raw.clear();
             scaled_raw.extend(raw.iter().map(|&v| scale * v));
-        }
-        ranked.reset(params.k);
-        for &(key, slot) in candidates {
-            let slot = slot as usize;
-            let key = if rerank {
-                self.refined_key(slot, scaled_raw, query, refined, reconstructed)
-            } else {
-                key
+            rescored.clear();
+            for &(_, slot) in candidates {
+                let key =
+                    self.refined_key(slot as usize, scaled_raw, query, refined, reconstructed);
+                if !key.is_nan() {
+                    rescored.push((key, slot));
+                }
+            }
+            // Only candidates at or below the k-th best new key can be results (ties are
+            // decided by id): only their ids, scattered reads, are looked up.
+            let cut = match rescored.len().checked_sub(params.k) {
+                Some(1..) => {
+                    let by_key = |a: &(f32, u64), b: &(f32, u64)| a.0.total_cmp(&b.0);
+                    rescored.select_nth_unstable_by(params.k - 1, by_key).1.0
+                }
+                _ => f32::INFINITY,
             };
-            ranked.push(key, slot_ids[slot]);
+            let contenders = || {
+                rescored
+                    .iter()
+                    .filter(|&&(key, _)| key.total_cmp(&cut).is_le())
+            };
+            for &(_, slot) in contenders() {
+                prefetch(bytemuck::bytes_of(&slot_ids[slot as usize]), 8);
+            }
+            for &(key, slot) in contenders() {
+                ranked.push(key, slot_ids[slot as usize]);
+            }
+        } else {
+            for &(key, slot) in candidates {
+                ranked.push(key, slot_ids[slot as usize]);
+            }
         }
         let best = ranked.sorted();
         let found = best.len();
@@ -1078,6 +1118,8 @@ struct QueryScan {
 struct FinishScratch {
     /// The best `k` by id: the candidates' keys, or their refined keys when re-ranking.
     ranked: TopK,
+    /// Re-ranking: the candidates' new keys and their slots.
+    rescored: Vec<(f32, u64)>,
     /// Re-ranking: `scale · raw`, the query the float refinement data are scored against.
     scaled_raw: Vec<f32>,
     /// Re-ranking: a candidate's refinement vector.
@@ -1193,7 +1235,7 @@ struct Batch<'s, 'a> {
     /// Grouped scans: one state per query of the group.
     queries: Vec<QueryScan>,
     /// Grouped scans: `(list, row, ⟨q', v_list⟩)` for every list each query probes.
-    probes: Vec<(u32, u32, f32)>,
+    probes: Vec<(bool, u32, u32, f32)>,
 }
 
 impl<'s, 'a> Batch<'s, 'a> {
@@ -1282,7 +1324,8 @@ impl<'s, 'a> Batch<'s, 'a> {
                     probes
                         .sorted()
                         .iter()
-                        .map(|&(_, j)| (j as u32, row as u32, dots[j as usize])),
+                        .enumerate()
+                        .map(|(r, &(_, j))| (r > 0, j as u32, row as u32, dots[j as usize])),
                 );
                 index.begin_query(&mut self.queries[row], query, table, params, excluded);
             }
@@ -1293,21 +1336,27 @@ impl<'s, 'a> Batch<'s, 'a> {
         // Each probed list is scanned for all the queries that probe it while its codes are
         // in cache. Results do not depend on the order lists are scanned in (the top-k keeps
         // the best by key, then slot).
-        self.probes.sort_unstable_by_key(|&(j, row, _)| (j, row));
-        for (i, &(j, row, dot)) in self.probes.iter().enumerate() {
+        self.probes
+            .sort_unstable_by_key(|&(later, j, row, _)| (later, j, row));
+        for (i, &(_, j, row, dot)) in self.probes.iter().enumerate() {
             let (j, row) = (j as usize, row as usize);
             if i == 0 {
                 index.fetch_list(j, usize::MAX);
             }
             // When a list's first query starts, the next list is fetched.
-            let starts_list = i == 0 || self.probes[i - 1].0 as usize != j;
+            let starts_list = i == 0 || self.probes[i - 1].1 as usize != j;
             if starts_list
-                && let Some(&(next, ..)) = self.probes[i..].iter().find(|&&(l, ..)| l as usize != j)
+                && let Some(&(_, next, ..)) =
+                    self.probes[i..].iter().find(|&&(_, l, ..)| l as usize != j)
             {
                 index.fetch_list(next as usize, usize::MAX);
             }
             let table = &self.tables[row * table_len..(row + 1) * table_len];
             index.scan_list(&mut self.queries[row], j, dot, table);
+        }
+        // Each query is staged a few queries before it is finished.
+        for state in &mut self.queries[..b.min(STAGE_AHEAD)] {
+            index.stage_query(state, params);
         }
         for (row, ((query, (raw, &scale)), (ids, scores))) in self.rotated[..b * d]
             .chunks_exact(d)
@@ -1318,6 +1367,9 @@ impl<'s, 'a> Batch<'s, 'a> {
             )
             .enumerate()
         {
+            if let Some(ahead) = self.queries[..b].get_mut(row + STAGE_AHEAD) {
+                index.stage_query(ahead, params);
+            }
             index.finish_query(
                 &mut self.queries[row],
                 &mut self.scan.finish,

@@ -112,10 +112,24 @@ impl TopK {
     /// The kept pairs (at most `k`), best first. Leaves the selection unusable until the next
     /// [`TopK::reset`].
     pub(crate) fn sorted(&mut self) -> &[(f32, u64)] {
+        self.finish(true);
+        &self.out
+    }
+
+    /// Ends the selection: the best `k` become [`TopK::kept`], best first when `sort` (else in
+    /// no particular order, which saves the sort when the caller re-scores them anyway).
+    /// Leaves the selection unusable until the next [`TopK::reset`].
+    pub(crate) fn finish(&mut self, sort: bool) {
         self.select();
-        self.buf.sort_unstable();
+        if sort {
+            self.buf.sort_unstable();
+        }
         self.out.clear();
         self.out.extend(self.buf.iter().map(|&p| unpack(p)));
+    }
+
+    /// The pairs kept by the last [`TopK::finish`].
+    pub(crate) fn kept(&self) -> &[(f32, u64)] {
         &self.out
     }
 }

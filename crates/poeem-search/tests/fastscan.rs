@@ -439,3 +439,58 @@ fn reranked_searches_leave_out_excluded_ids() {
         common::assert_excluding_matches(&index, &queries, &excluded, &params, &every.0, &label);
     }
 }
+
+/// Re-ranked candidates whose refined scores tie are ordered by id, as everywhere: a third of
+/// the items share the query's own vector (score 0 under L2, the best), the others another
+/// vector; the results are the smallest ids among the first third, one query at a time and
+/// in a batch, with room for every candidate and with only some of them re-ranked.
+#[test]
+fn reranked_ties_go_to_the_smaller_ids() {
+    use faer::Par;
+    let (dim, n_items, n_lists, k) = (8, 200, 3, 5);
+    let (mut parts, _) = random_fast_index(dim, 4, n_lists, n_items, Metric::L2, false, 77);
+    let near = [0.5f32; 8];
+    let far = [-0.5f32; 8];
+    // Items (in input order) 0, 3, 6, … get `near`.
+    let vectors: Vec<f32> = (0..n_items)
+        .flat_map(|i| if i % 3 == 0 { near } else { far })
+        .collect();
+    parts.refine = Some(encode_float_refine(
+        RefineKind::F32,
+        dim,
+        &by_slot(&parts, &vectors, n_items),
+    ));
+    let mut near_ids: Vec<i64> = (0..n_items as u64)
+        .filter(|i| i % 3 == 0)
+        .map(|i| ((i * 7919 + 13) % 1_000_003 + (1 << 40)) as i64)
+        .collect();
+    near_ids.sort_unstable();
+    let index = SearchIndex::new(parts.view().unwrap());
+    let params = SearchParams::new(k, n_lists).with_rerank_factor(n_items);
+    let (ids, scores) = search(&parts, Kernel::detect(), &near, &params);
+    assert_eq!(ids, near_ids[..k], "one query");
+    assert!(scores.iter().all(|&s| s == 0.0), "{scores:?}");
+    let queries: Vec<f32> = (0..3).flat_map(|_| near).collect();
+    let (mut batch_ids, mut batch_scores) = (vec![0i64; 3 * k], vec![0.0f32; 3 * k]);
+    index
+        .search_batch(
+            &queries,
+            &params,
+            &mut batch_ids,
+            &mut batch_scores,
+            Par::Seq,
+        )
+        .unwrap();
+    for row in batch_ids.chunks_exact(k) {
+        assert_eq!(row, &near_ids[..k], "batch");
+    }
+    // With fewer candidates re-ranked, equal scores are still ordered by id.
+    let few = SearchParams::new(k, n_lists).with_rerank_factor(2);
+    let (ids, scores) = search(&parts, Kernel::detect(), &near, &few);
+    for (s, i) in scores.windows(2).zip(ids.windows(2)) {
+        assert!(
+            s[0] < s[1] || (s[0] == s[1] && i[0] < i[1]),
+            "{scores:?} {ids:?}"
+        );
+    }
+}
