@@ -539,11 +539,13 @@ impl<'a> IndexView<'a> {
     pub fn reconstruct_rotated(&self, list: usize, pos: usize, out: &mut [f32]) {
         let p = &self.params;
         assert_eq!(out.len(), p.padded_dim, "output length");
+        assert!(pos < self.list_sizes[list] as usize, "item out of range");
         let sub = p.sub_dim();
         let mask = p.n_codewords() - 1;
         let centroid = &self.coarse_centroids[list * p.padded_dim..(list + 1) * p.padded_dim];
+        let items = self.list(list);
         for m in 0..p.n_subspaces {
-            let k = self.code(list, pos, m) as usize & mask;
+            let k = items.code(p, pos, m) as usize & mask;
             let word = &self.codebooks[(m * p.n_codewords() + k) * sub..][..sub];
             let dst = &mut out[m * sub..(m + 1) * sub];
             for ((o, &c), &w) in dst.iter_mut().zip(&centroid[m * sub..]).zip(word) {

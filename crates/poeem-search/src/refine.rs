@@ -235,22 +235,50 @@ impl<'a> RefineView<'a> {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             }
-            RefineKind::F16 => {
-                let row = self.slot_bytes(slot);
-                for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
-                    *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            RefineKind::F16 => crate::kernels::f16_to_f32_slice(self.slot_bytes(slot), out),
+            RefineKind::Pq8 => self.each_residual_value(slot, out, |o, v| *o = v),
+        }
+    }
+
+    /// `pq8`: adds slot `slot`'s decoded residual to `out` (`padded_dim` values, one f32
+    /// addition each), the item's reconstruction in the rotated space becoming its refined
+    /// vector without a second buffer.
+    ///
+    /// # Panics
+    /// When the data are not `pq8`, `slot` is not below the slot count or `out` has the wrong
+    /// length.
+    #[track_caller]
+    pub fn add_residual(&self, slot: usize, out: &mut [f32]) {
+        assert_eq!(self.kind, RefineKind::Pq8, "a pq8 residual");
+        assert_eq!(out.len(), self.width, "output length");
+        self.each_residual_value(slot, out, |o, v| *o += v);
+    }
+
+    /// Calls `op(o, v)` for each of `out`'s values `o` and slot `slot`'s decoded `pq8`
+    /// residual value `v` at the same place.
+    #[inline(always)]
+    fn each_residual_value(&self, slot: usize, out: &mut [f32], op: impl Fn(&mut f32, f32)) {
+        let sub = self.width / self.n_sub;
+        let codes = self.slot_bytes(slot);
+        // The codebooks in place when their bytes lie 4-aligned on a little-endian CPU (as in
+        // files this crate writes), else value by value.
+        let floats: Option<&[f32]> = if cfg!(target_endian = "little") {
+            bytemuck::try_cast_slice(self.codebooks).ok()
+        } else {
+            None
+        };
+        for (m, (&code, dst)) in codes.iter().zip(out.chunks_exact_mut(sub)).enumerate() {
+            let word = (m * REFINE_PQ_CODEWORDS + usize::from(code)) * sub;
+            match floats {
+                Some(floats) => {
+                    for (o, &v) in dst.iter_mut().zip(&floats[word..word + sub]) {
+                        op(o, v);
+                    }
                 }
-            }
-            RefineKind::Pq8 => {
-                let sub = self.width / self.n_sub;
-                let codes = self.slot_bytes(slot);
-                for (m, (&code, dst)) in codes.iter().zip(out.chunks_exact_mut(sub)).enumerate() {
-                    let word = (m * REFINE_PQ_CODEWORDS + usize::from(code)) * sub * 4;
-                    for (o, c) in dst
-                        .iter_mut()
-                        .zip(self.codebooks[word..word + sub * 4].chunks_exact(4))
-                    {
-                        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                None => {
+                    let bytes = &self.codebooks[word * 4..(word + sub) * 4];
+                    for (o, c) in dst.iter_mut().zip(bytes.as_chunks::<4>().0) {
+                        op(o, f32::from_le_bytes(*c));
                     }
                 }
             }
@@ -410,6 +438,64 @@ mod tests {
         let aligned = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..half.len()];
         aligned.copy_from_slice(&half);
         assert_eq!(RefineView::parse(aligned, &p, 2).unwrap().f32_row(0), None);
+    }
+
+    /// A `pq8` residual decodes to its codewords' values, and adds to a vector by one
+    /// addition each, with the codebooks borrowed in place (aligned) or read value by value
+    /// (misaligned by a byte).
+    #[test]
+    fn pq8_residuals_decode_and_add_aligned_or_not() {
+        use crate::{CodeLayout, IndexParams, Metric};
+        let p = IndexParams {
+            dim: 3,
+            padded_dim: 4,
+            n_lists: 1,
+            n_subspaces: 2,
+            n_bits: 4,
+            metric: Metric::L2,
+            n_items: 2,
+            code_layout: CodeLayout::FastScan4,
+        };
+        let books: Vec<f32> = (0..REFINE_PQ_CODEWORDS * 4)
+            .map(|i| i as f32 * 0.25 - 7.0)
+            .collect();
+        let bytes = encode_pq8_refine(4, 2, &books, &[3, 255, 0, 17]);
+        let mut words = vec![0u64; bytes.len().div_ceil(8) + 1];
+        // Slot 1 has codes 0 and 17: subspace 0 (values 0, 1) takes word 0, subspace 1
+        // (values 2, 3) word 17 of its 256.
+        let word = |m: usize, k: usize, j: usize| books[(m * REFINE_PQ_CODEWORDS + k) * 2 + j];
+        let expected = [word(0, 0, 0), word(0, 0, 1), word(1, 17, 0), word(1, 17, 1)];
+        for shift in [0, 1] {
+            let at = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[shift..][..bytes.len()];
+            at.copy_from_slice(&bytes);
+            let view = RefineView::parse(at, &p, 2).unwrap();
+            let mut out = [9.0f32; 4];
+            view.decode(1, &mut out);
+            assert_eq!(out, expected, "shift {shift}");
+            let mut sum = [0.5f32, -1.0, 2.0, 0.0];
+            view.add_residual(1, &mut sum);
+            let added: Vec<f32> = [0.5f32, -1.0, 2.0, 0.0]
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| a + b)
+                .collect();
+            assert_eq!(sum[..], added[..], "shift {shift}");
+        }
+    }
+
+    /// The row conversion (F16C where the CPU has it) gives the scalar conversion's bits for
+    /// every half-precision value, NaN payloads included, at every offset of a row's tail.
+    #[test]
+    fn row_conversion_equals_the_scalar_one() {
+        let bytes: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        for tail in 0..9 {
+            let bytes = &bytes[..bytes.len() - 2 * tail];
+            let mut out = vec![0.0f32; bytes.len() / 2];
+            crate::kernels::f16_to_f32_slice(bytes, &mut out);
+            for (h, v) in out.iter().enumerate() {
+                assert_eq!(v.to_bits(), f16_to_f32(h as u16).to_bits(), "{h:#06x}");
+            }
+        }
     }
 
     #[test]

@@ -1042,14 +1042,10 @@ impl<'a> SearchIndex<'a> {
                 }
             },
             RefineKind::Pq8 => {
-                refined.resize(p.padded_dim, 0.0);
                 reconstructed.resize(p.padded_dim, 0.0);
-                refine.decode(slot, refined);
                 let (list, pos) = self.view.locate_slot(slot);
                 self.view.reconstruct_rotated(list, pos, reconstructed);
-                for (r, &e) in reconstructed.iter_mut().zip(refined.iter()) {
-                    *r += e;
-                }
+                refine.add_residual(slot, reconstructed);
                 refined_sum(l2, query, reconstructed)
             }
         };

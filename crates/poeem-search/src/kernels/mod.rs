@@ -299,6 +299,25 @@ impl FromStr for Kernel {
     }
 }
 
+/// Little-endian half-precision values as `f32` (exact), into `out` (one per two bytes): eight
+/// at a time by F16C's conversion where the CPU has it, else by [`crate::refine::f16_to_f32`],
+/// with the same values.
+///
+/// # Panics
+/// When `out` is not half as long as `bytes`.
+#[inline]
+pub(crate) fn f16_to_f32_slice(bytes: &[u8], out: &mut [f32]) {
+    assert_eq!(bytes.len(), 2 * out.len(), "one value per two bytes");
+    #[cfg(target_arch = "x86_64")]
+    if avx2::f16c_available() {
+        avx2::f16_to_f32_slice(bytes, out);
+        return;
+    }
+    for (o, c) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
+        *o = crate::refine::f16_to_f32(u16::from_le_bytes(*c));
+    }
+}
+
 /// Hints the CPU to fetch the first `max_bytes` of `bytes` into its caches (a no-op where no
 /// prefetch instruction is wired up).
 #[inline]
