@@ -805,12 +805,12 @@ impl<'a> SearchIndex<'a> {
         self.begin_query(state, query, table, params, excluded);
         let probed = probes.sorted();
         if let Some(&(_, first)) = probed.first() {
-            self.fetch_list(first as usize, PREFETCH_BYTES);
+            self.fetch_list(first as usize, 0, PREFETCH_BYTES);
         }
         for (i, &(_, j)) in probed.iter().enumerate() {
             // Each list is fetched while the list before it is scanned.
             if let Some(&(_, next)) = probed.get(i + 1) {
-                self.fetch_list(next as usize, PREFETCH_BYTES);
+                self.fetch_list(next as usize, 0, PREFETCH_BYTES);
             }
             let j = j as usize;
             self.scan_list(state, j, dots[j], table);
@@ -855,10 +855,10 @@ impl<'a> SearchIndex<'a> {
 
     /// Asks the CPU for the first `bytes` of list `j`'s codes, and for its (fast-scan L2)
     /// table terms, ahead of its scan.
-    fn fetch_list(&self, j: usize, bytes: usize) {
+    fn fetch_list(&self, j: usize, from: usize, bytes: usize) {
         let list = self.view.list(j);
-        prefetch(list.codes, bytes);
-        if !self.tables.list_terms.is_empty() {
+        prefetch(list.codes.get(from..).unwrap_or(&[]), bytes);
+        if from == 0 && !self.tables.list_terms.is_empty() {
             let len = self.table_len();
             let terms = &self.tables.list_terms[j * len..(j + 1) * len];
             prefetch(bytemuck::cast_slice(terms), PREFETCH_BYTES);
@@ -1334,18 +1334,29 @@ impl<'s, 'a> Batch<'s, 'a> {
         // the best by key, then slot).
         self.probes
             .sort_unstable_by_key(|&(later, j, row, _)| (later, j, row));
+        // The next list, its share of bytes fetched per query of this one, and this one's
+        // first probe.
+        let mut ahead: Option<(usize, usize, usize)> = None;
         for (i, &(_, j, row, dot)) in self.probes.iter().enumerate() {
             let (j, row) = (j as usize, row as usize);
             if i == 0 {
-                index.fetch_list(j, usize::MAX);
+                index.fetch_list(j, 0, usize::MAX);
             }
-            // When a list's first query starts, the next list is fetched.
-            let starts_list = i == 0 || self.probes[i - 1].1 as usize != j;
-            if starts_list
-                && let Some(&(_, next, ..)) =
-                    self.probes[i..].iter().find(|&&(_, l, ..)| l as usize != j)
-            {
-                index.fetch_list(next as usize, usize::MAX);
+            // The next list is fetched in shares, one as each query of this list starts, so
+            // that its misses spread over this list's scans.
+            if i == 0 || self.probes[i - 1].1 as usize != j {
+                let rest = &self.probes[i..];
+                let count = rest
+                    .iter()
+                    .position(|&(_, l, ..)| l as usize != j)
+                    .unwrap_or(rest.len());
+                ahead = rest.get(count).map(|&(_, next, ..)| {
+                    let bytes = index.view.list(next as usize).codes.len();
+                    (next as usize, bytes.div_ceil(count), i)
+                });
+            }
+            if let Some((next, share, first)) = ahead {
+                index.fetch_list(next, (i - first) * share, share);
             }
             let table = &self.tables[row * table_len..(row + 1) * table_len];
             index.scan_list(&mut self.queries[row], j, dot, table);
