@@ -1230,7 +1230,8 @@ struct Batch<'s, 'a> {
     scan: ScanScratch,
     /// Grouped scans: one state per query of the group.
     queries: Vec<QueryScan>,
-    /// Grouped scans: `(list, row, ⟨q', v_list⟩)` for every list each query probes.
+    /// Grouped scans: `(later, list, row, ⟨q', v_list⟩)` for every list each query probes;
+    /// `later` is false for the query's nearest list, scanned in a first pass.
     probes: Vec<(bool, u32, u32, f32)>,
 }
 
