@@ -717,8 +717,11 @@ impl<'a> SearchIndex<'a> {
     /// Keeps in `probes` the `nprobe` lists `probe` chooses from a query's coarse dot products
     /// `dots` (`probes.sorted()` gives them best first); `keys` is scratch.
     ///
-    /// The keys are computed in one pass, then compared with the threshold 16 at a time: only
-    /// the lanes that pass (few, once the first lists have set it) are offered.
+    /// The keys are computed in one pass. The keys then split into `nprobe` runs, and the
+    /// largest of the runs' minima is a first threshold: `nprobe` keys do not exceed it, so
+    /// the lists chosen are those a full selection chooses. Then the keys are compared with
+    /// the threshold 16 at a time, and only the lanes that pass (a few times `nprobe`) are
+    /// offered.
     fn select_lists(
         &self,
         dots: &[f32],
@@ -738,6 +741,9 @@ impl<'a> SearchIndex<'a> {
             keys.extend(dots[..norms.len()].iter().map(|&dot| -dot));
         }
         let mut threshold = probes.threshold();
+        if let Some(bound) = largest_run_minimum(keys, nprobe) {
+            threshold = threshold.min(bound);
+        }
         for (c, chunk) in keys.chunks(CHUNK).enumerate() {
             let mut mask = chunk.iter().enumerate().fold(0u32, |mask, (i, &key)| {
                 mask | (u32::from(key <= threshold) << i)
@@ -748,7 +754,7 @@ impl<'a> SearchIndex<'a> {
                 mask &= mask - 1;
                 if chunk[i] <= threshold {
                     probes.push(chunk[i], (c * CHUNK + i) as u64);
-                    threshold = probes.threshold();
+                    threshold = threshold.min(probes.threshold());
                 }
             }
         }
@@ -1628,6 +1634,35 @@ fn row_major_with_stride_mut(
 }
 
 /// Whether the row-major `d × d` matrix `r` is exactly the identity.
+/// With `keys` cut into `runs` runs of `keys.len() / runs` (the rest in none), the largest of
+/// the runs' smallest keys: at least `runs` keys (one per run) do not exceed it, unless it is
+/// `+∞`. `None` when there are fewer keys than runs, or NaN keys hide a run's minimum.
+fn largest_run_minimum(keys: &[f32], runs: usize) -> Option<f32> {
+    const LANES: usize = 8;
+    let len = keys.len().checked_div(runs).filter(|&len| len > 0)?;
+    // One `minps`: its result is always one of its operands, so a run's minimum below is one
+    // of the run's keys, `+∞`, or NaN.
+    let lesser = |a: f32, b: f32| if a < b { a } else { b };
+    let mut bound = f32::NEG_INFINITY;
+    for run in keys.chunks_exact(len).take(runs) {
+        // Eight running minima (vector lanes), then their minimum.
+        let mut lanes = [f32::INFINITY; LANES];
+        let mut groups = run.chunks_exact(LANES);
+        for group in &mut groups {
+            for (lane, &key) in lanes.iter_mut().zip(group) {
+                *lane = lesser(*lane, key);
+            }
+        }
+        let least =
+            (lanes.iter().chain(groups.remainder())).fold(f32::INFINITY, |a, &b| lesser(a, b));
+        if least.is_nan() {
+            return None;
+        }
+        bound = bound.max(least);
+    }
+    Some(bound)
+}
+
 fn is_identity(r: &[f32], d: usize) -> bool {
     r.iter()
         .enumerate()
@@ -1750,5 +1785,80 @@ mod tests {
         let chunk = long.batch_rows();
         assert!(long.group_rows(chunk) > chunk);
         assert_eq!(short.group_rows(chunk), chunk);
+    }
+
+    /// The runs' largest minimum never has fewer than `runs` keys at or below it, with NaN
+    /// keys among them or not, and is missing only when NaN keys hide a run's minimum or the
+    /// runs outnumber the keys.
+    #[test]
+    fn largest_run_minimum_bounds_the_runs_th_smallest_key() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for len in [1, 7, 8, 9, 100, 1024] {
+            for nan_share in [0.0, 0.01, 0.3] {
+                let keys: Vec<f32> = (0..len)
+                    .map(|_| match rng.random_bool(nan_share) {
+                        true => f32::NAN,
+                        false => f32::from(rng.random_range(0u8..20)),
+                    })
+                    .collect();
+                for runs in [1, 2, 3, 8, 33, len, len + 1] {
+                    let bound = largest_run_minimum(&keys, runs);
+                    if runs > len {
+                        assert_eq!(bound, None);
+                        continue;
+                    }
+                    let run = len / runs;
+                    let hidden = keys[..run * runs]
+                        .chunks_exact(run)
+                        .any(|r| r.iter().all(|k| k.is_nan()));
+                    match bound {
+                        None => assert!(nan_share > 0.0, "len {len} runs {runs}"),
+                        Some(b) if !hidden => {
+                            let below = keys.iter().filter(|&&k| k <= b).count();
+                            assert!(below >= runs, "len {len} runs {runs}: {below} <= {b}");
+                        }
+                        Some(b) => assert_eq!(b, f32::INFINITY),
+                    }
+                    if nan_share == 0.0 {
+                        let mut minima: Vec<f32> = keys[..run * runs]
+                            .chunks_exact(run)
+                            .map(|r| r.iter().copied().fold(f32::INFINITY, f32::min))
+                            .collect();
+                        minima.sort_by(f32::total_cmp);
+                        assert_eq!(bound, minima.last().copied());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lists chosen are the `nprobe` smallest keys, ties to the smaller list, NaN keys
+    /// never: a full sort's choice, whatever the keys' repeats and NaNs.
+    #[test]
+    fn chosen_lists_equal_a_full_sort() {
+        let n_lists = 300;
+        let parts = fast_index(Metric::InnerProduct, n_lists, 600, 5);
+        let index = SearchIndex::new(parts.view().unwrap());
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (mut probes, mut keys) = (TopK::default(), Vec::new());
+        for nan_share in [0.0, 0.05, 1.0] {
+            for nprobe in [1, 2, 8, 37, 150, 299, 300, 400] {
+                let dots: Vec<f32> = (0..n_lists)
+                    .map(|_| match rng.random_bool(nan_share) {
+                        true => f32::NAN,
+                        false => f32::from(rng.random_range(0u8..40)),
+                    })
+                    .collect();
+                index.select_lists(&dots, nprobe, Probe::InnerProduct, &mut probes, &mut keys);
+                let chosen: Vec<(f32, u64)> = probes.sorted().to_vec();
+                let mut all: Vec<(f32, u64)> = (dots.iter().enumerate())
+                    .filter(|(_, d)| !d.is_nan())
+                    .map(|(j, &d)| (-d, j as u64))
+                    .collect();
+                all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                all.truncate(nprobe);
+                assert_eq!(chosen, all, "nprobe {nprobe}, NaN share {nan_share}");
+            }
+        }
     }
 }
