@@ -855,7 +855,9 @@ impl<'a> SearchIndex<'a> {
         let l2 = self.view.params().metric == Metric::L2;
         state.query_norm = if l2 { squared_norm(query) } else { 0.0 };
         if self.tables.fast_scan && !l2 {
-            state.quantized.quantize(table);
+            self.tables
+                .kernel
+                .quantize4(table, None, &mut state.quantized);
         }
     }
 
@@ -892,7 +894,7 @@ impl<'a> SearchIndex<'a> {
             if l2 {
                 let len = table.len();
                 let terms = &self.tables.list_terms[j * len..(j + 1) * len];
-                quantized.quantize_sum(table, Some(terms));
+                self.tables.kernel.quantize4(table, Some(terms), quantized);
             }
             let scan = Scan4 {
                 table: quantized,

@@ -1,10 +1,12 @@
 //! The AVX2 scan kernel (x86-64): the scalar kernel's lookups, assembled into four vectors of
 //! eight scores that are compared with the top-k threshold eight lanes at a time, so only
-//! candidates leave the registers.
+//! candidates leave the registers; the 4-bit fast-scan kernel (byte shuffles, 16-bit sums) and
+//! its table quantization.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
 
+use super::fastscan::{CODEWORDS, QuantizedTable};
 use super::scalar::GROUP;
 use super::{Scan, TABLE_STRIDE};
 use crate::BLOCK;
@@ -317,6 +319,171 @@ fn scan4_impl(s: &super::Scan4<'_>, top: &mut TopK) {
                 float_threshold = now;
                 t = int_threshold(offset, step, now);
             }
+        }
+    }
+}
+
+/// [`QuantizedTable::quantize`] in AVX2: the same table, bit for bit (the minima and maxima
+/// are exact in any order, and the rest is the same f32 steps in the same order), except the
+/// entries and step of a table holding NaN, whose offset is NaN in both.
+///
+/// # Panics
+/// When the CPU lacks AVX2, `table` is empty or not whole rows, or `terms` is not as long.
+pub(super) fn quantize4(table: &[f32], terms: Option<&[f32]>, out: &mut QuantizedTable) {
+    assert!(available(), "AVX2 is not available");
+    assert!(
+        !table.is_empty() && table.len().is_multiple_of(CODEWORDS),
+        "whole rows of 16"
+    );
+    if let Some(terms) = terms {
+        assert_eq!(terms.len(), table.len(), "one term per table entry");
+    }
+    // SAFETY: AVX2 was detected just above.
+    unsafe { quantize4_impl(table, terms, out) }
+}
+
+/// The minima (or, `MAX`, maxima) of eight vectors as one vector, lane `r` for vector `r`: a
+/// tree of interleaving shuffles, seven comparisons for the eight reductions.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn reduce_rows<const MAX: bool>(v: &[__m256; 8]) -> __m256 {
+    let op = |a: __m256, b: __m256| {
+        if MAX {
+            _mm256_max_ps(a, b)
+        } else {
+            _mm256_min_ps(a, b)
+        }
+    };
+    // Rows 2i and 2i + 1, interleaved in each 128-bit half.
+    let pair = |a: __m256, b: __m256| op(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    let (p01, p23, p45, p67) = (
+        pair(v[0], v[1]),
+        pair(v[2], v[3]),
+        pair(v[4], v[5]),
+        pair(v[6], v[7]),
+    );
+    // Rows 0..4 (and 4..8) in each 128-bit half.
+    let quad = |a: __m256, b: __m256| {
+        op(
+            _mm256_shuffle_ps::<0x44>(a, b),
+            _mm256_shuffle_ps::<0xEE>(a, b),
+        )
+    };
+    let (q0, q1) = (quad(p01, p23), quad(p45, p67));
+    op(
+        _mm256_permute2f128_ps::<0x20>(q0, q1),
+        _mm256_permute2f128_ps::<0x31>(q0, q1),
+    )
+}
+
+/// Eight rows at a time: each row's two halves (plus its terms, kept in `out.sums`) reduced to
+/// a minimum and maximum vector, whose eight row reductions come out of [`reduce_rows`] as one
+/// vector each; then every row's entries, sixteen at a time, converted with `vcvtps2dq` (round
+/// to nearest, ties to even, as the portable code's rounding) and packed to bytes.
+#[target_feature(enable = "avx2")]
+fn quantize4_impl(table: &[f32], terms: Option<&[f32]>, out: &mut QuantizedTable) {
+    let m_count = table.len() / CODEWORDS;
+    let q_max = (65535 / m_count).min(255) as f32;
+    out.clear_entries(m_count);
+    let QuantizedTable {
+        entries,
+        base,
+        step,
+        sums,
+        lows,
+    } = out;
+    let groups = m_count.div_ceil(8);
+    lows.resize(groups * 8, 0.0);
+    if terms.is_some() {
+        sums.resize(table.len(), 0.0);
+    }
+    let rows = table.as_chunks::<CODEWORDS>().0;
+    let mut range = _mm256_setzero_ps();
+    let mut nan = _mm256_setzero_ps();
+    for (g, group_lows) in lows.as_chunks_mut::<8>().0.iter_mut().enumerate() {
+        let (mut lo, mut hi) = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
+        let first = g * 8;
+        let count = (m_count - first).min(8);
+        for r in 0..count {
+            let m = first + r;
+            let row = &rows[m];
+            // SAFETY: a row holds 16 floats, two unaligned 256-bit loads; so do `terms` and
+            // `sums` at the same place (both as long as `table`).
+            let (a, b) = unsafe {
+                let (mut a, mut b) = (
+                    _mm256_loadu_ps(row.as_ptr()),
+                    _mm256_loadu_ps(row.as_ptr().add(8)),
+                );
+                if let Some(terms) = terms {
+                    let t = terms[m * CODEWORDS..(m + 1) * CODEWORDS].as_ptr();
+                    a = _mm256_add_ps(a, _mm256_loadu_ps(t));
+                    b = _mm256_add_ps(b, _mm256_loadu_ps(t.add(8)));
+                    let dst = sums[m * CODEWORDS..(m + 1) * CODEWORDS].as_mut_ptr();
+                    _mm256_storeu_ps(dst, a);
+                    _mm256_storeu_ps(dst.add(8), b);
+                }
+                (a, b)
+            };
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(a, b));
+            lo[r] = _mm256_min_ps(a, b);
+            hi[r] = _mm256_max_ps(a, b);
+        }
+        let (lo, hi) = (reduce_rows::<false>(&lo), reduce_rows::<true>(&hi));
+        // Lanes past the last row hold zeros: a range of 0, as the range starts.
+        range = _mm256_max_ps(range, _mm256_sub_ps(hi, lo));
+        // SAFETY: `group_lows` holds 8 floats, one unaligned 256-bit store.
+        unsafe { _mm256_storeu_ps(group_lows.as_mut_ptr(), lo) };
+    }
+    let half = _mm_max_ps(
+        _mm256_castps256_ps128(range),
+        _mm256_extractf128_ps::<1>(range),
+    );
+    let half = _mm_max_ps(half, _mm_movehl_ps(half, half));
+    let range = _mm_cvtss_f32(_mm_max_ss(half, _mm_shuffle_ps::<1>(half, half)));
+    // The offset is summed in row order, as the portable code sums it.
+    *base = if _mm256_movemask_ps(nan) != 0 {
+        f32::NAN
+    } else {
+        lows[..m_count].iter().fold(0.0, |sum, &lo| sum + lo)
+    };
+    *step = if range.is_finite() && range > 0.0 {
+        range / q_max
+    } else {
+        0.0
+    };
+    let scale = _mm256_set1_ps(if *step > 0.0 { 1.0 / *step } else { 0.0 });
+    let (ceiling, zero) = (_mm256_set1_ps(q_max), _mm256_setzero_ps());
+    let values: &[f32] = if terms.is_some() { sums } else { table };
+    for ((row, &lo), dst) in values
+        .as_chunks::<CODEWORDS>()
+        .0
+        .iter()
+        .zip(lows.iter())
+        .zip(entries.as_chunks_mut::<CODEWORDS>().0)
+    {
+        let lo = _mm256_set1_ps(lo);
+        // As the portable code: `max(min((v − lo) · scale, q_max), 0)`, operands in its
+        // order, so NaN becomes `q_max`.
+        let level = |v: __m256| {
+            _mm256_cvtps_epi32(_mm256_max_ps(
+                _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(v, lo), scale), ceiling),
+                zero,
+            ))
+        };
+        // SAFETY: `row` holds 16 floats (two unaligned 256-bit loads), `dst` 16 bytes (one
+        // unaligned 128-bit store).
+        unsafe {
+            let (a, b) = (
+                level(_mm256_loadu_ps(row.as_ptr())),
+                level(_mm256_loadu_ps(row.as_ptr().add(8))),
+            );
+            // Words [a0..4 b0..4 | a4..8 b4..8], reordered to [a | b], then bytes.
+            let words = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi32(a, b));
+            let bytes = _mm_packus_epi16(
+                _mm256_castsi256_si128(words),
+                _mm256_extracti128_si256::<1>(words),
+            );
+            _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes);
         }
     }
 }

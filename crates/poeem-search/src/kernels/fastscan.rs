@@ -2,7 +2,8 @@
 //!
 //! A fast-scan list (see [`crate::layout::fast_scan_position`]) is scored from a lookup table
 //! of `M` rows of 16 floats `T[m][k]` (key contributions, smaller is better), quantized to
-//! bytes per query and list ([`QuantizedTable::quantize`]):
+//! bytes per query and list ([`QuantizedTable::quantize`], whose AVX2 form computes the same
+//! table bit for bit, except the entries and step of a table holding NaN):
 //!
 //! - per subspace an offset `min_m = min_k T[m][k]`, and one shared step
 //!   `δ = max_m (max_k T[m][k] − min_m) / q_max` with `q_max = min(255, ⌊65535 / M⌋)`;
@@ -15,8 +16,8 @@
 //! `bias + Σ_m T[m][k_m]` by at most `M · δ / 2` (plus f32 rounding of the two sums, a few ulps
 //! of their magnitudes). Keys of one list are exact multiples of `δ` apart, so the order inside
 //! a list is the float order up to that bound; re-ranking restores exact order. A table holding
-//! NaN (only from an index with non-finite floats) may get a NaN offset, and then its list
-//! offers nothing.
+//! NaN (only from an index with non-finite floats) gets a NaN offset `Σ_m min_m`, and then its
+//! list offers nothing.
 //!
 //! The scan: for each block, the 32 sums `S_l` (wrapping 16-bit adds, in subspace order, which
 //! for in-range tables never wrap), then lane by lane, for the slots holding an item, the key,
@@ -45,26 +46,22 @@ pub struct QuantizedTable {
     pub(crate) base: f32,
     /// The step `δ` (0 when every row is constant or the table is not finite).
     pub(crate) step: f32,
+    /// Scratch of the AVX2 quantization: the summed rows (`M × 16`, with terms).
+    pub(crate) sums: Vec<f32>,
+    /// Scratch of the AVX2 quantization: the rows' minima, `M` rounded up to 8.
+    pub(crate) lows: Vec<f32>,
 }
 
 impl QuantizedTable {
-    /// Quantizes `table` (`M` rows of 16 floats) in place of this table's contents.
-    ///
-    /// # Panics
-    /// When `table` is empty or not whole rows.
-    #[track_caller]
-    pub fn quantize(&mut self, table: &[f32]) {
-        self.quantize_sum(table, None);
-    }
-
-    /// Quantizes `table + terms` (entry by entry, one f32 addition each; `terms` as long as
-    /// `table`) as [`QuantizedTable::quantize`] quantizes a table: the fast-scan L2 table of a
-    /// query and a list's terms, without a third buffer.
+    /// Quantizes `table` (`M` rows of 16 floats), plus `terms` when given (entry by entry, one
+    /// f32 addition each; as long as `table`: the fast-scan L2 table of a query and a list's
+    /// terms, without a third buffer), in place of this table's contents. The portable code,
+    /// the specification of [`crate::Kernel`]'s forms.
     ///
     /// # Panics
     /// When `table` is empty or not whole rows, or `terms` is not as long as `table`.
     #[track_caller]
-    pub(crate) fn quantize_sum(&mut self, table: &[f32], terms: Option<&[f32]>) {
+    pub(crate) fn quantize(&mut self, table: &[f32], terms: Option<&[f32]>) {
         assert!(
             !table.is_empty() && table.len().is_multiple_of(CODEWORDS),
             "whole rows of 16"
@@ -72,9 +69,7 @@ impl QuantizedTable {
         if let Some(terms) = terms {
             assert_eq!(terms.len(), table.len(), "one term per table entry");
         }
-        let m_count = table.len() / CODEWORDS;
-        self.entries.clear();
-        self.entries.resize(m_count.div_ceil(2) * 2 * CODEWORDS, 0);
+        self.clear_entries(table.len() / CODEWORDS);
         let (base, step) = Arch::new().dispatch(Quantize {
             table,
             terms,
@@ -82,6 +77,12 @@ impl QuantizedTable {
         });
         self.base = base;
         self.step = step;
+    }
+
+    /// Zeroed entries for `m_count` subspaces, the missing one of an odd `M` included.
+    pub(crate) fn clear_entries(&mut self, m_count: usize) {
+        self.entries.clear();
+        self.entries.resize(m_count.div_ceil(2) * 2 * CODEWORDS, 0);
     }
 
     /// The dequantized key of a sum `sum` in a list whose scores carry `offset` (its bias plus
@@ -92,7 +93,7 @@ impl QuantizedTable {
     }
 }
 
-/// [`QuantizedTable::quantize_sum`]'s work as a [`WithSimd`] operation, so that its loops over
+/// [`QuantizedTable::quantize`]'s work as a [`WithSimd`] operation, so that its loops over
 /// fixed rows of 16 are compiled for the instruction set chosen at run time. Returns
 /// `(Σ_m min_m, δ)` and writes the entries.
 struct Quantize<'a> {
@@ -115,10 +116,16 @@ impl WithSimd for Quantize<'_> {
         let q_max = (65535 / m_count).min(255) as f32;
         let mut base = 0.0f32;
         let mut range = 0.0f32;
+        let mut nan = false;
         for m in 0..m_count {
-            let (lo, hi) = row_min_max(&row(table, terms, m));
+            let values = row(table, terms, m);
+            let (lo, hi) = row_min_max(&values);
             base += lo;
             range = range.max(hi - lo);
+            nan |= values.iter().fold(false, |n, v| n | v.is_nan());
+        }
+        if nan {
+            base = f32::NAN;
         }
         let step = if range.is_finite() && range > 0.0 {
             range / q_max
@@ -171,8 +178,8 @@ fn row(table: &[f32], terms: Option<&[f32]>, m: usize) -> [f32; CODEWORDS] {
 }
 
 /// The smallest and largest of a row by a tree of pairwise steps that the compiler turns into
-/// vector instructions. With NaN in the row, either may come out NaN (and the list's keys with
-/// it: a table holding NaN, possible only in an index with non-finite floats, passes nothing).
+/// vector instructions. With NaN in the row, either may come out NaN or not (the table's
+/// offset is made NaN anyway).
 #[inline(always)]
 fn row_min_max(v: &[f32; CODEWORDS]) -> (f32, f32) {
     let (mut lo, mut hi) = (*v, *v);
@@ -276,7 +283,13 @@ pub(crate) fn scan(s: &Scan4<'_>, top: &mut TopK) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
     use super::*;
+    use crate::Kernel;
 
     /// The boundary by bisection alone: the definition `int_threshold` must meet.
     fn bisected(offset: f32, step: f32, threshold: f32) -> i32 {
@@ -340,8 +353,8 @@ mod tests {
             .collect();
         let summed: Vec<f32> = table.iter().zip(&terms).map(|(a, b)| a + b).collect();
         let (mut a, mut b) = (QuantizedTable::default(), QuantizedTable::default());
-        a.quantize_sum(&table, Some(&terms));
-        b.quantize(&summed);
+        a.quantize(&table, Some(&terms));
+        b.quantize(&summed, None);
         assert_eq!(
             (a.entries, a.base, a.step),
             (b.entries.clone(), b.base, b.step)
@@ -353,5 +366,75 @@ mod tests {
         }
         assert_eq!(b.entries.iter().max(), Some(&255));
         assert!(b.entries[5 * CODEWORDS..].iter().all(|&e| e == 0));
+    }
+
+    /// A table of `m_count` rows for the quantization tests: mostly finite values of varied
+    /// scales and signs, some rows constant, some entries ±∞ or NaN when asked.
+    fn test_table(rng: &mut ChaCha8Rng, m_count: usize, specials: bool) -> Vec<f32> {
+        let mut table = Vec::with_capacity(m_count * CODEWORDS);
+        for _ in 0..m_count {
+            let (scale, shift) = (
+                10f32.powi(rng.random_range(-3..4)),
+                rng.random_range(-50.0..50.0),
+            );
+            let constant = rng.random_bool(0.1);
+            let first = rng.random_range(-1.0f32..1.0) * scale + shift;
+            for _ in 0..CODEWORDS {
+                let v = match constant {
+                    true => first,
+                    false => rng.random_range(-1.0f32..1.0) * scale + shift,
+                };
+                table.push(match specials && rng.random_bool(0.02) {
+                    true => [f32::INFINITY, f32::NEG_INFINITY, f32::NAN][rng.random_range(0..3)],
+                    false => v,
+                });
+            }
+        }
+        table
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            rng_seed: RngSeed::Fixed(0x0A17),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Every kernel this CPU runs quantizes a table (with the list terms or not) exactly
+        /// as the portable code: the same entries, offset and step; a table holding NaN gets
+        /// a NaN offset from each.
+        #[test]
+        fn kernel_quantization_equals_the_specification(
+            m_count in 1usize..40,
+            with_terms: bool,
+            specials: bool,
+            seed: u64,
+        ) {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let table = test_table(&mut rng, m_count, specials);
+            let terms = with_terms.then(|| test_table(&mut rng, m_count, specials));
+            let mut expected = QuantizedTable::default();
+            expected.quantize(&table, terms.as_deref());
+            let has_nan = table
+                .iter()
+                .zip(terms.as_deref().unwrap_or(&[0.0; 0]).iter().chain(std::iter::repeat(&0.0)))
+                .any(|(a, b)| (a + b).is_nan());
+            prop_assert_eq!(expected.base.is_nan(), has_nan);
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
+                let mut got = QuantizedTable::default();
+                // Scratch and entries left by a larger table must not leak into this one.
+                kernel.quantize4(&test_table(&mut rng, 45, false), None, &mut got);
+                kernel.quantize4(&table, terms.as_deref(), &mut got);
+                prop_assert_eq!(got.entries.len(), expected.entries.len());
+                if has_nan {
+                    prop_assert!(got.base.is_nan(), "{}", kernel);
+                } else {
+                    prop_assert_eq!(&got.entries, &expected.entries, "{}", kernel);
+                    prop_assert_eq!(got.base.to_bits(), expected.base.to_bits(), "{}", kernel);
+                    prop_assert_eq!(got.step.to_bits(), expected.step.to_bits(), "{}", kernel);
+                }
+            }
+        }
     }
 }

@@ -249,6 +249,21 @@ impl Kernel {
         Ok(())
     }
 
+    /// Quantizes the fast-scan lookup table `table + terms` (`M` rows of 16 floats; `terms`,
+    /// when given, as long as `table`) into `out`, as [`QuantizedTable::quantize`] does.
+    /// A kernel this CPU does not run falls back to the portable code.
+    ///
+    /// # Panics
+    /// When `table` is empty or not whole rows, or `terms` is not as long as `table`.
+    #[track_caller]
+    pub(crate) fn quantize4(self, table: &[f32], terms: Option<&[f32]>, out: &mut QuantizedTable) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if avx2::available() => avx2::quantize4(table, terms, out),
+            _ => out.quantize(table, terms),
+        }
+    }
+
     /// Scans one fast-scan list, offering every item whose key does not exceed the threshold
     /// of `top` to it. A kernel this CPU does not run falls back to the scalar one.
     ///
