@@ -1635,7 +1635,6 @@ fn row_major_with_stride_mut(
     MatMut::from_column_major_slice_with_stride_mut(slice, ncols, nrows, row_stride).transpose_mut()
 }
 
-/// Whether the row-major `d × d` matrix `r` is exactly the identity.
 /// With `keys` cut into `runs` runs of `keys.len() / runs` (the rest in none), the largest of
 /// the runs' smallest keys: at least `runs` keys (one per run) do not exceed it, unless it is
 /// `+∞`. `None` when there are fewer keys than runs, or NaN keys hide a run's minimum.
@@ -1665,6 +1664,7 @@ fn largest_run_minimum(keys: &[f32], runs: usize) -> Option<f32> {
     Some(bound)
 }
 
+/// Whether the row-major `d × d` matrix `r` is exactly the identity.
 fn is_identity(r: &[f32], d: usize) -> bool {
     r.iter()
         .enumerate()
