@@ -324,8 +324,9 @@ fn scan4_impl(s: &super::Scan4<'_>, top: &mut TopK) {
 }
 
 /// [`QuantizedTable::quantize`] in AVX2: the same table, bit for bit (the minima and maxima
-/// are exact in any order, and the rest is the same f32 steps in the same order), except the
-/// entries and step of a table holding NaN, whose offset is NaN in both.
+/// are exact in any order, but for which zero a row holding both −0 and +0 as its minimum
+/// reports, and the rest is the same f32 steps in the same order), except the entries and step
+/// of a table holding NaN, whose offset is NaN in both.
 ///
 /// # Panics
 /// When the CPU lacks AVX2, `table` is empty or not whole rows, or `terms` is not as long.

@@ -3,7 +3,8 @@
 //! A fast-scan list (see [`crate::layout::fast_scan_position`]) is scored from a lookup table
 //! of `M` rows of 16 floats `T[m][k]` (key contributions, smaller is better), quantized to
 //! bytes per query and list ([`QuantizedTable::quantize`], whose AVX2 form computes the same
-//! table bit for bit, except the entries and step of a table holding NaN):
+//! table bit for bit, except the entries and step of a table holding NaN, and the sign of a
+//! row minimum that is both −0 and +0):
 //!
 //! - per subspace an offset `min_m = min_k T[m][k]`, and one shared step
 //!   `δ = max_m (max_k T[m][k] − min_m) / q_max` with `q_max = min(255, ⌊65535 / M⌋)`;
