@@ -92,6 +92,13 @@ pub fn export(args: &ExportFaissArgs) -> Result<()> {
         },
         rate(input, seconds)
     );
+    if let Some(kind) = report.refine_left_out {
+        println!(
+            "note: the index's {kind} refinement data are not in the faiss file (an IndexIVFPQ \
+             has none); to re-rank in faiss, wrap it in an IndexRefineFlat over the original \
+             vectors"
+        );
+    }
     Ok(())
 }
 

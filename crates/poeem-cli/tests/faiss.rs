@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_ok, path_str, poeem, read_npy, stderr};
+use common::{assert_ok, path_str, poeem, read_npy, stderr, stdout};
 use poeem::io::write_npy;
 
 #[test]
@@ -44,13 +44,15 @@ fn export_then_import_searches_the_same() {
         "--out",
         path_str(&index),
     ]));
-    assert_ok(&poeem(&[
+    let exported = poeem(&[
         "export-faiss",
         "--index",
         path_str(&index),
         "--out",
         path_str(&faiss),
-    ]));
+    ]);
+    assert_ok(&exported);
+    assert!(!stdout(&exported).contains("refinement"));
     assert_ok(&poeem(&[
         "import-faiss",
         "--input",
@@ -102,4 +104,50 @@ fn a_file_that_is_not_ivfpq_is_refused_by_name() {
         "{err}"
     );
     assert!(!out.exists());
+}
+
+/// A 4-bit index with refinement data exports its codes, and says that the refinement data
+/// stay behind.
+#[test]
+fn export_names_the_refinement_data_it_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let (n, dim) = (300usize, 8usize);
+    let data: Vec<f32> = (0..n * dim)
+        .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
+        .collect();
+    write_npy(&path("x.npy"), &data, dim).unwrap();
+    assert_ok(&poeem(&[
+        "build",
+        "--vectors",
+        path_str(&path("x.npy")),
+        "--n-lists",
+        "4",
+        "--n-subspaces",
+        "4",
+        "--n-bits",
+        "4",
+        "--refine",
+        "f16",
+        "--metric",
+        "l2",
+        "--threads",
+        "1",
+        "--out",
+        path_str(&path("x.poeem")),
+    ]));
+    let exported = poeem(&[
+        "export-faiss",
+        "--index",
+        path_str(&path("x.poeem")),
+        "--out",
+        path_str(&path("x.faiss")),
+    ]);
+    assert_ok(&exported);
+    let out = stdout(&exported);
+    assert!(
+        out.contains("f16 refinement data are not in the faiss file"),
+        "{out}"
+    );
+    assert!(path("x.faiss").exists());
 }

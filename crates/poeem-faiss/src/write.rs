@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use poeem_search::{Index, IndexView, Metric};
+use poeem_search::{Index, IndexView, Metric, RefineKind};
 
 use crate::codes::{code_size, pack};
 use crate::{FaissError, Progress};
@@ -25,6 +25,9 @@ pub struct ExportReport {
     pub n_lists: usize,
     /// Whether the file starts with an `IndexPreTransform` (rotation, padding or cosine).
     pub pre_transform: bool,
+    /// The kind of the index's refinement data, which the file leaves out (an `IndexIVFPQ`
+    /// holds none); `None` when it has none.
+    pub refine_left_out: Option<RefineKind>,
 }
 
 /// Counts the bytes written through it.
@@ -231,6 +234,7 @@ pub fn write_faiss<W: Write>(
         n_items: p.n_items,
         n_lists: p.n_lists,
         pre_transform,
+        refine_left_out: view.refine().map(|r| r.kind()),
     })
 }
 

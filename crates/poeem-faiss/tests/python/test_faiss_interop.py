@@ -144,6 +144,41 @@ def test_poeem_writes_faiss_reads(tmp_path, dim, m, n_bits, metric, opq):
         assert_same_results(ids_f, scores_f, ids_p, scores_p, what, relative)
 
 
+def test_exported_4bit_index_becomes_faiss_fast_scan(tmp_path):
+    """A 4-bit poeem index exports as an IndexIVFPQ with 4-bit codes, which faiss converts to
+    its own fast-scan index; that index finds what poeem finds (both quantize their tables, so
+    the top-k sets, not the scores, are compared)."""
+    seed, dim, m = 77, 16, 8
+    x = clustered(seed, 3000, dim)
+    np.save(tmp_path / "x.npy", x)
+    index, out = tmp_path / "x.poeem", tmp_path / "x.faiss"
+    poeem_ok(
+        "build", "--vectors", tmp_path / "x.npy", "--n-lists", N_LISTS, "--n-subspaces", m,
+        "--n-bits", 4, "--metric", "l2", "--kmeans-iterations", 4, "--seed", seed,
+        "--threads", 2, "--refine", "f32", "--out", index,
+    )
+    exported = poeem_ok("export-faiss", "--index", index, "--out", out)
+    assert "f32 refinement data are not in the faiss file" in exported
+    read = faiss.read_index(str(out))  # owns the index: the downcast view below does not
+    ivf = faiss.downcast_index(read)
+    assert isinstance(ivf, faiss.IndexIVFPQ) and ivf.pq.nbits == 4
+    fast = faiss.IndexIVFPQFastScan(ivf)
+    assert fast.ntotal == ivf.ntotal
+    q = queries(seed, dim)
+    for nprobe in (1, N_LISTS // 4):
+        fast.nprobe = nprobe
+        _, ids_f = fast.search(q, K)
+        qpath, ids = tmp_path / "q.npy", tmp_path / "ids.npy"
+        np.save(qpath, q)
+        poeem_ok(
+            "search", "--index", index, "--queries", qpath, "-k", K, "--nprobe", nprobe,
+            "--threads", 1, "--rerank-factor", 0, "--out", ids,
+        )
+        ids_p = np.load(ids)
+        overlap = np.mean([len(set(a) & set(b)) / K for a, b in zip(ids_f, ids_p)])
+        assert overlap >= 0.9, f"nprobe {nprobe}: top-{K} overlap {overlap:.3f}"
+
+
 def fast_training(ivf):
     """Few k-means iterations and no polysemous training (which takes minutes at 12 bits)."""
     ivf = faiss.downcast_index(ivf)
