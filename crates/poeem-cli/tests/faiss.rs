@@ -117,25 +117,25 @@ fn export_names_the_refinement_data_it_leaves_out() {
         .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
         .collect();
     write_npy(&path("x.npy"), &data, dim).unwrap();
-    assert_ok(&poeem(&[
+    let (vectors, index) = (path("x.npy"), path("x.poeem"));
+    let mut build = vec![
         "build",
         "--vectors",
-        path_str(&path("x.npy")),
-        "--n-lists",
-        "4",
-        "--n-subspaces",
-        "4",
-        "--n-bits",
-        "4",
-        "--refine",
-        "f16",
-        "--metric",
-        "l2",
-        "--threads",
-        "1",
+        path_str(&vectors),
         "--out",
-        path_str(&path("x.poeem")),
-    ]));
+        path_str(&index),
+    ];
+    for (flag, value) in [
+        ("--n-lists", "4"),
+        ("--n-subspaces", "4"),
+        ("--n-bits", "4"),
+        ("--refine", "f16"),
+        ("--metric", "l2"),
+        ("--threads", "1"),
+    ] {
+        build.extend([flag, value]);
+    }
+    assert_ok(&poeem(&build));
     let exported = poeem(&[
         "export-faiss",
         "--index",
