@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use poeem::faiss::{Progress, export_faiss, import_faiss};
+use poeem::faiss::{Progress, REFINE_K_FACTOR, RefineExport, export_faiss, import_faiss};
 
 /// Arguments of `poeem export-faiss`.
 #[derive(Debug, Args)]
@@ -92,12 +92,15 @@ pub fn export(args: &ExportFaissArgs) -> Result<()> {
         },
         rate(input, seconds)
     );
-    if let Some(kind) = report.refine_left_out {
-        println!(
-            "note: the index's {kind} refinement data are not in the faiss file (an IndexIVFPQ \
-             has none); to re-rank in faiss, wrap it in an IndexRefineFlat over the original \
-             vectors"
-        );
+    match report.refine {
+        Some(RefineExport::Written(kind)) => println!(
+            "re-ranking: the {kind} refinement data as an IndexRefineFlat around the IVF-PQ \
+             index (k_factor {REFINE_K_FACTOR})"
+        ),
+        Some(RefineExport::LeftOut(kind, why)) => {
+            println!("note: the index's {kind} refinement data are not in the faiss file: {why}")
+        }
+        _ => {}
     }
     Ok(())
 }

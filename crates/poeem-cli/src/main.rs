@@ -65,7 +65,7 @@ enum Command {
     Verify(index_commands::IndexArgs),
     /// Convert an index file of the reference (TensorFlow) implementation.
     ImportReference(index_commands::ImportArgs),
-    /// Write an index as a faiss IndexIVFPQ file (faiss.read_index loads and searches it).
+    /// Write an index as a faiss IndexIVFPQ file (faiss.read_index loads and searches it), inside an IndexRefineFlat when the index has f32 or f16 refinement data.
     ExportFaiss(faiss_commands::ExportFaissArgs),
     /// Convert a faiss IndexIVFPQ file (optionally behind OPQ) into an index.
     ImportFaiss(faiss_commands::ImportFaissArgs),

@@ -3,8 +3,23 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{assert_ok, path_str, poeem, read_npy, stderr, stdout};
 use poeem::io::write_npy;
+
+/// `poeem export-faiss --index index --out faiss`, which must succeed; its output.
+fn export(index: &Path, faiss: &Path) -> String {
+    let exported = poeem(&[
+        "export-faiss",
+        "--index",
+        path_str(index),
+        "--out",
+        path_str(faiss),
+    ]);
+    assert_ok(&exported);
+    stdout(&exported)
+}
 
 #[test]
 fn export_then_import_searches_the_same() {
@@ -44,15 +59,7 @@ fn export_then_import_searches_the_same() {
         "--out",
         path_str(&index),
     ]));
-    let exported = poeem(&[
-        "export-faiss",
-        "--index",
-        path_str(&index),
-        "--out",
-        path_str(&faiss),
-    ]);
-    assert_ok(&exported);
-    assert!(!stdout(&exported).contains("refinement"));
+    assert!(!export(&index, &faiss).contains("refinement"));
     assert_ok(&poeem(&[
         "import-faiss",
         "--input",
@@ -106,10 +113,10 @@ fn a_file_that_is_not_ivfpq_is_refused_by_name() {
     assert!(!out.exists());
 }
 
-/// A 4-bit index with refinement data exports its codes, and says that the refinement data
-/// stay behind.
+/// Refinement data go out as an `IndexRefineFlat` when the ids are 0..n-1, and are left out,
+/// saying why, when they are not.
 #[test]
-fn export_names_the_refinement_data_it_leaves_out() {
+fn export_writes_refinement_data_when_ids_allow() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
     let (n, dim) = (300usize, 8usize);
@@ -117,37 +124,46 @@ fn export_names_the_refinement_data_it_leaves_out() {
         .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
         .collect();
     write_npy(&path("x.npy"), &data, dim).unwrap();
-    let (vectors, index) = (path("x.npy"), path("x.poeem"));
-    let mut build = vec![
-        "build",
-        "--vectors",
-        path_str(&vectors),
-        "--out",
-        path_str(&index),
-    ];
-    for (flag, value) in [
-        ("--n-lists", "4"),
-        ("--n-subspaces", "4"),
-        ("--n-bits", "4"),
-        ("--refine", "f16"),
-        ("--metric", "l2"),
-        ("--threads", "1"),
-    ] {
-        build.extend([flag, value]);
-    }
-    assert_ok(&poeem(&build));
-    let exported = poeem(&[
-        "export-faiss",
-        "--index",
-        path_str(&path("x.poeem")),
-        "--out",
-        path_str(&path("x.faiss")),
-    ]);
-    assert_ok(&exported);
-    let out = stdout(&exported);
+    let ids: Vec<i64> = (0..n as i64).map(|i| 3 * i + 7).collect();
+    npyz::to_file_1d(path("ids.npy"), ids).unwrap();
+    let export_built = |with_ids: bool| -> String {
+        let (vectors, ids, index) = (path("x.npy"), path("ids.npy"), path("x.poeem"));
+        let mut build = vec![
+            "build",
+            "--vectors",
+            path_str(&vectors),
+            "--out",
+            path_str(&index),
+        ];
+        if with_ids {
+            build.extend(["--ids", path_str(&ids)]);
+        }
+        for (flag, value) in [
+            ("--n-lists", "4"),
+            ("--n-subspaces", "4"),
+            ("--n-bits", "4"),
+            ("--refine", "f16"),
+            ("--metric", "l2"),
+            ("--threads", "1"),
+        ] {
+            build.extend([flag, value]);
+        }
+        assert_ok(&poeem(&build));
+        let faiss = path("x.faiss");
+        let out = export(&index, &faiss);
+        let bytes = std::fs::read(&faiss).unwrap();
+        assert_eq!(bytes.starts_with(b"IxRF"), !with_ids);
+        out
+    };
+    let written = export_built(false);
     assert!(
-        out.contains("f16 refinement data are not in the faiss file"),
-        "{out}"
+        written.contains("the f16 refinement data as an IndexRefineFlat"),
+        "{written}"
     );
-    assert!(path("x.faiss").exists());
+    let left_out = export_built(true);
+    assert!(
+        left_out.contains("f16 refinement data are not in the faiss file")
+            && left_out.contains("ids 0..n-1"),
+        "{left_out}"
+    );
 }

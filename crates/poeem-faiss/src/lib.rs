@@ -33,7 +33,9 @@ pub use read::{
     FaissReader, FaissSummary, MAX_WIDE_CODEBOOK_BYTES, ORTHONORMAL_TOLERANCE, import_faiss,
     parse_faiss,
 };
-pub use write::{ExportReport, encode_faiss, export_faiss, write_faiss};
+pub use write::{
+    ExportReport, REFINE_K_FACTOR, RefineExport, encode_faiss, export_faiss, write_faiss,
+};
 
 /// The faiss release whose files this crate was checked against.
 pub const FAISS_VERSION_CHECKED: &str = "1.15.1";

@@ -1,15 +1,18 @@
-//! The faiss writer: a poeem index as a faiss `IndexIVFPQ` file, streamed list by list.
+//! The faiss writer: a poeem index as a faiss `IndexIVFPQ` file (inside an `IndexRefineFlat`
+//! when it carries `f32` / `f16` refinement data), streamed list by list.
 
 use std::io::Write;
 use std::path::Path;
 
-use poeem_search::{Index, IndexView, Metric, RefineKind};
+use poeem_search::{Index, IndexView, Metric, PADDING_ID, RefineKind, SearchParams};
 
 use crate::codes::{code_size, pack};
 use crate::{FaissError, Progress};
 
 const METRIC_INNER_PRODUCT: i32 = 0;
 const METRIC_L2: i32 = 1;
+/// Refined vectors converted per write.
+const REFINE_ROWS: usize = 1024;
 /// faiss writes this value into two unused header fields.
 const HEADER_DUMMY: i64 = 1 << 20;
 
@@ -23,11 +26,64 @@ pub struct ExportReport {
     pub n_items: usize,
     /// Lists written (empty ones included).
     pub n_lists: usize,
-    /// Whether the file starts with an `IndexPreTransform` (rotation, padding or cosine).
+    /// Whether the IVF-PQ index sits behind an `IndexPreTransform` (rotation, padding or
+    /// cosine).
     pub pre_transform: bool,
-    /// The kind of the index's refinement data, which the file leaves out (an `IndexIVFPQ`
-    /// holds none); `None` when it has none.
-    pub refine_left_out: Option<RefineKind>,
+    /// What became of the index's refinement data; `None` when it has none.
+    pub refine: Option<RefineExport>,
+}
+
+/// What an export did with an index's refinement data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefineExport {
+    /// Written as the flat refine index of an `IndexRefineFlat` (`f16` rows converted to f32
+    /// exactly), whose `k_factor` is [`REFINE_K_FACTOR`].
+    Written(RefineKind),
+    /// Left out, for the reason given.
+    LeftOut(RefineKind, &'static str),
+}
+
+/// The `k_factor` of an exported `IndexRefineFlat`: poeem's default re-rank factor.
+pub const REFINE_K_FACTOR: usize = SearchParams::DEFAULT_RERANK_FACTOR;
+
+/// The slot of each id `0..n_items` when the index's ids are exactly those (faiss's
+/// `IndexRefine` finds a candidate's refined vector at the position its id names); `None`
+/// otherwise.
+fn slots_by_dense_id(view: &IndexView<'_>) -> Option<Vec<u64>> {
+    let n = view.params().n_items;
+    let mut slots = vec![PADDING_ID; n];
+    for (slot, &id) in view.slot_ids().iter().enumerate() {
+        if id == PADDING_ID {
+            continue;
+        }
+        let at = slots.get_mut(usize::try_from(id).ok()?)?;
+        if *at != PADDING_ID {
+            return None;
+        }
+        *at = slot as u64;
+    }
+    Some(slots)
+}
+
+/// What [`write_faiss`] does with `view`'s refinement data, and for `Written` the slot of
+/// each id.
+fn plan_refine(view: &IndexView<'_>) -> (Option<RefineExport>, Vec<u64>) {
+    let Some(refine) = view.refine() else {
+        return (None, Vec::new());
+    };
+    let kind = refine.kind();
+    if kind == RefineKind::Pq8 {
+        let why = "pq8 data refine poeem's reconstruction of an item, which no faiss index holds";
+        return (Some(RefineExport::LeftOut(kind, why)), Vec::new());
+    }
+    match slots_by_dense_id(view) {
+        Some(slots) => (Some(RefineExport::Written(kind)), slots),
+        None => {
+            let why = "faiss's IndexRefine looks refined vectors up by id, which needs the ids \
+                       0..n-1, and this index has others";
+            (Some(RefineExport::LeftOut(kind, why)), Vec::new())
+        }
+    }
 }
 
 /// Counts the bytes written through it.
@@ -64,6 +120,15 @@ impl<W: Write> Counted<'_, W> {
         Ok(())
     }
 
+    /// A `NormalizationTransform` (`VNrm`, L2 norm) of `d` values.
+    fn normalization(&mut self, d: i32) -> std::io::Result<()> {
+        self.put(b"VNrm")?;
+        self.put(&2.0f32.to_le_bytes())?;
+        self.i32(d)?;
+        self.i32(d)?;
+        self.put(&[1]) // is_trained
+    }
+
     /// faiss's `write_index_header`.
     fn index_header(&mut self, d: i32, ntotal: i64, metric: i32) -> std::io::Result<()> {
         self.i32(d)?;
@@ -85,8 +150,10 @@ fn dim_i32(what: &'static str, d: usize) -> Result<i32, FaissError> {
 /// The file is an `IndexIVFPQ` (`IwPQ`, residuals on, a flat coarse quantizer: `IxFI` for inner
 /// product, `IxF2` for L2 and cosine), preceded, when the index has a rotation, zero padding
 /// or the cosine metric, by an `IndexPreTransform` (`IxPT`) holding a normalisation (`VNrm`,
-/// cosine) and one linear transform (`LTra`) from `dim` to `padded_dim`. See
-/// `docs/faiss-interop.md`.
+/// cosine) and one linear transform (`LTra`) from `dim` to `padded_dim`. `f32` / `f16`
+/// refinement data of an index whose ids are `0..n-1` make it the base of an
+/// `IndexRefineFlat` (`IxRF`, [`REFINE_K_FACTOR`]), inside one more `VNrm` for cosine; that
+/// takes 8 bytes per item while writing (the slot of each id). See `docs/faiss-interop.md`.
 ///
 /// # Errors
 /// [`FaissError::Invalid`] for an id above `i64::MAX` (faiss ids are signed) or a dimension
@@ -111,17 +178,27 @@ pub fn write_faiss<W: Write>(
     let normalize = p.metric == Metric::Cosine;
     let linear = view.rotation().is_some() || p.dim != p.padded_dim;
     let pre_transform = normalize || linear;
+    let (refine, slots_by_id) = plan_refine(view);
+    let write_refine = matches!(refine, Some(RefineExport::Written(_)));
+    if write_refine {
+        // IndexRefineFlat(base, flat), inside a normalisation for cosine, so that the flat
+        // index scores normalised queries as the base does.
+        if normalize {
+            w.put(b"IxPT").map_err(io)?;
+            w.index_header(dim, n_items, metric).map_err(io)?;
+            w.i32(1).map_err(io)?;
+            w.normalization(dim).map_err(io)?;
+        }
+        w.put(b"IxRF").map_err(io)?;
+        w.index_header(dim, n_items, metric).map_err(io)?;
+    }
     if pre_transform {
         w.put(b"IxPT").map_err(io)?;
         w.index_header(dim, n_items, metric).map_err(io)?;
         w.i32(i32::from(normalize) + i32::from(linear))
             .map_err(io)?;
         if normalize {
-            w.put(b"VNrm").map_err(io)?;
-            w.put(&2.0f32.to_le_bytes()).map_err(io)?;
-            w.i32(dim).map_err(io)?;
-            w.i32(dim).map_err(io)?;
-            w.put(&[1]).map_err(io)?;
+            w.normalization(dim).map_err(io)?;
         }
         if linear {
             // A is padded_dim × dim with A[j][i] = R[i][j]: A x = [x, 0] R.
@@ -229,12 +306,31 @@ pub fn write_faiss<W: Write>(
             n_items: p.n_items,
         });
     }
+    if let (true, Some(data)) = (write_refine, view.refine()) {
+        // The flat refine index: one row per id, in id order, then the k_factor.
+        let flat = if metric == METRIC_INNER_PRODUCT {
+            b"IxFI"
+        } else {
+            b"IxF2"
+        };
+        w.put(flat).map_err(io)?;
+        w.index_header(dim, n_items, metric).map_err(io)?;
+        w.u64((p.n_items * p.dim) as u64).map_err(io)?;
+        let mut rows = vec![0.0f32; REFINE_ROWS * p.dim];
+        for slots in slots_by_id.chunks(REFINE_ROWS) {
+            for (&slot, row) in slots.iter().zip(rows.chunks_exact_mut(p.dim)) {
+                data.decode(slot as usize, row);
+            }
+            w.f32s(&rows[..slots.len() * p.dim]).map_err(io)?;
+        }
+        w.put(&(REFINE_K_FACTOR as f32).to_le_bytes()).map_err(io)?;
+    }
     Ok(ExportReport {
         bytes: w.bytes,
         n_items: p.n_items,
         n_lists: p.n_lists,
         pre_transform,
-        refine_left_out: view.refine().map(|r| r.kind()),
+        refine,
     })
 }
 

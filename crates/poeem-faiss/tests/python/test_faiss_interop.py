@@ -155,10 +155,9 @@ def test_exported_4bit_index_becomes_faiss_fast_scan(tmp_path):
     poeem_ok(
         "build", "--vectors", tmp_path / "x.npy", "--n-lists", N_LISTS, "--n-subspaces", m,
         "--n-bits", 4, "--metric", "l2", "--kmeans-iterations", 4, "--seed", seed,
-        "--threads", 2, "--refine", "f32", "--out", index,
+        "--threads", 2, "--out", index,
     )
-    exported = poeem_ok("export-faiss", "--index", index, "--out", out)
-    assert "f32 refinement data are not in the faiss file" in exported
+    poeem_ok("export-faiss", "--index", index, "--out", out)
     read = faiss.read_index(str(out))  # owns the index: the downcast view below does not
     ivf = faiss.downcast_index(read)
     assert isinstance(ivf, faiss.IndexIVFPQ) and ivf.pq.nbits == 4
@@ -177,6 +176,65 @@ def test_exported_4bit_index_becomes_faiss_fast_scan(tmp_path):
         ids_p = np.load(ids)
         overlap = np.mean([len(set(a) & set(b)) / K for a, b in zip(ids_f, ids_p)])
         assert overlap >= 0.9, f"nprobe {nprobe}: top-{K} overlap {overlap:.3f}"
+
+
+# (dim, M, metric, refine): padding (dim 10, M 4) puts an IndexPreTransform inside the
+# IndexRefineFlat; cosine puts a normalisation around it.
+REFINE_GRID = [
+    (12, 4, "l2", "f32"),
+    (10, 4, "ip", "f16"),
+    (10, 4, "cosine", "f32"),
+    (12, 6, "cosine", "f16"),
+]
+
+
+@pytest.mark.parametrize("dim,m,metric,refine", REFINE_GRID)
+def test_refinement_data_export_as_index_refine_flat(tmp_path, dim, m, metric, refine):
+    """faiss searches an exported index with refinement data as poeem re-ranks it: the same
+    ids and scores (8-bit codes, so both scan the same candidates)."""
+    seed = dim * 100 + m
+    x = clustered(seed, 2000, dim)
+    np.save(tmp_path / "x.npy", x)
+    index, out = tmp_path / "x.poeem", tmp_path / "x.faiss"
+    poeem_ok(
+        "build", "--vectors", tmp_path / "x.npy", "--n-lists", N_LISTS, "--n-subspaces", m,
+        "--n-bits", 8, "--metric", metric, "--kmeans-iterations", 4, "--seed", seed,
+        "--threads", 2, "--refine", refine, "--out", index,
+    )
+    exported = poeem_ok("export-faiss", "--index", index, "--out", out)
+    assert f"the {refine} refinement data as an IndexRefineFlat" in exported
+    fi = faiss.read_index(str(out))
+    inner = faiss.downcast_index(fi)
+    if metric == "cosine":
+        assert isinstance(inner, faiss.IndexPreTransform)
+        inner = faiss.downcast_index(inner.index)
+    assert isinstance(inner, faiss.IndexRefineFlat) and inner.k_factor == 8
+    q = queries(seed, dim)
+    qpath, ids, scores = tmp_path / "q.npy", tmp_path / "ids.npy", tmp_path / "scores.npy"
+    np.save(qpath, q)
+    for nprobe in (1, N_LISTS // 4):
+        poeem_ok(
+            "search", "--index", index, "--queries", qpath, "-k", K, "--nprobe", nprobe,
+            "--threads", 1, "--rerank-factor", 8, "--out", ids, "--scores", scores,
+        )
+        ids_f, scores_f = faiss_search(fi, q, nprobe)
+        what = f"dim {dim} M {m} {metric} {refine} nprobe {nprobe}"
+        assert_same_results(ids_f, scores_f, np.load(ids), np.load(scores), what)
+
+
+def test_pq8_refinement_data_stay_behind(tmp_path):
+    seed, dim = 5, 8
+    np.save(tmp_path / "x.npy", clustered(seed, 1000, dim))
+    index, out = tmp_path / "x.poeem", tmp_path / "x.faiss"
+    poeem_ok(
+        "build", "--vectors", tmp_path / "x.npy", "--n-lists", N_LISTS, "--n-subspaces", 4,
+        "--n-bits", 4, "--metric", "l2", "--kmeans-iterations", 4, "--seed", seed,
+        "--refine", "pq8", "--out", index,
+    )
+    exported = poeem_ok("export-faiss", "--index", index, "--out", out)
+    assert "pq8 refinement data are not in the faiss file" in exported
+    read = faiss.read_index(str(out))
+    assert isinstance(faiss.downcast_index(read), faiss.IndexIVFPQ)
 
 
 def fast_training(ivf):
