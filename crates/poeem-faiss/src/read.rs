@@ -566,7 +566,8 @@ impl<R: Read + Seek> FaissReader<R> {
                     code,
                     at,
                     "IwPQ (IndexIVFPQ), optionally inside IxPT; IVF-PQ fast-scan (IwPf) is not \
-                     supported yet, poeem has no 4-bit fast-scan layout",
+                     read (its codes are in faiss's own block layout): import the IndexIVFPQ it \
+                     was made from, and build with --n-bits 4 for poeem's fast-scan",
                 ));
             }
             _ => return Err(unsupported("index", code, at, SUPPORTED_INDEX)),
@@ -762,7 +763,12 @@ impl<R: Read + Seek> FaissReader<R> {
             n_bits,
             metric,
             n_items,
-            code_layout: poeem_search::CodeLayout::Transposed,
+            // 4-bit codes take poeem's fast-scan layout, as `poeem build --n-bits 4` does.
+            code_layout: if n_bits == 4 {
+                poeem_search::CodeLayout::FastScan4
+            } else {
+                poeem_search::CodeLayout::Transposed
+            },
         };
         let summary = FaissSummary {
             structure,

@@ -10,8 +10,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use poeem_faiss::{FaissError, encode_faiss, export_faiss, import_faiss, parse_faiss};
 use poeem_search::{
-    Index, IndexParams, IndexParts, Metric, SearchIndex, SearchParams, Searcher, encode_index,
-    write_index,
+    CodeLayout, Index, IndexParams, IndexParts, Metric, SearchIndex, SearchParams, Searcher,
+    encode_index, write_index,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -25,6 +25,7 @@ struct Shape {
     metric: Metric,
     rotation: bool,
     n_items: usize,
+    layout: CodeLayout,
 }
 
 /// A random orthonormal `n × n` matrix (Gram–Schmidt in f64).
@@ -58,7 +59,7 @@ fn random_parts(seed: u64, s: &Shape) -> IndexParts {
         n_bits: s.n_bits,
         metric: s.metric,
         n_items: s.n_items,
-        code_layout: Default::default(),
+        code_layout: s.layout,
     };
     let rotation = s.rotation.then(|| orthonormal(&mut rng, padded_dim));
     let mut floats =
@@ -141,6 +142,12 @@ fn poeem_to_faiss_to_poeem_is_identical_for_every_shape() {
                 .iter()
                 .enumerate()
         {
+            // 4-bit codes in the fast-scan layout, as poeem builds and imports them.
+            let layout = if n_bits == 4 {
+                CodeLayout::FastScan4
+            } else {
+                CodeLayout::Transposed
+            };
             let shape = Shape {
                 dim,
                 n_subspaces: m,
@@ -149,6 +156,7 @@ fn poeem_to_faiss_to_poeem_is_identical_for_every_shape() {
                 metric: metrics[(n_bits as usize + case) % 3],
                 rotation,
                 n_items: 70 + 13 * case,
+                layout,
             };
             let what = format!(
                 "n_bits {n_bits}, dim {dim}, M {m}, rotation {rotation}, {}",
@@ -156,6 +164,20 @@ fn poeem_to_faiss_to_poeem_is_identical_for_every_shape() {
             );
             let parts = random_parts(u64::from(n_bits) * 10 + case as u64, &shape);
             let bytes = encode_faiss(&parts.view().unwrap()).unwrap();
+            if layout == CodeLayout::FastScan4 {
+                // A 4-bit index in the one-byte layout (as version 1 files hold them) exports
+                // the same file, and comes back in the fast-scan layout.
+                let bytewise = Shape {
+                    layout: CodeLayout::Transposed,
+                    ..shape
+                };
+                let twin = random_parts(u64::from(n_bits) * 10 + case as u64, &bytewise);
+                assert_eq!(
+                    encode_faiss(&twin.view().unwrap()).unwrap(),
+                    bytes,
+                    "{what}"
+                );
+            }
             let (back, summary) = parse_faiss(&bytes).unwrap();
             assert!(summary.by_residual);
             assert_eq!(summary.faiss_n_bits, n_bits);
@@ -202,6 +224,7 @@ fn an_index_without_residuals_converts_exactly_with_widened_codes() {
             metric,
             rotation: false,
             n_items: 90,
+            layout: CodeLayout::Transposed,
         };
         let parts = random_parts(u64::from(n_bits) + n_lists as u64, &shape);
         let mut bytes = encode_faiss(&parts.view().unwrap()).unwrap();
@@ -244,6 +267,7 @@ fn too_many_lists_without_residuals_are_refused() {
         metric: Metric::L2,
         rotation: false,
         n_items: 40,
+        layout: CodeLayout::Transposed,
     };
     let parts = random_parts(3, &shape);
     let mut bytes = encode_faiss(&parts.view().unwrap()).unwrap();
@@ -261,6 +285,7 @@ fn small_file() -> Vec<u8> {
         metric: Metric::Cosine,
         rotation: true,
         n_items: 23,
+        layout: CodeLayout::Transposed,
     };
     encode_faiss(&random_parts(77, &shape).view().unwrap()).unwrap()
 }
@@ -359,6 +384,7 @@ fn the_file_paths_stream_and_publish_atomically() {
         metric: Metric::L2,
         rotation: true,
         n_items: 500,
+        layout: CodeLayout::Transposed,
     };
     let parts = random_parts(5, &shape);
     let dir = tempfile::tempdir().unwrap();
