@@ -100,7 +100,7 @@ pub fn export(args: &ExportFaissArgs) -> Result<()> {
         Some(RefineExport::LeftOut(kind, why)) => {
             println!("note: the index's {kind} refinement data are not in the faiss file: {why}")
         }
-        _ => {}
+        None => {}
     }
     Ok(())
 }

@@ -567,7 +567,7 @@ impl<R: Read + Seek> FaissReader<R> {
                     at,
                     "IwPQ (IndexIVFPQ), optionally inside IxPT; IVF-PQ fast-scan (IwPf) is not \
                      read (its codes are in faiss's own block layout): import the IndexIVFPQ it \
-                     was made from, and build with --n-bits 4 for poeem's fast-scan",
+                     was made from, whose 4-bit codes come in as poeem's fast-scan layout",
                 ));
             }
             _ => return Err(unsupported("index", code, at, SUPPORTED_INDEX)),
