@@ -22,8 +22,8 @@ pub struct ExportFaissArgs {
 /// Arguments of `poeem import-faiss`.
 #[derive(Debug, Args)]
 pub struct ImportFaissArgs {
-    /// faiss index file (`IndexIVFPQ`, optionally inside an `IndexPreTransform`), as
-    /// `faiss.write_index` writes it.
+    /// faiss index file (`IndexIVFPQ`, optionally inside an `IndexPreTransform` and an
+    /// `IndexRefineFlat`, whose refine index is left out), as `faiss.write_index` writes it.
     #[arg(long)]
     input: PathBuf,
     /// Poeem index file to write (atomically).
@@ -128,5 +128,11 @@ pub fn import(args: &ImportFaissArgs) -> Result<()> {
         summary.faiss_n_bits,
         rate(input, seconds)
     );
+    if summary.refine_left_out {
+        println!(
+            "note: the IndexRefineFlat's refine index (the full vectors) is not imported; \
+             poeem re-ranks with refinement data of its own (poeem build --refine)"
+        );
+    }
     Ok(())
 }

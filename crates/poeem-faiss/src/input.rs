@@ -148,6 +148,16 @@ impl<R: Read + Seek> Input<R> {
         self.f32s(what, n)
     }
 
+    /// Moves to byte `pos` of the file (at most its length).
+    pub(crate) fn seek_to(&mut self, pos: u64) -> Result<(), FaissError> {
+        let pos = pos.min(self.len);
+        self.inner
+            .seek(SeekFrom::Start(pos))
+            .map_err(|e| FaissError::io(&self.name, e))?;
+        self.pos = pos;
+        Ok(())
+    }
+
     /// Skips `n` bytes that must be in the file.
     pub(crate) fn skip(&mut self, what: &'static str, n: u64) -> Result<(), FaissError> {
         self.need(what, n)?;

@@ -39,6 +39,9 @@ pub struct FaissSummary {
     pub faiss_n_bits: u32,
     /// faiss's default number of probed lists, as stored.
     pub nprobe: u64,
+    /// Whether the file was an `IndexRefineFlat` (`IxRF`), whose refine index (the full
+    /// vectors) the import leaves out: the poeem index holds the IVF-PQ part only.
+    pub refine_left_out: bool,
 }
 
 struct LinearTransform {
@@ -184,7 +187,8 @@ struct IvfPq {
     sizes: Vec<u64>,
 }
 
-const SUPPORTED_INDEX: &str = "IwPQ (IndexIVFPQ), optionally inside IxPT (IndexPreTransform)";
+const SUPPORTED_INDEX: &str =
+    "IwPQ (IndexIVFPQ), optionally inside IxPT (IndexPreTransform) and IxRF (IndexRefineFlat)";
 
 fn read_ivfpq<R: Read + Seek>(
     input: &mut Input<R>,
@@ -481,6 +485,82 @@ fn rotation_from(t: &LinearTransform) -> Result<Option<Vec<f32>>, FaissError> {
     Ok(Some(rows.into_iter().flatten().map(|x| x as f32).collect()))
 }
 
+/// Records `d`, the input dimension of an index nested in `outer` (`None` at the outermost),
+/// which must equal it.
+fn nest_dim(outer: &mut Option<usize>, what: &'static str, d: usize) -> Result<(), FaissError> {
+    if outer.is_some_and(|o| o != d) {
+        return Err(FaissError::invalid(
+            what,
+            d,
+            "must equal the dimension of the index around it",
+        ));
+    }
+    *outer = Some(d);
+    Ok(())
+}
+
+/// Checks that what follows the `list_bytes` of inverted lists is exactly the refine index of
+/// an `IndexRefineFlat` whose header is `outer` around an IVF-PQ index of input dimension `dim`
+/// and metric `metric` holding `n_items`: a flat index (`IxF2` / `IxFI`) of `ntotal × dim` floats, then the
+/// `k_factor`. Leaves `input` where it was, at the first list.
+fn check_refine_index<R: Read + Seek>(
+    input: &mut Input<R>,
+    list_bytes: u64,
+    outer: &IndexHeader,
+    (dim, n_items, metric): (usize, u64, i32),
+) -> Result<(), FaissError> {
+    let lists_at = input.pos();
+    let mismatch = |what: &'static str, got: u64, expected: u64| {
+        (got != expected).then(|| FaissError::invalid(what, got, format!("must be {expected}")))
+    };
+    if let Some(e) = mismatch("IndexRefineFlat d", outer.d as u64, dim as u64)
+        .or_else(|| mismatch("IndexRefineFlat ntotal", outer.ntotal, n_items))
+        .or_else(|| {
+            mismatch(
+                "IndexRefineFlat metric_type",
+                outer.metric as u64,
+                metric as u64,
+            )
+        })
+    {
+        return Err(e);
+    }
+    input.skip("inverted lists", list_bytes)?;
+    let at = input.pos();
+    let code = input.fourcc("refine index")?;
+    if &code != b"IxF2" && &code != b"IxFI" {
+        return Err(unsupported(
+            "refine index",
+            code,
+            at,
+            "IxF2 or IxFI (IndexFlat: an IndexRefineFlat)",
+        ));
+    }
+    let flat = read_index_header(input)?;
+    let values = input.u64("refine index values")?;
+    if let Some(e) = mismatch("refine index d", flat.d as u64, dim as u64)
+        .or_else(|| mismatch("refine index ntotal", flat.ntotal, outer.ntotal))
+        .or_else(|| {
+            mismatch(
+                "refine index values",
+                values,
+                outer.ntotal.saturating_mul(dim as u64),
+            )
+        })
+    {
+        return Err(e);
+    }
+    input.skip("refine index vectors", values.saturating_mul(4))?;
+    input.f32("IndexRefine k_factor")?;
+    if input.remaining() > 0 {
+        return Err(FaissError::TrailingBytes {
+            offset: input.pos(),
+            count: input.remaining(),
+        });
+    }
+    input.seek_to(lists_at)
+}
+
 /// A faiss IVF-PQ file opened for conversion: its small parts as a poeem [`IndexHead`], and
 /// its lists, read one at a time in order by [`FaissReader::read_list`].
 pub struct FaissReader<R> {
@@ -518,69 +598,107 @@ impl<R: Read + Seek> FaissReader<R> {
     pub fn new(reader: R, name: impl Into<PathBuf>) -> Result<Self, FaissError> {
         let mut input = Input::new(reader, name.into())?;
         let mut structure = Vec::new();
-        let at = input.pos();
-        let code = input.fourcc("index type")?;
         let mut transforms = Vec::new();
         let mut outer_dim = None;
-        let ivf = match &code {
-            b"IxPT" => {
-                structure.push("IxPT".to_owned());
-                let header = read_index_header(&mut input)?;
-                outer_dim = Some(header.d);
-                let nt = input.i32("IndexPreTransform chain length")?;
-                if !(1..=2).contains(&nt) {
-                    return Err(FaissError::invalid(
-                        "IndexPreTransform chain length",
-                        nt,
-                        "poeem supports one linear transform and one normalisation",
-                    ));
+        // An IndexRefineFlat around the IVF-PQ index (its refine index follows the lists), and
+        // whether an IndexPreTransform holding one normalisation wraps it, as poeem's cosine
+        // export writes.
+        let mut refine: Option<IndexHeader> = None;
+        let mut refine_normalized = false;
+        let (mut at, mut code) = (input.pos(), input.fourcc("index type")?);
+        let ivf = loop {
+            match &code {
+                b"IxPT" => {
+                    structure.push("IxPT".to_owned());
+                    let header = read_index_header(&mut input)?;
+                    let nt = input.i32("IndexPreTransform chain length")?;
+                    if !(1..=2).contains(&nt) {
+                        return Err(FaissError::invalid(
+                            "IndexPreTransform chain length",
+                            nt,
+                            "poeem supports one linear transform and one normalisation",
+                        ));
+                    }
+                    let mut chain = Vec::new();
+                    for _ in 0..nt {
+                        let t = read_transform(&mut input)?;
+                        structure.push(match t {
+                            Transform::Normalize => "VNrm".to_owned(),
+                            Transform::Linear(_) => "LTra".to_owned(),
+                        });
+                        chain.push(t);
+                    }
+                    let inner_at = input.pos();
+                    let inner = input.fourcc("index type")?;
+                    if &inner == b"IxRF" && refine.is_none() && !refine_normalized {
+                        if !matches!(chain[..], [Transform::Normalize]) {
+                            return Err(FaissError::invalid(
+                                "IndexPreTransform around IxRF",
+                                nt,
+                                "poeem reads one normalisation there (its cosine export)",
+                            ));
+                        }
+                        refine_normalized = true;
+                        outer_dim = Some(header.d);
+                        (at, code) = (inner_at, inner);
+                        continue;
+                    }
+                    if &inner != b"IwPQ" {
+                        return Err(unsupported(
+                            "index inside IxPT",
+                            inner,
+                            inner_at,
+                            "IwPQ (IndexIVFPQ)",
+                        ));
+                    }
+                    nest_dim(&mut outer_dim, "IndexPreTransform d", header.d)?;
+                    // A normalisation around the IxRF normalises the queries of the whole.
+                    if refine_normalized && !chain.iter().any(|t| matches!(t, Transform::Normalize))
+                    {
+                        transforms.push(Transform::Normalize);
+                    }
+                    transforms.extend(chain);
+                    structure.push("IwPQ".to_owned());
+                    break read_ivfpq(&mut input, &mut structure)?;
                 }
-                for _ in 0..nt {
-                    let t = read_transform(&mut input)?;
-                    structure.push(match t {
-                        Transform::Normalize => "VNrm".to_owned(),
-                        Transform::Linear(_) => "LTra".to_owned(),
-                    });
-                    transforms.push(t);
+                b"IxRF" if refine.is_none() => {
+                    structure.push("IxRF".to_owned());
+                    let header = read_index_header(&mut input)?;
+                    nest_dim(&mut outer_dim, "IndexRefineFlat d", header.d)?;
+                    refine = Some(header);
+                    (at, code) = (input.pos(), input.fourcc("index type")?);
                 }
-                let at = input.pos();
-                let inner = input.fourcc("index type")?;
-                if &inner != b"IwPQ" {
+                b"IwPQ" => {
+                    structure.push("IwPQ".to_owned());
+                    if refine_normalized {
+                        transforms.push(Transform::Normalize);
+                    }
+                    break read_ivfpq(&mut input, &mut structure)?;
+                }
+                b"IwPf" => {
                     return Err(unsupported(
-                        "index inside IxPT",
-                        inner,
+                        "index",
+                        code,
                         at,
-                        "IwPQ (IndexIVFPQ)",
+                        "IwPQ (IndexIVFPQ), optionally inside IxPT; IVF-PQ fast-scan (IwPf) is \
+                         not read (its codes are in faiss's own block layout): import the \
+                         IndexIVFPQ it was made from, whose 4-bit codes come in as poeem's \
+                         fast-scan layout",
                     ));
                 }
-                structure.push("IwPQ".to_owned());
-                read_ivfpq(&mut input, &mut structure)?
+                _ => return Err(unsupported("index", code, at, SUPPORTED_INDEX)),
             }
-            b"IwPQ" => {
-                structure.push("IwPQ".to_owned());
-                read_ivfpq(&mut input, &mut structure)?
-            }
-            b"IwPf" => {
-                return Err(unsupported(
-                    "index",
-                    code,
-                    at,
-                    "IwPQ (IndexIVFPQ), optionally inside IxPT; IVF-PQ fast-scan (IwPf) is not \
-                     read (its codes are in faiss's own block layout): import the IndexIVFPQ it \
-                     was made from, whose 4-bit codes come in as poeem's fast-scan layout",
-                ));
-            }
-            _ => return Err(unsupported("index", code, at, SUPPORTED_INDEX)),
         };
-        Self::from_parts(input, structure, outer_dim, transforms, ivf)
+        Self::from_parts(input, structure, outer_dim, transforms, ivf, refine)
     }
 
     fn from_parts(
-        input: Input<R>,
+        mut input: Input<R>,
         structure: Vec<String>,
         outer_dim: Option<usize>,
         transforms: Vec<Transform>,
         ivf: IvfPq,
+        refine: Option<IndexHeader>,
     ) -> Result<Self, FaissError> {
         let d = ivf.header.d;
         // The chain: at most one normalisation and one linear transform, dimensions chained.
@@ -719,11 +837,18 @@ impl<R: Read + Seek> FaissReader<R> {
                 available: input.remaining(),
             });
         }
-        if list_bytes < input.remaining() {
-            return Err(FaissError::TrailingBytes {
-                offset: input.pos() + list_bytes,
-                count: input.remaining() - list_bytes,
-            });
+        match &refine {
+            Some(outer) => {
+                let base = (input_dim, ivf.header.ntotal, ivf.header.metric);
+                check_refine_index(&mut input, list_bytes, outer, base)?;
+            }
+            None if list_bytes < input.remaining() => {
+                return Err(FaissError::TrailingBytes {
+                    offset: input.pos() + list_bytes,
+                    count: input.remaining() - list_bytes,
+                });
+            }
+            None => {}
         }
         // by_residual off: widen the codes by the list number (see docs/faiss-interop.md).
         let (n_bits, codebooks) = if ivf.by_residual {
@@ -775,6 +900,7 @@ impl<R: Read + Seek> FaissReader<R> {
             by_residual: ivf.by_residual,
             faiss_n_bits: ivf.n_bits,
             nprobe: ivf.nprobe,
+            refine_left_out: refine.is_some(),
         };
         let mut metadata = IndexMetadata::new();
         for (key, value) in [

@@ -9,9 +9,10 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use poeem_faiss::{FaissError, encode_faiss, export_faiss, import_faiss, parse_faiss};
+use poeem_search::refine::encode_float_refine;
 use poeem_search::{
-    CodeLayout, Index, IndexParams, IndexParts, Metric, SearchIndex, SearchParams, Searcher,
-    encode_index, write_index,
+    CodeLayout, Index, IndexParams, IndexParts, Metric, PADDING_ID, RefineKind, SearchIndex,
+    SearchParams, Searcher, encode_index, write_index,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -290,6 +291,69 @@ fn small_file() -> Vec<u8> {
     encode_faiss(&random_parts(77, &shape).view().unwrap()).unwrap()
 }
 
+/// `parts` with ids `0..n` in slot order and `f32` refinement data (random rows): what
+/// exports as an `IndexRefineFlat`.
+fn refined(mut parts: IndexParts, seed: u64) -> IndexParts {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dim = parts.params.dim;
+    let mut next = 0u64;
+    let mut rows = Vec::with_capacity(parts.ids.len() * dim);
+    for id in &mut parts.ids {
+        let padding = *id == PADDING_ID;
+        if !padding {
+            *id = next;
+            next += 1;
+        }
+        rows.extend((0..dim).map(|_| if padding { 0.0 } else { rng.random::<f32>() }));
+    }
+    parts.refine = Some(encode_float_refine(RefineKind::F32, dim, &rows));
+    parts
+}
+
+/// [`small_file`]'s index with refinement data, exported as an `IndexRefineFlat` inside the
+/// normalisation of a cosine index.
+fn small_refined_file() -> Vec<u8> {
+    let parts = parse_faiss(&small_file()).unwrap().0;
+    let bytes = encode_faiss(&refined(parts, 78).view().unwrap()).unwrap();
+    assert_eq!(&bytes[..4], b"IxPT");
+    bytes
+}
+
+/// An `IndexRefineFlat` imports as its IVF-PQ index, the refine index left out, for every
+/// metric, with and without a rotation.
+#[test]
+fn an_index_refine_flat_imports_its_ivf_pq_part() {
+    for (case, metric) in [Metric::L2, Metric::InnerProduct, Metric::Cosine]
+        .into_iter()
+        .enumerate()
+    {
+        for rotation in [false, true] {
+            let shape = Shape {
+                dim: 6 + case,
+                n_subspaces: 3,
+                n_lists: 4,
+                n_bits: 4,
+                metric,
+                rotation,
+                n_items: 60,
+                layout: CodeLayout::FastScan4,
+            };
+            let parts = refined(random_parts(case as u64, &shape), 9);
+            let bytes = encode_faiss(&parts.view().unwrap()).unwrap();
+            let outer: &[u8; 4] = if metric == Metric::Cosine {
+                b"IxPT"
+            } else {
+                b"IxRF"
+            };
+            assert_eq!(&bytes[..4], outer, "{metric}");
+            let (back, summary) = parse_faiss(&bytes).unwrap();
+            assert!(summary.refine_left_out, "{metric}");
+            assert!(back.refine.is_none(), "{metric}");
+            assert_same_index(&parts, &back, &format!("{metric}, rotation {rotation}"));
+        }
+    }
+}
+
 /// Parses `bytes`; a parse that succeeds must give a searchable index.
 fn parse_and_use(bytes: &[u8]) -> bool {
     match parse_faiss(bytes) {
@@ -313,30 +377,32 @@ fn parse_and_use(bytes: &[u8]) -> bool {
 
 #[test]
 fn every_truncation_is_an_error() {
-    let bytes = small_file();
-    assert!(parse_and_use(&bytes));
-    for len in 0..bytes.len() {
-        let result = parse_faiss(&bytes[..len]);
-        assert!(result.is_err(), "truncation to {len} bytes parsed");
+    for bytes in [small_file(), small_refined_file()] {
+        assert!(parse_and_use(&bytes));
+        for len in 0..bytes.len() {
+            let result = parse_faiss(&bytes[..len]);
+            assert!(result.is_err(), "truncation to {len} bytes parsed");
+        }
     }
 }
 
 #[test]
 fn every_byte_change_is_an_error_or_a_valid_index() {
-    let bytes = small_file();
-    let mut changed = bytes.clone();
-    let mut accepted = 0;
-    for at in 0..bytes.len() {
-        for flip in [0x01u8, 0x80, 0xff] {
-            changed[at] = bytes[at] ^ flip;
-            let ok = catch_unwind(AssertUnwindSafe(|| parse_and_use(&changed)))
-                .unwrap_or_else(|_| panic!("panic on byte {at} ^ {flip:#04x}"));
-            accepted += usize::from(ok);
+    for bytes in [small_file(), small_refined_file()] {
+        let mut changed = bytes.clone();
+        let mut accepted = 0;
+        for at in 0..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                changed[at] = bytes[at] ^ flip;
+                let ok = catch_unwind(AssertUnwindSafe(|| parse_and_use(&changed)))
+                    .unwrap_or_else(|_| panic!("panic on byte {at} ^ {flip:#04x}"));
+                accepted += usize::from(ok);
+            }
+            changed[at] = bytes[at];
         }
-        changed[at] = bytes[at];
+        // Floats and ids take any value: many changes still give a valid index.
+        assert!(accepted > 0);
     }
-    // Floats and ids take any value: many changes still give a valid index.
-    assert!(accepted > 0);
 }
 
 #[test]

@@ -237,6 +237,37 @@ def test_pq8_refinement_data_stay_behind(tmp_path):
     assert isinstance(faiss.downcast_index(read), faiss.IndexIVFPQ)
 
 
+@pytest.mark.parametrize("factory,metric", [
+    ("IVF16,PQ8,RFlat", faiss.METRIC_L2),
+    ("OPQ4,IVF16,PQ4x4,RFlat", faiss.METRIC_INNER_PRODUCT),
+])
+def test_faiss_refine_flat_imports_its_ivf_pq_part(tmp_path, factory, metric):
+    """An IndexRefineFlat imports as its IVF-PQ index (the refine index is left out, and the
+    import says so): poeem finds what faiss's base index finds."""
+    seed, dim = 31, 16
+    x = clustered(seed, 3000, dim)
+    fi = faiss.index_factory(dim, factory, metric)
+    fast_training(faiss.extract_index_ivf(fi))
+    fi.train(x)
+    fi.add(x)
+    src = tmp_path / "f.faiss"
+    faiss.write_index(fi, str(src))
+    index = tmp_path / "f.poeem"
+    out = poeem_ok("import-faiss", "--input", src, "--out", index)
+    assert "IxRF" in out and "refine index (the full vectors) is not imported" in out, out
+    read = faiss.read_index(str(src))
+    base = faiss.downcast_index(read).base_index
+    q = queries(seed, dim)
+    fast_scan = factory.endswith("x4,RFlat")
+    for nprobe in (1, N_LISTS // 4):
+        ids_f, scores_f = faiss_search(base, q, nprobe)
+        ids_p, scores_p = poeem_search(index, q, nprobe, tmp_path)
+        relative = 1e-2 if fast_scan else 1e-4
+        assert_same_results(
+            ids_f, scores_f, ids_p, scores_p, f"{factory} nprobe {nprobe}", relative
+        )
+
+
 def fast_training(ivf):
     """Few k-means iterations and no polysemous training (which takes minutes at 12 bits)."""
     ivf = faiss.downcast_index(ivf)
