@@ -22,8 +22,9 @@ pub struct ExportFaissArgs {
 /// Arguments of `poeem import-faiss`.
 #[derive(Debug, Args)]
 pub struct ImportFaissArgs {
-    /// faiss index file (`IndexIVFPQ`, optionally inside an `IndexPreTransform` and an
-    /// `IndexRefineFlat`, whose refine index is left out), as `faiss.write_index` writes it.
+    /// faiss index file (`IndexIVFPQ`, optionally inside an `IndexPreTransform`, optionally
+    /// the base of an `IndexRefineFlat`, whose vectors become refinement data), as
+    /// `faiss.write_index` writes it.
     #[arg(long)]
     input: PathBuf,
     /// Poeem index file to write (atomically).
@@ -128,10 +129,12 @@ pub fn import(args: &ImportFaissArgs) -> Result<()> {
         summary.faiss_n_bits,
         rate(input, seconds)
     );
-    if summary.refine_left_out {
+    if let Some(k_factor) = summary.refine_k_factor {
         println!(
-            "note: the IndexRefineFlat's refine index (the full vectors) is not imported; \
-             poeem re-ranks with refinement data of its own (poeem build --refine)"
+            "re-ranking: the IndexRefineFlat's vectors are the index's f32 refinement data \
+             (faiss's k_factor was {k_factor}; poeem search --rerank-factor sets poeem's, \
+             default {})",
+            poeem::search::SearchParams::DEFAULT_RERANK_FACTOR
         );
     }
     Ok(())

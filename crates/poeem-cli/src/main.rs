@@ -67,7 +67,7 @@ enum Command {
     ImportReference(index_commands::ImportArgs),
     /// Write an index as a faiss IndexIVFPQ file (faiss.read_index loads and searches it), inside an IndexRefineFlat when the index has f32 or f16 refinement data.
     ExportFaiss(faiss_commands::ExportFaissArgs),
-    /// Convert a faiss IndexIVFPQ file (optionally behind OPQ, optionally the base of an IndexRefineFlat) into an index.
+    /// Convert a faiss IndexIVFPQ file (optionally behind OPQ, optionally inside an IndexRefineFlat, whose vectors become refinement data) into an index.
     ImportFaiss(faiss_commands::ImportFaissArgs),
 }
 

@@ -1,13 +1,15 @@
-//! The faiss reader: parses an `IndexIVFPQ` file (optionally inside an `IndexPreTransform`)
-//! into a poeem [`IndexHead`], then hands its lists over one at a time.
+//! The faiss reader: parses an `IndexIVFPQ` file (optionally inside an `IndexPreTransform`,
+//! optionally the base of an `IndexRefineFlat`, whose vectors become `f32` refinement data) into
+//! a poeem [`IndexHead`], then hands its lists over one at a time.
 
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
+use poeem_search::refine::encode_float_refine;
 use poeem_search::{
     IndexHead, IndexMetadata, IndexParams, IndexParts, ListBuffer, MetadataValue, Metric,
-    write_index_streaming,
+    RefineKind, padded_len, write_index_streaming,
 };
 
 use crate::codes::{code_size, unpack};
@@ -39,9 +41,9 @@ pub struct FaissSummary {
     pub faiss_n_bits: u32,
     /// faiss's default number of probed lists, as stored.
     pub nprobe: u64,
-    /// Whether the file was an `IndexRefineFlat` (`IxRF`), whose refine index (the full
-    /// vectors) the import leaves out: the poeem index holds the IVF-PQ part only.
-    pub refine_left_out: bool,
+    /// For an `IndexRefineFlat` (`IxRF`), its `k_factor`: its refine index (the full vectors)
+    /// became the poeem index's `f32` refinement data.
+    pub refine_k_factor: Option<f32>,
 }
 
 struct LinearTransform {
@@ -499,16 +501,18 @@ fn nest_dim(outer: &mut Option<usize>, what: &'static str, d: usize) -> Result<(
     Ok(())
 }
 
-/// Checks that what follows the `list_bytes` of inverted lists is exactly the refine index of
-/// an `IndexRefineFlat` whose header is `outer` around an IVF-PQ index of input dimension `dim`
-/// and metric `metric` holding `n_items`: a flat index (`IxF2` / `IxFI`) of `ntotal × dim` floats, then the
-/// `k_factor`. Leaves `input` where it was, at the first list.
-fn check_refine_index<R: Read + Seek>(
+/// Reads what follows the `list_bytes` of inverted lists, which must be exactly the refine
+/// index of an `IndexRefineFlat` whose header is `outer` around an IVF-PQ index of input
+/// dimension `dim` and metric `metric` holding `n_items`: a flat index (`IxF2` / `IxFI`) of
+/// `ntotal × dim` floats, then the `k_factor`. Returns the vectors, row `i` for id `i`
+/// (normalised for `cosine`, unless a row's norm is within 1e-6 of 1 already), and the
+/// `k_factor`; leaves `input` where it was, at the first list.
+fn read_refine_index<R: Read + Seek>(
     input: &mut Input<R>,
     list_bytes: u64,
     outer: &IndexHeader,
-    (dim, n_items, metric): (usize, u64, i32),
-) -> Result<(), FaissError> {
+    (dim, n_items, metric, cosine): (usize, u64, i32, bool),
+) -> Result<(Vec<f32>, f32), FaissError> {
     let lists_at = input.pos();
     let mismatch = |what: &'static str, got: u64, expected: u64| {
         (got != expected).then(|| FaissError::invalid(what, got, format!("must be {expected}")))
@@ -550,15 +554,30 @@ fn check_refine_index<R: Read + Seek>(
     {
         return Err(e);
     }
-    input.skip("refine index vectors", values.saturating_mul(4))?;
-    input.f32("IndexRefine k_factor")?;
+    // The length was checked against the file's, so the rows fit in memory.
+    let mut rows = input.f32s("refine index vectors", values as usize)?;
+    let k_factor = input.f32("IndexRefine k_factor")?;
     if input.remaining() > 0 {
         return Err(FaissError::TrailingBytes {
             offset: input.pos(),
             count: input.remaining(),
         });
     }
-    input.seek_to(lists_at)
+    if cosine {
+        for row in rows.chunks_exact_mut(dim) {
+            let norm = row
+                .iter()
+                .map(|&v| f64::from(v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
+                row.iter_mut()
+                    .for_each(|v| *v = (f64::from(*v) / norm) as f32);
+            }
+        }
+    }
+    input.seek_to(lists_at)?;
+    Ok((rows, k_factor))
 }
 
 /// A faiss IVF-PQ file opened for conversion: its small parts as a poeem [`IndexHead`], and
@@ -573,6 +592,8 @@ pub struct FaissReader<R> {
     next_list: usize,
     packed: Vec<u8>,
     item_codes: Vec<u32>,
+    /// An `IndexRefineFlat`'s vectors, row `i` for id `i` (`n_items × dim`); empty otherwise.
+    refine_rows: Vec<f32>,
 }
 
 impl<R> std::fmt::Debug for FaissReader<R> {
@@ -837,10 +858,14 @@ impl<R: Read + Seek> FaissReader<R> {
                 available: input.remaining(),
             });
         }
+        let mut refine_rows = Vec::new();
+        let mut refine_k_factor = None;
         match &refine {
             Some(outer) => {
-                let base = (input_dim, ivf.header.ntotal, ivf.header.metric);
-                check_refine_index(&mut input, list_bytes, outer, base)?;
+                let cosine = metric == Metric::Cosine;
+                let base = (input_dim, ivf.header.ntotal, ivf.header.metric, cosine);
+                let (rows, k_factor) = read_refine_index(&mut input, list_bytes, outer, base)?;
+                (refine_rows, refine_k_factor) = (rows, Some(k_factor));
             }
             None if list_bytes < input.remaining() => {
                 return Err(FaissError::TrailingBytes {
@@ -900,7 +925,7 @@ impl<R: Read + Seek> FaissReader<R> {
             by_residual: ivf.by_residual,
             faiss_n_bits: ivf.n_bits,
             nprobe: ivf.nprobe,
-            refine_left_out: refine.is_some(),
+            refine_k_factor,
         };
         let mut metadata = IndexMetadata::new();
         for (key, value) in [
@@ -913,6 +938,11 @@ impl<R: Read + Seek> FaissReader<R> {
         ] {
             metadata.extra.insert(key.to_owned(), value);
         }
+        if let Some(k) = refine_k_factor.filter(|k| k.is_finite()) {
+            metadata
+                .extra
+                .insert("faiss_k_factor".to_owned(), f64::from(k).into());
+        }
         let head = IndexHead {
             params,
             rotation,
@@ -920,6 +950,7 @@ impl<R: Read + Seek> FaissReader<R> {
             codebooks,
             list_sizes: ivf.sizes.clone(),
             metadata,
+            refine: refine_k_factor.map(|_| RefineKind::F32),
         };
         Ok(Self {
             input,
@@ -931,6 +962,7 @@ impl<R: Read + Seek> FaissReader<R> {
             next_list: 0,
             packed: Vec::new(),
             item_codes: Vec::new(),
+            refine_rows,
         })
     }
 
@@ -988,6 +1020,25 @@ impl<R: Read + Seek> FaissReader<R> {
             })?;
             out.ids.push(id);
         }
+        if self.head.refine.is_some() {
+            let dim = self.head.params.dim;
+            for (pos, &id) in out.ids.iter().enumerate() {
+                let row = usize::try_from(id)
+                    .ok()
+                    .and_then(|i| self.refine_rows.get(i * dim..(i + 1) * dim))
+                    .ok_or_else(|| {
+                        FaissError::invalid(
+                            "id",
+                            id,
+                            format!(
+                                "list {list}, item {pos}: an IndexRefineFlat finds an item's \
+                                 vector at the row its id names, and it has no such row"
+                            ),
+                        )
+                    })?;
+                out.refine.extend_from_slice(row);
+            }
+        }
         Ok(list)
     }
 }
@@ -1019,7 +1070,8 @@ fn widen_codebooks(ivf: &IvfPq, d: usize, n_bits: u32) -> Vec<f32> {
 }
 
 /// Converts the faiss file `input` into the poeem index file `out`, list by list (memory:
-/// one list plus the small parts), calling `progress` after each list.
+/// one list plus the small parts, and an `IndexRefineFlat`'s vectors), calling `progress` after
+/// each list.
 ///
 /// # Errors
 /// As [`FaissReader::new`] and [`FaissReader::read_list`], and when writing fails.
@@ -1060,14 +1112,21 @@ pub fn parse_faiss(bytes: &[u8]) -> Result<(IndexParts, FaissSummary), FaissErro
     let mut lists = Vec::new();
     let mut codes = Vec::new();
     let mut ids = Vec::new();
+    // Refinement vectors in slot order: each list's, then zeros for its padding slots.
+    let mut refine = Vec::new();
     let mut buf = ListBuffer::default();
     for j in 0..p.n_lists {
         reader.read_list(&mut buf)?;
         lists.extend(std::iter::repeat_n(j as u32, buf.ids.len()));
         codes.extend_from_slice(&buf.codes);
         ids.extend_from_slice(&buf.ids);
+        if head.refine.is_some() {
+            refine.extend_from_slice(&buf.refine);
+            let padding = padded_len(buf.ids.len()) - buf.ids.len();
+            refine.resize(refine.len() + padding * p.dim, 0.0);
+        }
     }
-    let parts = IndexParts::from_item_codes(
+    let mut parts = IndexParts::from_item_codes(
         p,
         head.rotation,
         head.coarse_centroids,
@@ -1077,5 +1136,8 @@ pub fn parse_faiss(bytes: &[u8]) -> Result<(IndexParts, FaissSummary), FaissErro
         &ids,
         head.metadata,
     )?;
+    if let Some(kind) = head.refine {
+        parts.refine = Some(encode_float_refine(kind, p.dim, &refine));
+    }
     Ok((parts, reader.summary().clone()))
 }

@@ -291,20 +291,31 @@ fn small_file() -> Vec<u8> {
     encode_faiss(&random_parts(77, &shape).view().unwrap()).unwrap()
 }
 
-/// `parts` with ids `0..n` in slot order and `f32` refinement data (random rows): what
-/// exports as an `IndexRefineFlat`.
+/// `parts` with ids `0..n` in slot order and `f32` refinement data (random rows, of unit
+/// norm for cosine, as poeem builds them): what exports as an `IndexRefineFlat`.
 fn refined(mut parts: IndexParts, seed: u64) -> IndexParts {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dim = parts.params.dim;
+    let cosine = parts.params.metric == Metric::Cosine;
     let mut next = 0u64;
     let mut rows = Vec::with_capacity(parts.ids.len() * dim);
     for id in &mut parts.ids {
-        let padding = *id == PADDING_ID;
-        if !padding {
-            *id = next;
-            next += 1;
+        if *id == PADDING_ID {
+            rows.extend(std::iter::repeat_n(0.0, dim));
+            continue;
         }
-        rows.extend((0..dim).map(|_| if padding { 0.0 } else { rng.random::<f32>() }));
+        *id = next;
+        next += 1;
+        let row: Vec<f32> = (0..dim).map(|_| rng.random::<f32>() + 0.1).collect();
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        rows.extend(row.iter().map(|&v| match cosine {
+            true => (f64::from(v) / norm) as f32,
+            false => v,
+        }));
     }
     parts.refine = Some(encode_float_refine(RefineKind::F32, dim, &rows));
     parts
@@ -319,10 +330,10 @@ fn small_refined_file() -> Vec<u8> {
     bytes
 }
 
-/// An `IndexRefineFlat` imports as its IVF-PQ index, the refine index left out, for every
-/// metric, with and without a rotation.
+/// Refinement data go out as an `IndexRefineFlat` and come back as the same `f32` data, for
+/// every metric, with and without a rotation.
 #[test]
-fn an_index_refine_flat_imports_its_ivf_pq_part() {
+fn refinement_data_round_trip_through_an_index_refine_flat() {
     for (case, metric) in [Metric::L2, Metric::InnerProduct, Metric::Cosine]
         .into_iter()
         .enumerate()
@@ -347,9 +358,16 @@ fn an_index_refine_flat_imports_its_ivf_pq_part() {
             };
             assert_eq!(&bytes[..4], outer, "{metric}");
             let (back, summary) = parse_faiss(&bytes).unwrap();
-            assert!(summary.refine_left_out, "{metric}");
-            assert!(back.refine.is_none(), "{metric}");
-            assert_same_index(&parts, &back, &format!("{metric}, rotation {rotation}"));
+            let what = format!("{metric}, rotation {rotation}");
+            assert_eq!(summary.refine_k_factor, Some(8.0), "{what}");
+            assert_same_index(&parts, &back, &what);
+            assert_eq!(back.refine, parts.refine, "{what}");
+            // The faiss file of the converted index is the same file.
+            assert_eq!(
+                encode_faiss(&back.view().unwrap()).unwrap(),
+                bytes,
+                "{what}"
+            );
         }
     }
 }

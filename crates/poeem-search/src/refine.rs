@@ -287,7 +287,7 @@ impl<'a> RefineView<'a> {
 }
 
 /// The refine section's header for `kind`.
-fn header(kind: RefineKind, n_sub: usize, width: usize) -> Vec<u8> {
+pub(crate) fn header(kind: RefineKind, n_sub: usize, width: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(REFINE_HEADER_LEN);
     out.extend_from_slice(&kind.code().to_le_bytes());
     out.extend_from_slice(&(n_sub as u32).to_le_bytes());

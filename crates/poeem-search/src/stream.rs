@@ -5,9 +5,9 @@
 //! time, so that memory stays bounded by one list plus the small parts. It writes the same bytes
 //! as [`write_index`](crate::write_index) would for the same index: the section order, padding
 //! and checksums of `docs/index-format.md`, and the same atomic publish (temporary file, sync,
-//! rename). The ids and codes of each list go to their places in the two sections through two
-//! sequential write buffers; the header, whose table holds the CRC-32s of those sections, is
-//! written last, over a placeholder.
+//! rename). The ids and codes (and float refinement data) of each list go to their places in
+//! their sections through sequential write buffers; the header, whose table holds the CRC-32s of
+//! those sections, is written last, over a placeholder.
 
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -16,6 +16,7 @@ use crate::SearchError;
 use crate::format::{SectionKind, check_host, encode_header};
 use crate::layout::{BLOCK, IndexParams, PADDING_ID, padded_len, put_code};
 use crate::metadata::IndexMetadata;
+use crate::refine::{self, REFINE_HEADER_LEN, RefineKind, f32_to_f16};
 
 /// The parts of an index that precede its lists: everything but the ids and codes.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,9 @@ pub struct IndexHead {
     pub list_sizes: Vec<u64>,
     /// Provenance.
     pub metadata: IndexMetadata,
+    /// Float refinement data (`f32` or `f16`), whose vectors each list brings in
+    /// [`ListBuffer::refine`]; `None` for none (`pq8` data are not written list by list).
+    pub refine: Option<RefineKind>,
 }
 
 /// One list as a [`write_index_streaming`] callback hands it over: item `i` has id `ids[i]` and
@@ -42,13 +46,17 @@ pub struct ListBuffer {
     pub ids: Vec<u64>,
     /// The list's codes, `M` per item, each below `2^n_bits`.
     pub codes: Vec<u32>,
+    /// With [`IndexHead::refine`]: the items' refinement vectors, `dim` values each, in item
+    /// order (empty otherwise).
+    pub refine: Vec<f32>,
 }
 
 impl ListBuffer {
-    /// Empties both vectors, keeping their capacity.
+    /// Empties the vectors, keeping their capacity.
     pub fn clear(&mut self) {
         self.ids.clear();
         self.codes.clear();
+        self.refine.clear();
     }
 }
 
@@ -148,15 +156,15 @@ fn check_head(head: &IndexHead) -> Result<Vec<u64>, SearchError> {
 /// for `j` in `0..n_lists` in order.
 ///
 /// The callback receives an empty [`ListBuffer`] and must fill it with exactly
-/// `head.list_sizes[j]` ids and `M` codes per item. Memory use is one list plus the head plus
-/// two 1 MiB write buffers. The file is identical to what [`write_index`](crate::write_index)
+/// `head.list_sizes[j]` ids, `M` codes per item and, with `head.refine`, `dim` refinement
+/// values per item. Memory use is one list plus the head plus a 1 MiB write buffer a section. The file is identical to what [`write_index`](crate::write_index)
 /// writes for the same index, and it is published the same way: readers see the old file or
 /// the complete new one, and on any error no file is left behind.
 ///
 /// # Errors
 /// The callback's error as it is; [`SearchError`] (converted into `E`) when the head is
-/// inconsistent, a list has the wrong number of ids or codes, a code is not below `2^n_bits`,
-/// the host is big-endian, or writing fails.
+/// inconsistent or asks for `pq8` refinement data, a list has the wrong number of ids, codes or
+/// refinement values, a code is not below `2^n_bits`, the host is big-endian, or writing fails.
 pub fn write_index_streaming<E: From<SearchError>>(
     path: &Path,
     head: &IndexHead,
@@ -172,6 +180,23 @@ pub fn write_index_streaming<E: From<SearchError>>(
     let codes_len = slots
         .checked_mul(p.slot_bytes() as u64)
         .ok_or(overflow("codes section size"))?;
+    let refine_width = match head.refine {
+        None => 0,
+        Some(RefineKind::F32) => 4,
+        Some(RefineKind::F16) => 2,
+        Some(RefineKind::Pq8) => {
+            return Err(SearchError::InvalidParameter {
+                name: "refine",
+                value: "pq8".to_owned(),
+                reason: "pq8 refinement data are not written list by list",
+            }
+            .into());
+        }
+    };
+    let refine_len = slots
+        .checked_mul((p.dim * refine_width) as u64)
+        .and_then(|len| len.checked_add(REFINE_HEADER_LEN as u64))
+        .ok_or(overflow("refine section size"))?;
     let small: Vec<(SectionKind, Vec<u8>)> = {
         let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let u64s = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -190,14 +215,18 @@ pub fn write_index_streaming<E: From<SearchError>>(
         .iter()
         .map(|(kind, bytes)| (*kind, bytes.len() as u64, crc32fast::hash(bytes)))
         .collect();
+    // The sections written list by list, in the order `write_index` writes them.
+    let (ids_entry, codes_entry, refine_entry) = (small.len(), small.len() + 1, small.len() + 2);
     entries.push((SectionKind::Ids, ids_len, 0));
     entries.push((SectionKind::Codes, codes_len, 0));
-    // A first encoding fixes the offsets; the CRCs of ids and codes are filled in at the end.
+    if let Some(kind) = head.refine {
+        entries.push((SectionKind::Refine, refine_len, 0));
+        debug_assert_eq!(entries.len(), refine_entry + 1, "{kind}");
+    }
+    // A first encoding fixes the offsets; the CRCs of the list sections are filled in at the end.
     let (placeholder, section_offsets, _) = encode_header(&p, &entries)?;
-    let (ids_at, codes_at) = (
-        section_offsets[entries.len() - 2],
-        section_offsets[entries.len() - 1],
-    );
+    let (ids_at, codes_at) = (section_offsets[ids_entry], section_offsets[codes_entry]);
+    let refine_at = section_offsets.get(refine_entry).copied();
 
     let mut failure: Option<E> = None;
     let written = poeem_fs::write_atomically(path, |out| {
@@ -213,8 +242,15 @@ pub fn write_index_streaming<E: From<SearchError>>(
         out.write_all(&ZEROS[..(ids_at - pos) as usize])?;
         let mut ids = Region::new(ids_at);
         let mut codes = Region::new(codes_at);
-        // The zero padding between ids and codes is written with the ids.
+        // The zero padding between ids and codes is written with the ids, and the padding
+        // between codes and refinement data with the codes.
         let ids_pad = (codes_at - ids_at - ids_len) as usize;
+        let codes_pad = refine_at.map_or(0, |at| (at - codes_at - codes_len) as usize);
+        let mut refine_region = refine_at.map(Region::new);
+        let mut refine_bytes: Vec<u8> = Vec::new();
+        if let (Some(region), Some(kind)) = (&mut refine_region, head.refine) {
+            region.push(out, &refine::header(kind, 0, p.dim))?;
+        }
         let mut list = ListBuffer::default();
         let m_count = p.n_subspaces;
         let n_codewords = p.n_codewords() as u64;
@@ -236,8 +272,18 @@ pub fn write_index_streaming<E: From<SearchError>>(
                         got,
                     })
             };
+            let refine_values = if head.refine.is_some() {
+                size * p.dim
+            } else {
+                0
+            };
             let checked = check("ids of a list", size, list.ids.len()).and_then(|()| {
                 check("codes of a list", size * m_count, list.codes.len())?;
+                check(
+                    "refinement values of a list",
+                    refine_values,
+                    list.refine.len(),
+                )?;
                 match list.codes.iter().position(|&c| u64::from(c) >= n_codewords) {
                     Some(at) => Err(SearchError::CodeOutOfRange {
                         list: j,
@@ -266,13 +312,31 @@ pub fn write_index_streaming<E: From<SearchError>>(
                 }
             }
             codes.push(out, &block_codes)?;
+            if let Some(region) = &mut refine_region {
+                refine_bytes.clear();
+                match head.refine {
+                    Some(RefineKind::F16) => refine_bytes.extend(
+                        list.refine
+                            .iter()
+                            .flat_map(|&v| f32_to_f16(v).to_le_bytes()),
+                    ),
+                    _ => refine_bytes.extend(list.refine.iter().flat_map(|v| v.to_le_bytes())),
+                }
+                refine_bytes.resize(padded * p.dim * refine_width, 0);
+                region.push(out, &refine_bytes)?;
+            }
         }
         ids.buf.extend_from_slice(&ZEROS[..ids_pad]);
         ids.flush(out)?;
+        codes.buf.resize(codes.buf.len() + codes_pad, 0);
         codes.flush(out)?;
-        let n = entries.len();
-        entries[n - 2].2 = ids.crc.clone().finalize();
-        entries[n - 1].2 = codes.crc.clone().finalize();
+        entries[ids_entry].2 = ids.crc.clone().finalize();
+        entries[codes_entry].2 = codes.crc.clone().finalize();
+        if let Some(region) = &mut refine_region {
+            region.flush(out)?;
+            entries[refine_entry].2 = region.crc.clone().finalize();
+            debug_assert_eq!(region.len, refine_len);
+        }
         debug_assert_eq!((ids.len, codes.len), (ids_len, codes_len));
         let (header, _, _) = encode_header(&p, &entries).map_err(io::Error::other)?;
         out.seek(SeekFrom::Start(0))?;

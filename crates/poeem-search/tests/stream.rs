@@ -1,9 +1,11 @@
 //! The streaming writer: byte-identical to `encode_index` for the same index (rotation or not,
-//! 1- and 2-byte codes, empty lists, an empty index), and errors that leave no file behind.
+//! 1- and 2-byte codes, empty lists, an empty index, `f32` / `f16` refinement data), and errors
+//! that leave no file behind.
 
+use poeem_search::refine::encode_float_refine;
 use poeem_search::{
-    BLOCK, Index, IndexHead, IndexParams, IndexParts, ListBuffer, Metric, SearchError,
-    encode_index, write_index_streaming,
+    BLOCK, Index, IndexHead, IndexParams, IndexParts, ListBuffer, Metric, PADDING_ID, RefineKind,
+    SearchError, encode_index, write_index_streaming,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -58,6 +60,21 @@ fn random_parts(
     .unwrap()
 }
 
+/// `parts` with `kind` refinement data: random vectors (zeros in padding slots).
+fn with_refine(mut parts: IndexParts, kind: RefineKind, seed: u64) -> IndexParts {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dim = parts.params.dim;
+    let mut rows = Vec::with_capacity(parts.ids.len() * dim);
+    for &id in &parts.ids {
+        rows.extend((0..dim).map(|_| match id {
+            PADDING_ID => 0.0,
+            _ => rng.random::<f32>() - 0.5,
+        }));
+    }
+    parts.refine = Some(encode_float_refine(kind, dim, &rows));
+    parts
+}
+
 fn head_of(parts: &IndexParts) -> IndexHead {
     IndexHead {
         params: parts.params,
@@ -66,6 +83,7 @@ fn head_of(parts: &IndexParts) -> IndexHead {
         codebooks: parts.codebooks.clone(),
         list_sizes: parts.list_sizes.clone(),
         metadata: parts.metadata.clone(),
+        refine: parts.view().unwrap().refine().map(|r| r.kind()),
     }
 }
 
@@ -77,6 +95,14 @@ fn fill_from(parts: &IndexParts, j: usize, buf: &mut ListBuffer) {
     for pos in 0..list.len() {
         for m in 0..parts.params.n_subspaces {
             buf.codes.push(view.code(j, pos, m));
+        }
+    }
+    if let Some(refine) = view.refine() {
+        let first = view.list_offsets()[j] as usize;
+        let mut row = vec![0.0; parts.params.dim];
+        for slot in first..first + list.len() {
+            refine.decode(slot, &mut row);
+            buf.refine.extend_from_slice(&row);
         }
     }
 }
@@ -92,8 +118,14 @@ fn streaming_writer_matches_encode_index() {
         (6, 16, 4, 6, 6, 2 * BLOCK + 1, true),
     ];
     let dir = tempfile::tempdir().unwrap();
-    for (seed, dim, m, lists, bits, n, rot) in cases {
-        let parts = random_parts(seed, dim, m, lists, bits, n, rot);
+    let refines = [None, Some(RefineKind::F32), Some(RefineKind::F16)];
+    for ((seed, dim, m, lists, bits, n, rot), refine) in
+        cases.into_iter().zip(refines.iter().cycle())
+    {
+        let mut parts = random_parts(seed, dim, m, lists, bits, n, rot);
+        if let Some(kind) = *refine {
+            parts = with_refine(parts, kind, seed);
+        }
         let path = dir.path().join(format!("s{seed}.poeem"));
         write_index_streaming::<SearchError>(&path, &head_of(&parts), |j, buf| {
             fill_from(&parts, j, buf);
@@ -168,6 +200,32 @@ fn streaming_writer_errors_leave_no_file() {
     assert!(matches!(
         result,
         Err(TestError::Search(SearchError::DimensionMismatch { .. }))
+    ));
+    // Refinement data: a list one value short, and pq8 data, which are not streamed.
+    let refined = with_refine(parts.clone(), RefineKind::F32, 3);
+    let result = write_index_streaming::<TestError>(&path, &head_of(&refined), |j, buf| {
+        fill_from(&refined, j, buf);
+        if j == 0 {
+            buf.refine.pop();
+        }
+        Ok(())
+    });
+    assert!(matches!(
+        result,
+        Err(TestError::Search(SearchError::DimensionMismatch {
+            what: "refinement values of a list",
+            ..
+        }))
+    ));
+    let mut head = head_of(&refined);
+    head.refine = Some(RefineKind::Pq8);
+    let result = write_index_streaming::<TestError>(&path, &head, |_, _| Ok(()));
+    assert!(matches!(
+        result,
+        Err(TestError::Search(SearchError::InvalidParameter {
+            name: "refine",
+            ..
+        }))
     ));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
