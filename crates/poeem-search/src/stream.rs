@@ -157,9 +157,10 @@ fn check_head(head: &IndexHead) -> Result<Vec<u64>, SearchError> {
 ///
 /// The callback receives an empty [`ListBuffer`] and must fill it with exactly
 /// `head.list_sizes[j]` ids, `M` codes per item and, with `head.refine`, `dim` refinement
-/// values per item. Memory use is one list plus the head plus a 1 MiB write buffer a section. The file is identical to what [`write_index`](crate::write_index)
-/// writes for the same index, and it is published the same way: readers see the old file or
-/// the complete new one, and on any error no file is left behind.
+/// values per item. Memory use is one list plus the head plus a 1 MiB write buffer a section.
+/// The file is identical to what [`write_index`](crate::write_index) writes for the same index,
+/// and it is published the same way: readers see the old file or the complete new one, and on
+/// any error no file is left behind.
 ///
 /// # Errors
 /// The callback's error as it is; [`SearchError`] (converted into `E`) when the head is
@@ -219,9 +220,8 @@ pub fn write_index_streaming<E: From<SearchError>>(
     let (ids_entry, codes_entry, refine_entry) = (small.len(), small.len() + 1, small.len() + 2);
     entries.push((SectionKind::Ids, ids_len, 0));
     entries.push((SectionKind::Codes, codes_len, 0));
-    if let Some(kind) = head.refine {
+    if head.refine.is_some() {
         entries.push((SectionKind::Refine, refine_len, 0));
-        debug_assert_eq!(entries.len(), refine_entry + 1, "{kind}");
     }
     // A first encoding fixes the offsets; the CRCs of the list sections are filled in at the end.
     let (placeholder, section_offsets, _) = encode_header(&p, &entries)?;
