@@ -673,11 +673,6 @@ impl<R: Read + Seek> FaissReader<R> {
                         ));
                     }
                     nest_dim(&mut outer_dim, "IndexPreTransform d", header.d)?;
-                    // A normalisation around the IxRF normalises the queries of the whole.
-                    if refine_normalized && !chain.iter().any(|t| matches!(t, Transform::Normalize))
-                    {
-                        transforms.push(Transform::Normalize);
-                    }
                     transforms.extend(chain);
                     structure.push("IwPQ".to_owned());
                     break read_ivfpq(&mut input, &mut structure)?;
@@ -691,9 +686,6 @@ impl<R: Read + Seek> FaissReader<R> {
                 }
                 b"IwPQ" => {
                     structure.push("IwPQ".to_owned());
-                    if refine_normalized {
-                        transforms.push(Transform::Normalize);
-                    }
                     break read_ivfpq(&mut input, &mut structure)?;
                 }
                 b"IwPf" => {
@@ -710,6 +702,10 @@ impl<R: Read + Seek> FaissReader<R> {
                 _ => return Err(unsupported("index", code, at, SUPPORTED_INDEX)),
             }
         };
+        // A normalisation around the IxRF normalises the queries of the whole index.
+        if refine_normalized && !transforms.iter().any(|t| matches!(t, Transform::Normalize)) {
+            transforms.insert(0, Transform::Normalize);
+        }
         Self::from_parts(input, structure, outer_dim, transforms, ivf, refine)
     }
 

@@ -52,6 +52,15 @@ impl RefineKind {
         }
     }
 
+    /// Bytes of one stored value of `f32` / `f16` data; `None` for `pq8`, which stores codes.
+    pub fn value_bytes(self) -> Option<usize> {
+        match self {
+            RefineKind::F32 => Some(4),
+            RefineKind::F16 => Some(2),
+            RefineKind::Pq8 => None,
+        }
+    }
+
     /// The kind with code `code`.
     pub fn from_code(code: u32) -> Option<Self> {
         [RefineKind::F32, RefineKind::F16, RefineKind::Pq8]
@@ -198,11 +207,10 @@ impl<'a> RefineView<'a> {
     /// # Panics
     /// When `slot` is not below the slot count.
     pub fn slot_bytes(&self, slot: usize) -> &'a [u8] {
-        let per_slot = match self.kind {
-            RefineKind::F32 => self.width * 4,
-            RefineKind::F16 => self.width * 2,
-            RefineKind::Pq8 => self.n_sub,
-        };
+        let per_slot = self
+            .kind
+            .value_bytes()
+            .map_or(self.n_sub, |bytes| self.width * bytes);
         &self.data[slot * per_slot..][..per_slot]
     }
 
@@ -305,12 +313,21 @@ pub(crate) fn header(kind: RefineKind, n_sub: usize, width: usize) -> Vec<u8> {
 pub fn encode_float_refine(kind: RefineKind, dim: usize, vectors: &[f32]) -> Vec<u8> {
     assert!(dim > 0 && vectors.len().is_multiple_of(dim), "whole rows");
     let mut out = header(kind, 0, dim);
+    push_float_values(kind, vectors, &mut out);
+    out
+}
+
+/// Appends `values` to `out` as the stored values of `f32` or `f16` refinement data.
+///
+/// # Panics
+/// When `kind` is [`RefineKind::Pq8`].
+#[track_caller]
+pub(crate) fn push_float_values(kind: RefineKind, values: &[f32], out: &mut Vec<u8>) {
     match kind {
-        RefineKind::F32 => out.extend(vectors.iter().flat_map(|v| v.to_le_bytes())),
-        RefineKind::F16 => out.extend(vectors.iter().flat_map(|&v| f32_to_f16(v).to_le_bytes())),
+        RefineKind::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+        RefineKind::F16 => out.extend(values.iter().flat_map(|&v| f32_to_f16(v).to_le_bytes())),
         RefineKind::Pq8 => panic!("pq8 refinement has codebooks: use encode_pq8_refine"),
     }
-    out
 }
 
 /// The bytes of a `pq8` refine section: `codebooks` holds `M_r × 256 × (padded_dim / M_r)`

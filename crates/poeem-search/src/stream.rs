@@ -16,7 +16,7 @@ use crate::SearchError;
 use crate::format::{SectionKind, check_host, encode_header};
 use crate::layout::{BLOCK, IndexParams, PADDING_ID, padded_len, put_code};
 use crate::metadata::IndexMetadata;
-use crate::refine::{self, REFINE_HEADER_LEN, RefineKind, f32_to_f16};
+use crate::refine::{self, REFINE_HEADER_LEN, RefineKind};
 
 /// The parts of an index that precede its lists: everything but the ids and codes.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,11 +181,10 @@ pub fn write_index_streaming<E: From<SearchError>>(
     let codes_len = slots
         .checked_mul(p.slot_bytes() as u64)
         .ok_or(overflow("codes section size"))?;
-    let refine_width = match head.refine {
+    let refine_width = match head.refine.map(RefineKind::value_bytes) {
         None => 0,
-        Some(RefineKind::F32) => 4,
-        Some(RefineKind::F16) => 2,
-        Some(RefineKind::Pq8) => {
+        Some(Some(bytes)) => bytes,
+        Some(None) => {
             return Err(SearchError::InvalidParameter {
                 name: "refine",
                 value: "pq8".to_owned(),
@@ -312,16 +311,9 @@ pub fn write_index_streaming<E: From<SearchError>>(
                 }
             }
             codes.push(out, &block_codes)?;
-            if let Some(region) = &mut refine_region {
+            if let (Some(region), Some(kind)) = (&mut refine_region, head.refine) {
                 refine_bytes.clear();
-                match head.refine {
-                    Some(RefineKind::F16) => refine_bytes.extend(
-                        list.refine
-                            .iter()
-                            .flat_map(|&v| f32_to_f16(v).to_le_bytes()),
-                    ),
-                    _ => refine_bytes.extend(list.refine.iter().flat_map(|v| v.to_le_bytes())),
-                }
+                refine::push_float_values(kind, &list.refine, &mut refine_bytes);
                 refine_bytes.resize(padded * p.dim * refine_width, 0);
                 region.push(out, &refine_bytes)?;
             }
